@@ -1,0 +1,205 @@
+"""The agent's settings: one frozen dataclass, filled from flags, env and YAML by layerswarm.settings."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from layerswarm.settings import (
+    ConfigError,
+    parse_duration,
+    parse_hostport,
+    parse_size,
+    setting,
+)
+
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_URL = "https://registry-1.docker.io"
+
+# A registry host as clients name it: a DNS name or IPv4/[IPv6] address, optional port.
+_REGISTRY_NAME = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$")
+
+
+def valid_registry_name(name: str) -> bool:
+    return len(name) <= 255 and bool(_REGISTRY_NAME.match(name))
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A registry this agent mirrors: ``name`` as clients write it, ``url`` where to reach it."""
+
+    name: str
+    url: str
+
+
+def parse_upstream(raw: str) -> Upstream:
+    name, sep, url = raw.partition("=")
+    name = name.strip()
+    url = url.strip().rstrip("/")
+    if not sep:
+        # `--upstream ghcr.io` alone means "the registry at https://ghcr.io".
+        url = DOCKER_HUB_URL if name == DOCKER_HUB else f"https://{name}"
+    if not valid_registry_name(name):
+        raise ConfigError(f"upstream name {name!r} is not a registry host[:port]")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"upstream {name}: URL must be http(s)://host[:port], got {url!r}")
+    return Upstream(name=name, url=url)
+
+
+def _parse_role(raw: str) -> str:
+    if raw not in ("peer", "seed"):
+        raise ConfigError(f"role must be peer or seed, got {raw!r}")
+    return raw
+
+
+def _parse_trackers(raw: str) -> str:
+    for url in (u.strip() for u in raw.split(",")):
+        parts = urlsplit(url)
+        if url and (parts.scheme not in ("http", "https") or not parts.netloc):
+            raise ConfigError(f"tracker URL must be http(s)://host:port, got {url!r}")
+    return ",".join(u.strip().rstrip("/") for u in raw.split(",") if u.strip())
+
+
+def _parse_hostport_str(raw: str) -> str:
+    parse_hostport(raw)
+    return raw
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    listen: str = field(
+        default="127.0.0.1:5050",
+        metadata=setting("HOST:PORT the registry mirror serves on", parse=_parse_hostport_str, metavar="HOST:PORT"),
+    )
+    data_dir: Path = field(
+        default=Path("/var/lib/layerswarm"),
+        metadata=setting("directory for the blob cache and state", parse=Path, metavar="DIR"),
+    )
+    upstream: tuple[Upstream, ...] = field(
+        default=(),
+        metadata=setting(
+            "a mirrored registry, NAME=URL (NAME as clients name it, e.g. docker.io, ghcr.io, "
+            "127.0.0.1:5000); docker.io is always mirrored unless overridden",
+            parse=parse_upstream,
+            repeatable=True,
+            metavar="NAME=URL",
+        ),
+    )
+    default_upstream: str = field(
+        default=DOCKER_HUB,
+        metadata=setting(
+            "the upstream for requests without ?ns= (Docker's registry-mirrors sends none)",
+            metavar="NAME",
+        ),
+    )
+    cache_size: int = field(
+        default=20 << 30,
+        metadata=setting("bytes of blobs to keep before evicting least recently used ones", parse=parse_size, metavar="SIZE"),
+    )
+    credentials_file: Path | None = field(
+        default=None,
+        metadata=setting(
+            "YAML mapping NAME: {username, password} of upstream credentials, used when a "
+            "client sends none (read at start-up, never logged or sent elsewhere)",
+            parse=Path,
+            metavar="FILE",
+        ),
+    )
+    auth_ttl: float = field(
+        default=60.0,
+        metadata=setting("how long an upstream's yes to 'may this client read this repo' is trusted", parse=parse_duration, metavar="DURATION"),
+    )
+    tag_ttl: float = field(
+        default=30.0,
+        metadata=setting("how long a tag's digest is served before asking the upstream again", parse=parse_duration, metavar="DURATION"),
+    )
+    connect_timeout: float = field(
+        default=10.0,
+        metadata=setting("upstream connect timeout", parse=parse_duration, metavar="DURATION"),
+    )
+    read_timeout: float = field(
+        default=60.0,
+        metadata=setting("upstream read timeout (between bytes)", parse=parse_duration, metavar="DURATION"),
+    )
+    max_manifest_size: int = field(
+        default=4 << 20,
+        metadata=setting("largest manifest accepted from an upstream", parse=parse_size, metavar="SIZE"),
+    )
+    # Peer-to-peer settings (issue 4); without --tracker the agent runs an embedded tracker.
+    tracker: str = field(
+        default="",
+        metadata=setting("tracker URL(s), comma-separated replicas; empty runs an embedded tracker", parse=_parse_trackers, metavar="URL[,URL...]"),
+    )
+    tracker_token_file: Path | None = field(
+        default=None,
+        metadata=setting("file holding the fleet's shared tracker token", parse=Path, metavar="FILE"),
+    )
+    zone: str = field(default="", metadata=setting("this node's zone label", metavar="ZONE"))
+    region: str = field(default="", metadata=setting("this node's region label", metavar="REGION"))
+    role: str = field(default="peer", metadata=setting("peer, or seed for a regional cache node", parse=_parse_role, metavar="ROLE"))
+    peer_listen: str = field(
+        default="0.0.0.0:0",
+        metadata=setting("HOST:PORT for peer transfers (port 0 picks a free one)", parse=_parse_hostport_str, metavar="HOST:PORT"),
+    )
+    advertise_address: str = field(
+        default="",
+        metadata=setting("address peers dial to reach this agent (default: the peer-listen host)", metavar="HOST"),
+    )
+    peer_wait: float = field(
+        default=10.0,
+        metadata=setting("how long to wait for peers before fetching from upstream directly", parse=parse_duration, metavar="DURATION"),
+    )
+    upload_rate: int = field(
+        default=0,
+        metadata=setting("peer upload limit in bytes/s, 0 for none", parse=parse_size, metavar="SIZE"),
+    )
+    download_rate: int = field(
+        default=0,
+        metadata=setting("peer download limit in bytes/s, 0 for none", parse=parse_size, metavar="SIZE"),
+    )
+    max_connections: int = field(
+        default=200,
+        metadata=setting("peer connection cap", metavar="N"),
+    )
+    p2p: bool = field(
+        default=True,
+        metadata=setting("fetch from and seed to peers (off: a plain pull-through mirror)"),
+    )
+
+    def __post_init__(self) -> None:
+        names = [u.name for u in self.upstream]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ConfigError(f"upstream {sorted(dupes)[0]} given more than once")
+        if not valid_registry_name(self.default_upstream):
+            raise ConfigError(f"default-upstream {self.default_upstream!r} is not a registry name")
+        if self.default_upstream not in self.upstreams:
+            raise ConfigError(
+                f"default-upstream {self.default_upstream} has no --upstream "
+                f"{self.default_upstream}=URL"
+            )
+        if self.cache_size < 1 << 20:
+            raise ConfigError("cache-size must be at least 1M")
+        for name in ("auth_ttl", "tag_ttl", "connect_timeout", "read_timeout", "peer_wait"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name.replace('_', '-')} must not be negative")
+        if self.max_connections < 1:
+            raise ConfigError("max-connections must be at least 1")
+
+    @property
+    def upstreams(self) -> dict[str, Upstream]:
+        """Every mirrored registry by name; Docker Hub is always present unless overridden."""
+        out = {DOCKER_HUB: Upstream(DOCKER_HUB, DOCKER_HUB_URL)}
+        out.update({u.name: u for u in self.upstream})
+        return out
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        return parse_hostport(self.listen)
+
+    @property
+    def peer_host_port(self) -> tuple[str, int]:
+        return parse_hostport(self.peer_listen)

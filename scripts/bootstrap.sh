@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs everything layerswarm and its test suite need on Debian 12, idempotently:
+# the Debian packages for the real parts the tests drive, and a virtualenv at .venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBS=(python3 python3-venv python3-pip docker-registry skopeo umoci podman containerd
+      redis-server iproute2 iperf3 systemd make git ca-certificates)
+missing=()
+for p in "${DEBS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.layerswarm-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[dev]'
+  touch "$stamp"
+fi
