@@ -1,4 +1,4 @@
-"""The agent's settings: one frozen dataclass, filled from flags, env and YAML by layerswarm.settings."""
+"""The agent's settings: one frozen dataclass, filled by layerswarm.settings."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ DOCKER_HUB = "docker.io"
 DOCKER_HUB_URL = "https://registry-1.docker.io"
 
 # A registry host as clients name it: a DNS name or IPv4/[IPv6] address, optional port.
-_REGISTRY_NAME = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$")
+_REGISTRY_NAME = re.compile(
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$"
+)
 
 
 def valid_registry_name(name: str) -> bool:
@@ -72,7 +74,11 @@ def _parse_hostport_str(raw: str) -> str:
 class AgentConfig:
     listen: str = field(
         default="127.0.0.1:5050",
-        metadata=setting("HOST:PORT the registry mirror serves on", parse=_parse_hostport_str, metavar="HOST:PORT"),
+        metadata=setting(
+            "HOST:PORT the registry mirror serves on",
+            parse=_parse_hostport_str,
+            metavar="HOST:PORT",
+        ),
     )
     data_dir: Path = field(
         default=Path("/var/lib/layerswarm"),
@@ -97,7 +103,11 @@ class AgentConfig:
     )
     cache_size: int = field(
         default=20 << 30,
-        metadata=setting("bytes of blobs to keep before evicting least recently used ones", parse=parse_size, metavar="SIZE"),
+        metadata=setting(
+            "bytes of blobs to keep before evicting least recently used ones",
+            parse=parse_size,
+            metavar="SIZE",
+        ),
     )
     credentials_file: Path | None = field(
         default=None,
@@ -110,11 +120,27 @@ class AgentConfig:
     )
     auth_ttl: float = field(
         default=60.0,
-        metadata=setting("how long an upstream's yes to 'may this client read this repo' is trusted", parse=parse_duration, metavar="DURATION"),
+        metadata=setting(
+            "how long an upstream's yes to 'may this client read this repo' is trusted",
+            parse=parse_duration,
+            metavar="DURATION",
+        ),
+    )
+    auth_grace: float = field(
+        default=86400.0,
+        metadata=setting(
+            "while the upstream is unreachable, honour an earlier yes this old",
+            parse=parse_duration,
+            metavar="DURATION",
+        ),
     )
     tag_ttl: float = field(
         default=30.0,
-        metadata=setting("how long a tag's digest is served before asking the upstream again", parse=parse_duration, metavar="DURATION"),
+        metadata=setting(
+            "how long a tag's digest is served before asking the upstream again",
+            parse=parse_duration,
+            metavar="DURATION",
+        ),
     )
     connect_timeout: float = field(
         default=10.0,
@@ -122,43 +148,72 @@ class AgentConfig:
     )
     read_timeout: float = field(
         default=60.0,
-        metadata=setting("upstream read timeout (between bytes)", parse=parse_duration, metavar="DURATION"),
+        metadata=setting(
+            "upstream read timeout (between bytes)", parse=parse_duration, metavar="DURATION"
+        ),
     )
     max_manifest_size: int = field(
         default=4 << 20,
-        metadata=setting("largest manifest accepted from an upstream", parse=parse_size, metavar="SIZE"),
+        metadata=setting(
+            "largest manifest accepted from an upstream", parse=parse_size, metavar="SIZE"
+        ),
     )
     # Peer-to-peer settings (issue 4); without --tracker the agent runs an embedded tracker.
     tracker: str = field(
         default="",
-        metadata=setting("tracker URL(s), comma-separated replicas; empty runs an embedded tracker", parse=_parse_trackers, metavar="URL[,URL...]"),
+        metadata=setting(
+            "tracker URL(s), comma-separated replicas; empty runs an embedded tracker",
+            parse=_parse_trackers,
+            metavar="URL[,URL...]",
+        ),
     )
     tracker_token_file: Path | None = field(
         default=None,
-        metadata=setting("file holding the fleet's shared tracker token", parse=Path, metavar="FILE"),
+        metadata=setting(
+            "file holding the fleet's shared tracker token", parse=Path, metavar="FILE"
+        ),
     )
     zone: str = field(default="", metadata=setting("this node's zone label", metavar="ZONE"))
     region: str = field(default="", metadata=setting("this node's region label", metavar="REGION"))
-    role: str = field(default="peer", metadata=setting("peer, or seed for a regional cache node", parse=_parse_role, metavar="ROLE"))
+    role: str = field(
+        default="peer",
+        metadata=setting(
+            "peer, or seed for a regional cache node", parse=_parse_role, metavar="ROLE"
+        ),
+    )
     peer_listen: str = field(
         default="0.0.0.0:0",
-        metadata=setting("HOST:PORT for peer transfers (port 0 picks a free one)", parse=_parse_hostport_str, metavar="HOST:PORT"),
+        metadata=setting(
+            "HOST:PORT for peer transfers (port 0 picks a free one)",
+            parse=_parse_hostport_str,
+            metavar="HOST:PORT",
+        ),
     )
     advertise_address: str = field(
         default="",
-        metadata=setting("address peers dial to reach this agent (default: the peer-listen host)", metavar="HOST"),
+        metadata=setting(
+            "address peers dial to reach this agent (default: the peer-listen host)", metavar="HOST"
+        ),
     )
     peer_wait: float = field(
         default=10.0,
-        metadata=setting("how long to wait for peers before fetching from upstream directly", parse=parse_duration, metavar="DURATION"),
+        metadata=setting(
+            "how long to wait for peers before fetching from upstream directly",
+            parse=parse_duration,
+            metavar="DURATION",
+        ),
     )
     upload_rate: int = field(
         default=0,
-        metadata=setting("peer upload limit in bytes/s, 0 for none", parse=parse_size, metavar="SIZE"),
+        metadata=setting(
+            "peer upload limit in bytes/s, 0 for none", parse=parse_size, metavar="SIZE"
+        ),
     )
     download_rate: int = field(
         default=0,
-        metadata=setting("peer download limit in bytes/s, 0 for none", parse=parse_size, metavar="SIZE"),
+        metadata=setting(
+            "peer download limit in bytes/s, 0 for none", parse=parse_size, metavar="SIZE"
+        ),
     )
     max_connections: int = field(
         default=200,
@@ -183,7 +238,14 @@ class AgentConfig:
             )
         if self.cache_size < 1 << 20:
             raise ConfigError("cache-size must be at least 1M")
-        for name in ("auth_ttl", "tag_ttl", "connect_timeout", "read_timeout", "peer_wait"):
+        for name in (
+            "auth_ttl",
+            "auth_grace",
+            "tag_ttl",
+            "connect_timeout",
+            "read_timeout",
+            "peer_wait",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.replace('_', '-')} must not be negative")
         if self.max_connections < 1:

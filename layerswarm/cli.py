@@ -35,7 +35,7 @@ COMMANDS: dict[str, str] = {
 
 def _load(module: str) -> Command:
     mod = importlib.import_module(module)
-    return mod  # type: ignore[return-value]  # a module satisfies the Command protocol by duck typing
+    return mod  # a module satisfies Command by duck typing
 
 
 def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, dict[str, Command]]:

@@ -39,7 +39,7 @@ class Setting:
 
 
 def setting(
-    help: str,  # noqa: A002 - mirrors argparse's own keyword
+    help: str,
     *,
     parse: Callable[[str], Any] | None = None,
     repeatable: bool = False,
@@ -191,9 +191,7 @@ def load(
         if raw_flag is None:
             continue
         if s.repeatable:
-            values[name] = tuple(
-                v for item in raw_flag for v in _convert(f, s, item, _flag(name))
-            )
+            values[name] = tuple(v for item in raw_flag for v in _convert(f, s, item, _flag(name)))
         else:
             values[name] = _convert(f, s, raw_flag, _flag(name))
 

@@ -1,0 +1,132 @@
+"""Who may read what: cached content is served only after the upstream agreed.
+
+The upstream is the only authority on access. Before cached (or peer-fetched) bytes go to a
+client, the upstream must have answered a request *with that client's credentials* for that
+repository, and the blob must be known to belong to that repository (seen in one of its
+manifests, or confirmed by a HEAD on that repository's blob). Positive answers are remembered
+per (hash of the credential, upstream, repository) for ``ttl`` seconds; only a hash is kept.
+When the upstream is unreachable, a positive answer up to ``grace`` seconds old still counts,
+so a node keeps pulling what a client was already allowed to read during an upstream outage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from agent.config import Upstream
+from agent.errors import DigestInvalid, UpstreamError
+from agent.oci import Digest, parse_digest
+from agent.upstream import UpstreamClient, relay_error, upstream_failure
+
+log = logging.getLogger(__name__)
+
+_MAX_GRANTS = 100_000
+_MAX_REPO_DIGESTS = 50_000
+
+
+def credential_key(auth: str | None) -> str:
+    return hashlib.sha256((auth or "").encode()).hexdigest()
+
+
+class AccessChecker:
+    def __init__(
+        self,
+        client: UpstreamClient,
+        *,
+        ttl: float,
+        grace: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._ttl = ttl
+        self._grace = grace
+        self._clock = clock
+        self._grants: OrderedDict[tuple[str, str, str], float] = OrderedDict()
+        self._repo_digests: OrderedDict[tuple[str, str, Digest], None] = OrderedDict()
+
+    def remember(self, auth: str | None, upstream: str, repo: str) -> None:
+        key = (credential_key(auth), upstream, repo)
+        self._grants[key] = self._clock()
+        self._grants.move_to_end(key)
+        while len(self._grants) > _MAX_GRANTS:
+            self._grants.popitem(last=False)
+
+    def link(self, upstream: str, repo: str, digests: list[Digest]) -> None:
+        """Record that these digests belong to ``repo`` (from its manifest or a blob answer)."""
+        for d in digests:
+            k = (upstream, repo, d)
+            self._repo_digests[k] = None
+            self._repo_digests.move_to_end(k)
+        while len(self._repo_digests) > _MAX_REPO_DIGESTS:
+            self._repo_digests.popitem(last=False)
+
+    def link_manifest(self, upstream: str, repo: str, body: bytes) -> None:
+        self.link(upstream, repo, referenced_digests(body))
+
+    def granted(self, auth: str | None, upstream: str, repo: str, *, stale: bool = False) -> bool:
+        at = self._grants.get((credential_key(auth), upstream, repo))
+        if at is None:
+            return False
+        age = self._clock() - at
+        return age <= (self._grace if stale else self._ttl)
+
+    def is_linked(self, upstream: str, repo: str, digest: Digest) -> bool:
+        return (upstream, repo, digest) in self._repo_digests
+
+    async def check_blob(
+        self, upstream: Upstream, repo: str, digest: Digest, auth: str | None
+    ) -> None:
+        """Return if the client may read ``digest`` from ``repo``; else raise its answer."""
+        if self.is_linked(upstream.name, repo, digest) and self.granted(auth, upstream.name, repo):
+            return
+        try:
+            async with self._client.request(
+                upstream, "HEAD", f"/v2/{repo}/blobs/{digest}", client_auth=auth
+            ) as resp:
+                if resp.status == 200:
+                    self.remember(auth, upstream.name, repo)
+                    self.link(upstream.name, repo, [digest])
+                    return
+                if resp.status in (401, 403, 404, 429):
+                    raise await relay_error(resp)
+                raise upstream_failure(upstream.name, resp.status)
+        except UpstreamError:
+            if self.is_linked(upstream.name, repo, digest) and self.granted(
+                auth, upstream.name, repo, stale=True
+            ):
+                log.warning(
+                    "upstream down, serving from earlier grant upstream=%s repo=%s",
+                    upstream.name,
+                    repo,
+                )
+                return
+            raise
+
+
+def referenced_digests(body: bytes) -> list[Digest]:
+    """Digests a manifest or index points at (config, layers, child manifests)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return []
+    if not isinstance(doc, dict):
+        return []
+    out: list[Digest] = []
+    descs: list[object] = []
+    if isinstance(doc.get("config"), dict):
+        descs.append(doc["config"])
+    for key in ("layers", "manifests", "blobs"):
+        if isinstance(doc.get(key), list):
+            descs.extend(doc[key])
+    for d in descs:
+        if isinstance(d, dict) and isinstance(d.get("digest"), str):
+            try:
+                out.append(parse_digest(d["digest"]))
+            except DigestInvalid:
+                continue
+    return out

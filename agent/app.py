@@ -1,0 +1,116 @@
+"""The agent's composition root: every dependency is built here, in order, and closed in reverse."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from agent.access import AccessChecker
+from agent.blobstore import BlobStore
+from agent.config import AgentConfig
+from agent.fetch import BlobFetcher, BlobSource, UpstreamSource
+from agent.manifests import ManifestStore
+from agent.metrics import AgentMetrics
+from agent.server.middleware import make_middleware
+from agent.server.ops import OpsHandlers
+from agent.server.registry import RegistryHandlers
+from agent.upstream import UpstreamClient, load_credentials
+from layerswarm.settings import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class AgentRuntime:
+    """The live parts of one agent, reachable from tests and from the peer-to-peer layer."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        session: aiohttp.ClientSession,
+        store: BlobStore,
+        manifests: ManifestStore,
+        client: UpstreamClient,
+        access: AccessChecker,
+        fetcher: BlobFetcher,
+        metrics: AgentMetrics,
+    ) -> None:
+        self.config = config
+        self.session = session
+        self.store = store
+        self.manifests = manifests
+        self.client = client
+        self.access = access
+        self.fetcher = fetcher
+        self.metrics = metrics
+
+    async def close(self) -> None:
+        await self.fetcher.close()
+        await self.session.close()
+
+
+AGENT_KEY: web.AppKey[AgentRuntime] = web.AppKey("agent_runtime", AgentRuntime)
+
+
+def prepare_data_dir(config: AgentConfig) -> None:
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"data-dir {config.data_dir}: {exc.strerror}") from None
+    if not os.access(config.data_dir, os.W_OK | os.X_OK):
+        raise ConfigError(f"data-dir {config.data_dir}: not writable")
+
+
+async def build_app(
+    config: AgentConfig,
+    *,
+    registry: CollectorRegistry | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> web.Application:
+    prepare_data_dir(config)
+    credentials = load_credentials(config.credentials_file)
+    unknown = set(credentials) - set(config.upstreams)
+    if unknown:
+        raise ConfigError(f"credentials-file names unknown upstream {sorted(unknown)[0]}")
+    metrics = AgentMetrics.create(registry or CollectorRegistry())
+
+    store = BlobStore(config.data_dir, config.cache_size)
+    store.on_evict.append(lambda _d: metrics.evictions.inc())
+    store.open()
+    manifests = ManifestStore(config.data_dir)
+    manifests.open()
+
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=256, limit_per_host=64, enable_cleanup_closed=True),
+        auto_decompress=False,
+        # Upstream bodies are passed through byte for byte; never let aiohttp decode them.
+        skip_auto_headers=("Accept-Encoding",),
+    )
+    client = UpstreamClient(
+        session,
+        config.upstreams,
+        credentials,
+        connect_timeout=config.connect_timeout,
+        read_timeout=config.read_timeout,
+        clock=clock,
+    )
+    access = AccessChecker(client, ttl=config.auth_ttl, grace=config.auth_grace, clock=clock)
+    sources: list[BlobSource] = [UpstreamSource(client, metrics)]
+    fetcher = BlobFetcher(store, sources, metrics)
+    runtime = AgentRuntime(config, session, store, manifests, client, access, fetcher, metrics)
+
+    app = web.Application(middlewares=[make_middleware(metrics)], client_max_size=64 << 10)
+    app[AGENT_KEY] = runtime
+    RegistryHandlers(config, client, store, manifests, fetcher, access, metrics).add_routes(app)
+    OpsHandlers(metrics, store).add_routes(app)
+
+    async def _close(_app: web.Application) -> None:
+        await runtime.close()
+
+    app.on_cleanup.append(_close)
+    return app

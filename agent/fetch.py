@@ -1,0 +1,400 @@
+"""Getting a missing blob into the cache once, while every waiting client streams it.
+
+One ``Download`` per digest at a time. It writes into ``partial/`` and hashes as bytes
+arrive; readers follow the file as it grows. The last byte is held back from readers until
+the whole blob has been verified, so a client can never receive a complete, wrong blob: a
+download that fails verification ends every reader's response short instead.
+
+The download runs in its own task, not in a client's handler: a client that disconnects
+does not stop the download the others wait on (as distribution's proxy blob store keeps
+writing after its client leaves).
+
+Sources are tried in order (peers first when peer-to-peer is on, then the upstream); a
+source that fails mid-blob hands over to the next at the current offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import aiohttp
+
+from agent.blobstore import BlobStore
+from agent.config import Upstream
+from agent.errors import BlobIntegrityError, RegistryError, UpstreamError
+from agent.metrics import AgentMetrics
+from agent.oci import Digest
+from agent.upstream import UpstreamClient, relay_error, upstream_failure
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 1 << 20
+# Upstream hiccups mid-blob are retried from the current offset this many times.
+_MAX_RESUMES = 3
+# Chunks at least this big are written and hashed in a thread (hashlib drops the GIL), so
+# the event loop keeps serving other clients during a fast download.
+_THREAD_CHUNK = 256 << 10
+
+
+@dataclass(frozen=True)
+class FetchJob:
+    """What a download needs: never more credentials than the request that started it."""
+
+    upstream: Upstream
+    repo: str
+    digest: Digest
+    auth: str | None
+
+
+class Download:
+    """A blob on its way into the cache; readers follow it as it grows."""
+
+    def __init__(self, digest: Digest, path: Path) -> None:
+        self.digest = digest
+        self.path = path
+        self.size: int | None = None
+        self.written = 0
+        self.source = "upstream"
+        self.finished = False
+        self.error: BaseException | None = None
+        self.final_path: Path | None = None
+        self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._changed = asyncio.Event()
+        self._hasher = digest.hasher()
+        self._fd: int | None = None
+
+    # -- writer side -------------------------------------------------------------
+
+    def _open_for_append(self) -> None:
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    async def resume_existing(self) -> None:
+        """Adopt bytes a previous run left in partial/ (re-hashing them; hash state isn't saved)."""
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if size:
+            await asyncio.to_thread(self._hash_file_prefix, size)
+            self.written = size
+        self._open_for_append()
+
+    def _hash_file_prefix(self, size: int) -> None:
+        with self.path.open("rb") as f:
+            remaining = size
+            while remaining:
+                block = f.read(min(READ_CHUNK * 4, remaining))
+                if not block:
+                    break
+                self._hasher.update(block)
+                remaining -= len(block)
+
+    def _write(self, chunk: bytes) -> None:
+        assert self._fd is not None
+        view = memoryview(chunk)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        self._hasher.update(chunk)
+
+    async def append(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        if len(chunk) >= _THREAD_CHUNK:
+            await asyncio.to_thread(self._write, chunk)
+        else:
+            self._write(chunk)
+        self.written += len(chunk)
+        self._notify()
+
+    def verify(self) -> None:
+        actual = self._hasher.hexdigest()
+        if actual != self.digest.hex:
+            raise BlobIntegrityError(
+                f"content of {self.digest} hashes to {self.digest.algorithm}:{actual}"
+            )
+
+    def close_file(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def set_started(self, size: int | None) -> None:
+        if size is not None:
+            self.size = size
+        if not self.started.done():
+            self.started.set_result(None)
+
+    def finish(self, final_path: Path) -> None:
+        self.final_path = final_path
+        self.finished = True
+        self._notify()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.finished = True
+        if not self.started.done():
+            self.started.set_exception(error)
+            # Nobody may be waiting on `started` (everyone left); don't warn about it.
+            self.started.exception()
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # -- reader side -------------------------------------------------------------
+
+    def available(self) -> int:
+        """Bytes a reader may take: all once verified, else all but the last one."""
+        if self.finished and self.error is None:
+            return self.written
+        return max(0, self.written - 1)
+
+    async def stream(self, start: int, end: int) -> AsyncIterator[bytes]:
+        """Yield bytes [start, end] (inclusive) as they arrive; raises the download's error."""
+        f = self._open_reader()
+        try:
+            pos = start
+            while pos <= end:
+                avail = self.available()
+                if avail > pos:
+                    n = min(avail, end + 1) - pos
+                    data = await asyncio.to_thread(os.pread, f, min(n, READ_CHUNK), pos)
+                    if not data:
+                        raise RuntimeError(f"cache file of {self.digest} shorter than written")
+                    pos += len(data)
+                    yield data
+                    continue
+                if self.error is not None:
+                    raise self.error
+                if self.finished:
+                    # Finished with fewer bytes than the client asked for.
+                    raise BlobIntegrityError(f"{self.digest} ended at {self.written} bytes")
+                await self._changed.wait()
+        finally:
+            os.close(f)
+
+    def _open_reader(self) -> int:
+        # The partial file is renamed into the cache when complete; an fd opened on either
+        # name keeps reading the same inode.
+        try:
+            return os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            if self.final_path is None:
+                raise
+            return os.open(self.final_path, os.O_RDONLY)
+
+
+class BlobSource(Protocol):
+    """Somewhere blob bytes can come from (the upstream, or peers).
+
+    ``fetch`` writes the blob from ``download.written`` on into the download, calling
+    ``download.set_started(size)`` once it knows it can deliver. It raises a RegistryError
+    that the client should see (401, 404...) before starting, or SourceUnavailable to let the
+    next source try; the fetcher verifies the digest, so a source need not.
+    """
+
+    name: str
+
+    async def fetch(self, job: FetchJob, download: Download) -> None: ...
+
+
+class SourceUnavailable(Exception):
+    """This source cannot deliver the blob now; try the next one."""
+
+
+class UpstreamSource:
+    name = "upstream"
+
+    def __init__(self, client: UpstreamClient, metrics: AgentMetrics) -> None:
+        self._client = client
+        self._metrics = metrics
+
+    async def fetch(self, job: FetchJob, download: Download) -> None:
+        resumes = 0
+        while True:
+            try:
+                await self._fetch_once(job, download)
+                return
+            except (
+                UpstreamError,
+                aiohttp.ClientPayloadError,
+                aiohttp.ClientConnectionError,
+                TimeoutError,
+            ) as exc:
+                self._metrics.upstream_errors.labels(job.upstream.name, type(exc).__name__).inc()
+                # Only a download that already started is resumed: a failure to start is the
+                # client's answer (503/504) right away.
+                if not download.started.done() or resumes >= _MAX_RESUMES:
+                    if isinstance(exc, UpstreamError):
+                        raise
+                    raise UpstreamError(
+                        f"upstream {job.upstream.name} failed mid-blob: {type(exc).__name__}"
+                    ) from exc
+                resumes += 1
+                log.warning(
+                    "resuming digest=%s at offset=%d after %s",
+                    job.digest,
+                    download.written,
+                    type(exc).__name__,
+                )
+                await asyncio.sleep(min(0.5 * resumes, 2.0))
+
+    async def _fetch_once(self, job: FetchJob, download: Download) -> None:
+        offset = download.written
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        async with self._client.request(
+            job.upstream,
+            "GET",
+            f"/v2/{job.repo}/blobs/{job.digest}",
+            client_auth=job.auth,
+            headers=headers,
+            own_auth=job.auth is None,
+        ) as resp:
+            skip = 0
+            if resp.status == 206 and offset:
+                start, total = _content_range(resp.headers.get("Content-Range", ""))
+                if start != offset:
+                    raise UpstreamError(f"upstream {job.upstream.name} resumed at wrong offset")
+                size = total
+            elif resp.status == 200:
+                # The upstream ignored our Range: discard what we already have.
+                skip = offset
+                size = resp.content_length
+            elif resp.status in (401, 403, 404, 429):
+                raise await relay_error(resp)
+            else:
+                raise upstream_failure(job.upstream.name, resp.status)
+            download.set_started(size)
+            async for chunk in resp.content.iter_chunked(READ_CHUNK):
+                self._metrics.upstream_bytes.labels(job.upstream.name).inc(len(chunk))
+                data = chunk
+                if skip:
+                    take = min(skip, len(data))
+                    data = data[take:]
+                    skip -= take
+                await download.append(data)
+            if download.size is not None and download.written != download.size:
+                raise aiohttp.ClientPayloadError(
+                    f"upstream body ended at {download.written} of {download.size} bytes"
+                )
+
+
+def _content_range(value: str) -> tuple[int, int | None]:
+    # "bytes 100-199/1000" or "bytes 100-199/*"
+    try:
+        _unit, _, rest = value.partition(" ")
+        span, _, total = rest.partition("/")
+        start = int(span.partition("-")[0])
+        return start, (int(total) if total.strip() != "*" else None)
+    except ValueError:
+        return -1, None
+
+
+@dataclass
+class BlobFetcher:
+    store: BlobStore
+    sources: list[BlobSource]
+    metrics: AgentMetrics
+    on_cached: list[Callable[[Digest, Path, int], None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._inflight: dict[Digest, Download] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def inflight(self, digest: Digest) -> Download | None:
+        return self._inflight.get(digest)
+
+    def start(self, job: FetchJob) -> tuple[Download, bool]:
+        """The download for ``job.digest``: an existing one, or a new one started now.
+
+        Returns (download, created). The caller awaits ``download.started`` to learn whether
+        the blob can be had (its exception is the answer for the client).
+        """
+        existing = self._inflight.get(job.digest)
+        if existing is not None:
+            return existing, False
+        dl = Download(job.digest, self.store.partial_path(job.digest))
+        self._inflight[job.digest] = dl
+        task = asyncio.create_task(self._run(job, dl), name=f"download {job.digest}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return dl, True
+
+    async def _run(self, job: FetchJob, dl: Download) -> None:
+        t0 = time.monotonic()
+        self.metrics.inflight.inc()
+        try:
+            await dl.resume_existing()
+            last_error: BaseException | None = None
+            for source in self.sources:
+                dl.source = source.name
+                try:
+                    await source.fetch(job, dl)
+                    last_error = None
+                    break
+                except SourceUnavailable as exc:
+                    last_error = exc
+                    continue
+            if last_error is not None:
+                raise UpstreamError(f"no source could deliver {job.digest}", status=503)
+            dl.close_file()
+            try:
+                dl.verify()
+            except BlobIntegrityError:
+                self.metrics.verify_failures.labels(dl.source).inc()
+                dl.path.unlink(missing_ok=True)
+                raise
+            cached = self.store.commit(job.digest, dl.path)
+            dl.finish(cached.path)
+            self.metrics.fetch_seconds.labels(dl.source).observe(time.monotonic() - t0)
+            log.info(
+                "cached digest=%s repo=%s source=%s bytes=%d seconds=%.3f",
+                job.digest,
+                job.repo,
+                dl.source,
+                cached.size,
+                time.monotonic() - t0,
+            )
+            for hook in self.on_cached:
+                try:
+                    hook(job.digest, cached.path, cached.size)
+                except Exception:
+                    log.exception("on_cached hook failed for %s", job.digest)
+        except asyncio.CancelledError:
+            # Shutdown: keep partial bytes for a resume after restart.
+            dl.fail(UpstreamError("agent shutting down", status=503))
+            raise
+        except RegistryError as exc:
+            if not dl.started.done() or isinstance(exc, UpstreamError):
+                # Nothing useful was written for this request's answer; a later request
+                # may have other credentials. Keep partial bytes only when some arrived.
+                pass
+            dl.fail(exc)
+        except BlobIntegrityError as exc:
+            log.error("discarded digest=%s: %s", job.digest, exc)
+            dl.fail(exc)
+        except Exception as exc:
+            log.exception("download of %s failed", job.digest)
+            dl.fail(UpstreamError(f"download of {job.digest} failed: {type(exc).__name__}"))
+        finally:
+            dl.close_file()
+            self.metrics.inflight.dec()
+            if self._inflight.get(job.digest) is dl:
+                del self._inflight[job.digest]
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

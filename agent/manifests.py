@@ -1,0 +1,111 @@
+"""Manifests by digest (immutable, kept) and the last digest seen for each tag.
+
+Layout under the data directory::
+
+    manifests/<algo>/<hex>        the manifest bytes, verified against the digest
+    manifests/<algo>/<hex>.type   its media type
+    tags/<sha256 of upstream, repo, tag>.json   {"digest", "media_type", "fetched_at"}
+
+Tag files let a restarted agent still answer a tag while the upstream is down. Their names
+are hashes, so no client-supplied string ever becomes a path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.oci import Digest, parse_digest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoredManifest:
+    digest: Digest
+    media_type: str
+    body: bytes
+    fetched: bool = False  # True when this answer came from the upstream just now
+
+
+@dataclass(frozen=True)
+class TagEntry:
+    digest: Digest
+    media_type: str
+    fetched_at: float
+
+
+class ManifestStore:
+    def __init__(self, root: Path, clock: Callable[[], float] = time.time) -> None:
+        self._mdir = root / "manifests"
+        self._tdir = root / "tags"
+        self._tmp = root / "tmp"
+        self._clock = clock
+        self._tags: dict[str, TagEntry] = {}
+
+    def open(self) -> None:
+        for d in (self._mdir, self._tdir, self._tmp):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, digest: Digest) -> Path:
+        return self._mdir / digest.algorithm / digest.hex
+
+    def get(self, digest: Digest) -> StoredManifest | None:
+        path = self._path(digest)
+        try:
+            body = path.read_bytes()
+            media_type = path.with_name(path.name + ".type").read_text().strip()
+        except FileNotFoundError:
+            return None
+        return StoredManifest(digest, media_type, body)
+
+    def put(self, digest: Digest, media_type: str, body: bytes) -> None:
+        """Store bytes already verified to hash to ``digest``."""
+        path = self._path(digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The type file goes first: a manifest file without its type is never read as present.
+        self._atomic_write(path.with_name(path.name + ".type"), media_type.encode())
+        self._atomic_write(path, body)
+
+    def _atomic_write(self, path: Path, data: bytes) -> None:
+        tmp = self._tmp / f"{path.name}.{os.getpid()}.{time.monotonic_ns()}"
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    @staticmethod
+    def _tag_key(upstream: str, repo: str, tag: str) -> str:
+        return hashlib.sha256(f"{upstream}\0{repo}\0{tag}".encode()).hexdigest()
+
+    def get_tag(self, upstream: str, repo: str, tag: str) -> TagEntry | None:
+        key = self._tag_key(upstream, repo, tag)
+        entry = self._tags.get(key)
+        if entry is not None:
+            return entry
+        try:
+            data = json.loads((self._tdir / f"{key}.json").read_text())
+            entry = TagEntry(
+                parse_digest(data["digest"]), str(data["media_type"]), float(data["fetched_at"])
+            )
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring unreadable tag record %s", key)
+            return None
+        self._tags[key] = entry
+        return entry
+
+    def set_tag(self, upstream: str, repo: str, tag: str, digest: Digest, media_type: str) -> None:
+        key = self._tag_key(upstream, repo, tag)
+        entry = TagEntry(digest, media_type, self._clock())
+        self._tags[key] = entry
+        doc = {"digest": str(digest), "media_type": media_type, "fetched_at": entry.fetched_at}
+        self._atomic_write(self._tdir / f"{key}.json", json.dumps(doc).encode())
+
+    def is_fresh(self, entry: TagEntry, ttl: float) -> bool:
+        return self._clock() - entry.fetched_at <= ttl

@@ -1,0 +1,497 @@
+"""The registry read API (OCI distribution spec, pull side) served to the node's runtime.
+
+Routes: ``GET /v2/``; GET/HEAD ``/v2/<name>/manifests/<reference>``,
+``/v2/<name>/blobs/<digest>``; GET ``/v2/<name>/tags/list``. Every other method is
+405 UNSUPPORTED: this is a read-only mirror.
+
+The registry a request is for comes from containerd's ``?ns=`` query; without it (Docker's
+``registry-mirrors``) it is the default upstream. Handlers raise RegistryError subclasses;
+agent/server/middleware.py renders them as OCI error bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from agent.access import AccessChecker
+from agent.blobstore import BlobStore, CachedBlob
+from agent.config import DOCKER_HUB, AgentConfig, Upstream, valid_registry_name
+from agent.errors import (
+    DigestInvalid,
+    ManifestInvalid,
+    NameInvalid,
+    NameUnknown,
+    RangeInvalid,
+    RegistryError,
+    Unsupported,
+    UpstreamError,
+)
+from agent.fetch import BlobFetcher, Download, FetchJob
+from agent.manifests import ManifestStore, StoredManifest
+from agent.metrics import AgentMetrics
+from agent.oci import (
+    DEFAULT_ACCEPT,
+    MANIFEST_TYPES,
+    ByteRange,
+    Digest,
+    digest_of,
+    parse_digest,
+    parse_range,
+    validate_name,
+    validate_reference,
+)
+from agent.server.sendfile import SendfileResponse
+from agent.upstream import RelayedError, UpstreamClient, read_limited, relay_error, upstream_failure
+
+log = logging.getLogger(__name__)
+
+_PATH_RE = re.compile(r"^/v2/(?P<name>.+)/(?P<kind>manifests|blobs|tags)/(?P<rest>[^/]+)$")
+_API_HEADERS = {"Docker-Distribution-API-Version": "registry/2.0"}
+_MAX_TAGS_BODY = 4 << 20
+# A joiner whose initiator's credentials were refused retries as initiator this many times.
+_MAX_JOIN_RETRIES = 3
+
+
+@dataclass
+class RequestInfo:
+    """What the access log and metrics want to know about a request, filled as it goes."""
+
+    kind: str = "other"
+    repo: str = ""
+    digest: str = ""
+    upstream: str = ""
+    source: str = ""
+    bytes: int = 0
+
+
+def info(request: web.Request) -> RequestInfo:
+    ri = request.get("ls_info")
+    if not isinstance(ri, RequestInfo):
+        ri = RequestInfo()
+        request["ls_info"] = ri
+    return ri
+
+
+class RegistryHandlers:
+    def __init__(
+        self,
+        config: AgentConfig,
+        client: UpstreamClient,
+        store: BlobStore,
+        manifests: ManifestStore,
+        fetcher: BlobFetcher,
+        access: AccessChecker,
+        metrics: AgentMetrics,
+    ) -> None:
+        self._config = config
+        self._upstreams = config.upstreams
+        self._client = client
+        self._store = store
+        self._manifests = manifests
+        self._fetcher = fetcher
+        self._access = access
+        self._metrics = metrics
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/v2", self.ping)
+        app.router.add_route("*", "/v2/", self.ping)
+        app.router.add_route("*", "/v2/{tail:.+}", self.dispatch)
+
+    async def ping(self, request: web.Request) -> web.StreamResponse:
+        info(request).kind = "ping"
+        if request.method not in ("GET", "HEAD"):
+            raise Unsupported("this mirror is read-only", headers={"Allow": "GET, HEAD"})
+        return web.json_response({}, headers=_API_HEADERS)
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        ri = info(request)
+        m = _PATH_RE.match(request.path)
+        if m is None:
+            if request.path.rstrip("/") == "/v2/_catalog":
+                ri.kind = "catalog"
+                raise Unsupported("catalog listing is not offered by this mirror")
+            raise NameUnknown("no such endpoint")
+        kind = m.group("kind")
+        ri.kind = {"manifests": "manifest", "blobs": "blob", "tags": "tags"}[kind]
+        if request.method not in ("GET", "HEAD"):
+            raise Unsupported("this mirror is read-only", headers={"Allow": "GET, HEAD"})
+        upstream = self._upstream_for(request)
+        ri.upstream = upstream.name
+        repo = validate_name(m.group("name"))
+        if upstream.name == DOCKER_HUB and "/" not in repo:
+            # Docker Hub's official images live under library/; clients that omit it mean it.
+            repo = f"library/{repo}"
+        ri.repo = repo
+        rest = m.group("rest")
+        auth = request.headers.get("Authorization")
+        if kind == "manifests":
+            return await self._manifest(request, upstream, repo, rest, auth)
+        if kind == "blobs":
+            return await self._blob(request, upstream, repo, rest, auth)
+        if rest != "list":
+            raise NameUnknown("no such endpoint")
+        return await self._tags(request, upstream, repo, auth)
+
+    def _upstream_for(self, request: web.Request) -> Upstream:
+        ns_values = request.query.getall("ns", [])
+        if len(ns_values) > 1:
+            raise NameInvalid("more than one ns parameter")
+        ns = ns_values[0] if ns_values else self._config.default_upstream
+        if ns in {"index.docker.io", "registry-1.docker.io"}:
+            ns = DOCKER_HUB
+        if not valid_registry_name(ns):
+            raise NameInvalid(f"invalid ns {ns[:100]!r}")
+        up = self._upstreams.get(ns)
+        if up is None:
+            raise NameUnknown(f"registry {ns} is not mirrored here")
+        return up
+
+    # -- manifests ----------------------------------------------------------------
+
+    async def _manifest(
+        self, request: web.Request, upstream: Upstream, repo: str, reference: str, auth: str | None
+    ) -> web.StreamResponse:
+        ref = validate_reference(reference)
+        accept = request.headers.get("Accept") or DEFAULT_ACCEPT
+        if isinstance(ref, Digest):
+            info(request).digest = str(ref)
+            stored = await self._manifest_by_digest(upstream, repo, ref, accept, auth)
+        else:
+            stored = await self._manifest_by_tag(upstream, repo, ref, accept, auth)
+        self._access.link_manifest(upstream.name, repo, stored.body)
+        ri = info(request)
+        ri.digest = str(stored.digest)
+        ri.source = "upstream" if stored.fetched else "cache"
+        return self._manifest_response(request, stored)
+
+    def _manifest_response(self, request: web.Request, m: StoredManifest) -> web.Response:
+        headers = {
+            **_API_HEADERS,
+            "Docker-Content-Digest": str(m.digest),
+            "Content-Type": m.media_type,
+            "ETag": f'"{m.digest}"',
+        }
+        ri = info(request)
+        if request.method == "HEAD":
+            headers["Content-Length"] = str(len(m.body))
+            return web.Response(headers=headers)
+        ri.bytes = len(m.body)
+        self._metrics.served_bytes.labels(ri.source).inc(len(m.body))
+        return web.Response(body=m.body, headers=headers)
+
+    async def _manifest_by_digest(
+        self, upstream: Upstream, repo: str, digest: Digest, accept: str, auth: str | None
+    ) -> StoredManifest:
+        stored = self._manifests.get(digest)
+        if stored is not None:
+            await self._check_manifest_access(upstream, repo, digest, auth)
+            return stored
+        return await self._fetch_manifest(upstream, repo, str(digest), accept, auth, expect=digest)
+
+    async def _check_manifest_access(
+        self, upstream: Upstream, repo: str, digest: Digest, auth: str | None
+    ) -> None:
+        if self._access.granted(auth, upstream.name, repo) and self._access.is_linked(
+            upstream.name, repo, digest
+        ):
+            return
+        try:
+            async with self._client.request(
+                upstream,
+                "HEAD",
+                f"/v2/{repo}/manifests/{digest}",
+                client_auth=auth,
+                headers={"Accept": DEFAULT_ACCEPT},
+            ) as resp:
+                if resp.status == 200:
+                    self._access.remember(auth, upstream.name, repo)
+                    self._access.link(upstream.name, repo, [digest])
+                    return
+                if resp.status in (401, 403, 404, 429):
+                    raise await relay_error(resp)
+                raise upstream_failure(upstream.name, resp.status)
+        except UpstreamError:
+            if self._access.granted(
+                auth, upstream.name, repo, stale=True
+            ) and self._access.is_linked(upstream.name, repo, digest):
+                return
+            raise
+
+    async def _manifest_by_tag(
+        self, upstream: Upstream, repo: str, tag: str, accept: str, auth: str | None
+    ) -> StoredManifest:
+        entry = self._manifests.get_tag(upstream.name, repo, tag)
+        cached = self._manifests.get(entry.digest) if entry is not None else None
+        acceptable = cached is not None and _accepts(accept, cached.media_type)
+        if (
+            cached is not None
+            and entry is not None
+            and acceptable
+            and self._manifests.is_fresh(entry, self._config.tag_ttl)
+            and self._access.granted(auth, upstream.name, repo)
+        ):
+            return cached
+        try:
+            # A HEAD revalidates the tag and checks the client's access in one request, and
+            # does not count against Docker Hub's pull rate limit the way a GET does.
+            async with self._client.request(
+                upstream,
+                "HEAD",
+                f"/v2/{repo}/manifests/{tag}",
+                client_auth=auth,
+                headers={"Accept": accept},
+            ) as resp:
+                if resp.status in (401, 403, 404, 429):
+                    raise await relay_error(resp)
+                if resp.status != 200:
+                    raise upstream_failure(upstream.name, resp.status)
+                head_digest = resp.headers.get("Docker-Content-Digest")
+            self._access.remember(auth, upstream.name, repo)
+            if head_digest:
+                try:
+                    d = parse_digest(head_digest)
+                except DigestInvalid:
+                    d = None
+                known = self._manifests.get(d) if d is not None else None
+                if known is not None and _accepts(accept, known.media_type):
+                    self._manifests.set_tag(
+                        upstream.name, repo, tag, known.digest, known.media_type
+                    )
+                    return known
+            stored = await self._fetch_manifest(upstream, repo, tag, accept, auth, expect=None)
+            self._manifests.set_tag(upstream.name, repo, tag, stored.digest, stored.media_type)
+            return stored
+        except UpstreamError as exc:
+            if (
+                cached is not None
+                and acceptable
+                and self._access.granted(auth, upstream.name, repo, stale=True)
+            ):
+                log.warning(
+                    "upstream unavailable, serving last known digest "
+                    "upstream=%s repo=%s tag=%s error=%s",
+                    upstream.name,
+                    repo,
+                    tag,
+                    exc.message,
+                )
+                return cached
+            raise
+
+    async def _fetch_manifest(
+        self,
+        upstream: Upstream,
+        repo: str,
+        reference: str,
+        accept: str,
+        auth: str | None,
+        *,
+        expect: Digest | None,
+    ) -> StoredManifest:
+        async with self._client.request(
+            upstream,
+            "GET",
+            f"/v2/{repo}/manifests/{reference}",
+            client_auth=auth,
+            headers={"Accept": accept},
+        ) as resp:
+            if resp.status in (401, 403, 404, 429):
+                raise await relay_error(resp)
+            if resp.status != 200:
+                raise upstream_failure(upstream.name, resp.status)
+            try:
+                body = await read_limited(resp, self._config.max_manifest_size)
+            except UpstreamError as exc:
+                raise ManifestInvalid(
+                    f"upstream manifest larger than {self._config.max_manifest_size} bytes",
+                    status=502,
+                ) from exc
+            media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
+            header_digest = resp.headers.get("Docker-Content-Digest")
+        self._metrics.upstream_bytes.labels(upstream.name).inc(len(body))
+        algo = expect.algorithm if expect is not None else "sha256"
+        actual = digest_of(body, algo)
+        if expect is not None and actual != expect:
+            raise DigestInvalid(f"upstream manifest does not match {expect}", status=502)
+        if header_digest and expect is None:
+            try:
+                hd = parse_digest(header_digest)
+            except DigestInvalid:
+                hd = None
+            if hd is not None and digest_of(body, hd.algorithm) != hd:
+                raise DigestInvalid(
+                    "upstream manifest does not match its Docker-Content-Digest", status=502
+                )
+        if not media_type or media_type == "application/octet-stream":
+            media_type = _sniff_media_type(body)
+        self._access.remember(auth, upstream.name, repo)
+        self._manifests.put(actual, media_type, body)
+        return StoredManifest(actual, media_type, body, fetched=True)
+
+    # -- blobs ----------------------------------------------------------------------
+
+    async def _blob(
+        self, request: web.Request, upstream: Upstream, repo: str, raw_digest: str, auth: str | None
+    ) -> web.StreamResponse:
+        digest = parse_digest(raw_digest)
+        ri = info(request)
+        ri.digest = str(digest)
+        for _ in range(_MAX_JOIN_RETRIES):
+            if digest in self._store or self._fetcher.inflight(digest) is not None:
+                await self._access.check_blob(upstream, repo, digest, auth)
+            cached = self._store.get(digest)
+            if cached is not None:
+                return await self._send_cached(request, cached)
+            dl, created = self._fetcher.start(FetchJob(upstream, repo, digest, auth))
+            try:
+                # Shielded: a client leaving must not cancel what other clients wait on.
+                await asyncio.shield(dl.started)
+            except RelayedError:
+                if created:
+                    raise
+                # The request that started the download had credentials the upstream refused;
+                # ours passed the access check, so start over with them.
+                continue
+            if created:
+                self._access.remember(auth, upstream.name, repo)
+                self._access.link(upstream.name, repo, [digest])
+            return await self._send_download(request, dl)
+        raise UpstreamError(f"could not start a download of {digest}", status=503)
+
+    def _blob_headers(self, digest: Digest) -> dict[str, str]:
+        return {
+            **_API_HEADERS,
+            "Docker-Content-Digest": str(digest),
+            "Content-Type": "application/octet-stream",
+            "Accept-Ranges": "bytes",
+            "ETag": f'"{digest}"',
+            "Cache-Control": "max-age=31536000",
+        }
+
+    def _range(self, request: web.Request, size: int | None) -> ByteRange | None:
+        try:
+            return parse_range(request.headers.get("Range"), size)
+        except RangeInvalid as exc:
+            if size is not None:
+                exc.headers["Content-Range"] = f"bytes */{size}"
+            raise
+
+    async def _send_cached(self, request: web.Request, blob: CachedBlob) -> web.StreamResponse:
+        ri = info(request)
+        ri.source = "cache"
+        headers = self._blob_headers(blob.digest)
+        rng = self._range(request, blob.size)
+        offset, count, status = 0, blob.size, 200
+        if rng is not None:
+            offset, count, status = rng.start, rng.length, 206
+            headers["Content-Range"] = f"bytes {rng.start}-{rng.end}/{blob.size}"
+        if request.method == "HEAD":
+            headers["Content-Length"] = str(count)
+            return web.Response(status=status, headers=headers)
+        with self._store.pin(blob.digest):
+            resp = SendfileResponse(blob.path, offset, count, status=status, headers=headers)
+            await resp.prepare(request)
+        ri.bytes = count
+        self._metrics.served_bytes.labels("cache").inc(count)
+        return resp
+
+    async def _send_download(self, request: web.Request, dl: Download) -> web.StreamResponse:
+        ri = info(request)
+        ri.source = dl.source
+        headers = self._blob_headers(dl.digest)
+        size = dl.size
+        rng = self._range(request, size)
+        status = 200
+        start, end = 0, (size - 1 if size is not None else None)
+        if rng is not None:
+            status = 206
+            start, end = rng.start, rng.end
+            headers["Content-Range"] = (
+                f"bytes {rng.start}-{rng.end}/{size if size is not None else '*'}"
+            )
+        if request.method == "HEAD":
+            if end is not None:
+                headers["Content-Length"] = str(end - start + 1)
+            return web.Response(status=status, headers=headers)
+        resp = web.StreamResponse(status=status, headers=headers)
+        if end is not None:
+            resp.content_length = end - start + 1
+        else:
+            resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        sent = 0
+        counter = self._metrics.served_bytes.labels(dl.source)
+        try:
+            async for chunk in dl.stream(start, end if end is not None else 1 << 62):
+                await resp.write(chunk)
+                sent += len(chunk)
+                counter.inc(len(chunk))
+                if end is None and dl.finished and dl.error is None and start + sent >= dl.written:
+                    break
+        except (RegistryError, Exception) as exc:
+            # Headers are gone; the only honest signal left is to cut the connection short,
+            # so the client sees an incomplete body and never a complete wrong blob.
+            log.warning("aborting blob response digest=%s after %d bytes: %s", dl.digest, sent, exc)
+            ri.bytes = sent
+            if request.transport is not None:
+                request.transport.abort()
+            return resp
+        ri.bytes = sent
+        await resp.write_eof()
+        return resp
+
+    # -- tags -------------------------------------------------------------------------
+
+    async def _tags(
+        self, request: web.Request, upstream: Upstream, repo: str, auth: str | None
+    ) -> web.StreamResponse:
+        query: dict[str, str] = {}
+        n = request.query.get("n")
+        if n is not None:
+            if not n.isdigit() or int(n) > 10000:
+                raise RegistryError("n must be an integer up to 10000", status=400)
+            query["n"] = n
+        last = request.query.get("last")
+        if last is not None:
+            validate_reference(last) if last else None
+            query["last"] = last
+        async with self._client.request(
+            upstream, "GET", f"/v2/{repo}/tags/list", client_auth=auth, query=query
+        ) as resp:
+            if resp.status in (401, 403, 404, 429):
+                raise await relay_error(resp)
+            if resp.status != 200:
+                raise upstream_failure(upstream.name, resp.status)
+            body = await read_limited(resp, _MAX_TAGS_BODY)
+            headers = dict(_API_HEADERS)
+            headers["Content-Type"] = "application/json"
+            if "Link" in resp.headers:
+                headers["Link"] = resp.headers["Link"]
+        info(request).source = "upstream"
+        return web.Response(body=body if request.method == "GET" else None, headers=headers)
+
+
+def _accepts(accept: str, media_type: str) -> bool:
+    if not accept:
+        return True
+    types = [a.split(";")[0].strip() for a in accept.split(",")]
+    return media_type in types or "*/*" in types
+
+
+def _sniff_media_type(body: bytes) -> str:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise ManifestInvalid("upstream manifest is not JSON", status=502) from None
+    mt = doc.get("mediaType") if isinstance(doc, dict) else None
+    if isinstance(mt, str) and mt in MANIFEST_TYPES:
+        return mt
+    if isinstance(doc, dict) and "manifests" in doc:
+        return MANIFEST_TYPES[1]
+    return MANIFEST_TYPES[0]

@@ -1,0 +1,294 @@
+"""Talking to upstream registries: auth pass-through, redirects, timeouts, error translation.
+
+Credentials stay on their request's path: a client's ``Authorization`` header is sent only to
+the upstream it was meant for (and dropped when a redirect leaves that host); configured
+credentials are used only when a client sends none, and are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urljoin, urlsplit
+
+import aiohttp
+import yaml
+
+from agent.config import Upstream
+from agent.errors import RegistryError, UpstreamError
+from layerswarm.settings import ConfigError
+
+log = logging.getLogger(__name__)
+
+MAX_ERROR_BODY = 64 << 10
+_REDIRECTS = (301, 302, 303, 307, 308)
+_MAX_REDIRECTS = 5
+# Headers of an upstream's error answer that a client needs to act on it.
+_RELAYED_HEADERS = (
+    "WWW-Authenticate",
+    "Retry-After",
+    "Docker-Ratelimit-Source",
+    "RateLimit-Limit",
+    "RateLimit-Remaining",
+)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str = field(repr=False)
+
+    def basic(self) -> str:
+        raw = f"{self.username}:{self.password}".encode()
+        return "Basic " + base64.b64encode(raw).decode()
+
+
+def load_credentials(path: Path | None) -> dict[str, Credentials]:
+    """Read ``NAME: {username, password}`` from a YAML file; errors never echo a secret."""
+    if path is None:
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"credentials-file {path}: {exc.strerror}") from None
+    except yaml.YAMLError:
+        raise ConfigError(f"credentials-file {path}: not valid YAML") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"credentials-file {path}: expected a mapping of registry names")
+    out: dict[str, Credentials] = {}
+    for name, entry in data.items():
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("username"), str)
+            or not isinstance(entry.get("password"), str)
+        ):
+            raise ConfigError(
+                f"credentials-file {path}: entry {name!r} needs string username and password"
+            )
+        out[str(name)] = Credentials(entry["username"], entry["password"])
+    return out
+
+
+class RelayedError(RegistryError):
+    """An upstream's own error answer (401, 403, 404, 429...), passed to the client unchanged."""
+
+    def __init__(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
+        super().__init__(f"upstream answered {status}", status=status, headers=headers)
+        self.raw_body = body
+        self.code = {
+            401: "UNAUTHORIZED",
+            403: "DENIED",
+            404: "NOT_FOUND",
+            429: "TOOMANYREQUESTS",
+        }.get(status, "UNKNOWN")
+
+    def body(self) -> bytes:
+        return self.raw_body or super().body()
+
+
+_PARAM_RE = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]+))')
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    scheme, _, rest = header.strip().partition(" ")
+    params = {
+        m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
+        for m in _PARAM_RE.finditer(rest)
+    }
+    return scheme.lower(), params
+
+
+@dataclass
+class _Token:
+    value: str
+    expires: float
+
+
+class UpstreamClient:
+    """One aiohttp session for all upstreams, with per-upstream configured credentials."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        upstreams: Mapping[str, Upstream],
+        credentials: Mapping[str, Credentials],
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._session = session
+        self.upstreams = dict(upstreams)
+        self._credentials = dict(credentials)
+        self._timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=connect_timeout,
+            sock_connect=connect_timeout,
+            sock_read=read_timeout,
+        )
+        self._clock = clock
+        # Tokens obtained with *configured* credentials (or anonymously for our own requests);
+        # clients' tokens are never stored.
+        self._tokens: dict[tuple[str, str], _Token] = {}
+
+    def has_credentials(self, upstream: str) -> bool:
+        return upstream in self._credentials
+
+    @contextlib.asynccontextmanager
+    async def request(
+        self,
+        upstream: Upstream,
+        method: str,
+        path: str,
+        *,
+        client_auth: str | None,
+        headers: Mapping[str, str] | None = None,
+        query: Mapping[str, str] | None = None,
+        own_auth: bool = False,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Send one request upstream; yields the final response (after redirects).
+
+        ``client_auth`` is the client's Authorization header, forwarded as is. Without it, the
+        upstream's configured credentials answer a challenge; ``own_auth`` also lets the agent
+        run an anonymous token flow for requests no client is waiting on (resume, preheat).
+        Connection problems raise UpstreamError (503 unreachable, 504 timeout, 502 other).
+        """
+        url = upstream.url + path
+        if query:
+            url += "?" + urlencode(query)
+        hdrs = dict(headers or {})
+        scope = _scope_for(method, path)
+        auth = client_auth
+        if auth is None:
+            tok = self._tokens.get((upstream.name, scope))
+            if tok is not None and tok.expires > self._clock():
+                auth = f"Bearer {tok.value}"
+        resp = await self._send(upstream, method, url, hdrs, auth)
+        try:
+            if (
+                resp.status == 401
+                and client_auth is None
+                and (upstream.name in self._credentials or own_auth)
+            ):
+                new_auth = await self._answer_challenge(upstream, resp, scope)
+                if new_auth is not None:
+                    resp.release()
+                    resp = await self._send(upstream, method, url, hdrs, new_auth)
+            yield resp
+        finally:
+            resp.release()
+
+    async def _send(
+        self, upstream: Upstream, method: str, url: str, headers: dict[str, str], auth: str | None
+    ) -> aiohttp.ClientResponse:
+        origin = urlsplit(upstream.url).netloc
+        for _ in range(_MAX_REDIRECTS + 1):
+            hdrs = dict(headers)
+            # Credentials go only to the upstream's own host, never to a redirect target
+            # (blob storage back-ends use signed URLs and must not see the client's token).
+            if auth is not None and urlsplit(url).netloc == origin:
+                hdrs["Authorization"] = auth
+            try:
+                resp = await self._session.request(
+                    method, url, headers=hdrs, allow_redirects=False, timeout=self._timeout
+                )
+            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
+                raise UpstreamError(f"upstream {upstream.name} unreachable", status=503) from exc
+            except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+                raise UpstreamError(f"upstream {upstream.name} timed out", status=504) from exc
+            except aiohttp.ClientError as exc:
+                raise UpstreamError(
+                    f"upstream {upstream.name} failed: {type(exc).__name__}"
+                ) from exc
+            if resp.status in _REDIRECTS and "Location" in resp.headers:
+                url = urljoin(url, resp.headers["Location"])
+                resp.release()
+                if method == "POST":
+                    method = "GET"
+                continue
+            return resp
+        raise UpstreamError(f"upstream {upstream.name}: too many redirects")
+
+    async def _answer_challenge(
+        self, upstream: Upstream, resp: aiohttp.ClientResponse, scope: str
+    ) -> str | None:
+        challenge = resp.headers.get("WWW-Authenticate", "")
+        scheme, params = parse_challenge(challenge)
+        creds = self._credentials.get(upstream.name)
+        if scheme == "basic":
+            return creds.basic() if creds else None
+        if scheme != "bearer" or "realm" not in params:
+            return None
+        query = {"service": params["service"]} if "service" in params else {}
+        want_scope = params.get("scope") or scope
+        if want_scope:
+            query["scope"] = want_scope
+        hdrs = {"Authorization": creds.basic()} if creds else {}
+        try:
+            async with self._session.get(
+                params["realm"], params=query, headers=hdrs, timeout=self._timeout
+            ) as tresp:
+                if tresp.status != 200:
+                    log.warning(
+                        "token request failed upstream=%s status=%d", upstream.name, tresp.status
+                    )
+                    return None
+                data: Any = await tresp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.warning(
+                "token request failed upstream=%s error=%s", upstream.name, type(exc).__name__
+            )
+            return None
+        token = data.get("token") or data.get("access_token") if isinstance(data, dict) else None
+        if not isinstance(token, str):
+            return None
+        ttl = data.get("expires_in", 60)
+        ttl = float(ttl) if isinstance(ttl, int | float) else 60.0
+        # Refresh a little early so a token never expires between check and use.
+        self._tokens[(upstream.name, scope)] = _Token(token, self._clock() + max(ttl - 10, 1))
+        return f"Bearer {token}"
+
+
+def _scope_for(method: str, path: str) -> str:
+    # /v2/<name>/(manifests|blobs|tags)/... -> repository:<name>:pull
+    m = re.match(r"^/v2/(.+)/(?:manifests|blobs|tags)/", path)
+    return f"repository:{m.group(1)}:pull" if m else ""
+
+
+async def read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """Read a whole (small) body, refusing more than ``limit`` bytes."""
+    length = resp.content_length
+    if length is not None and length > limit:
+        raise UpstreamError(f"upstream answer of {length} bytes exceeds limit {limit}")
+    buf = bytearray()
+    async for chunk in resp.content.iter_chunked(64 << 10):
+        buf += chunk
+        if len(buf) > limit:
+            raise UpstreamError(f"upstream answer exceeds limit {limit}")
+    return bytes(buf)
+
+
+async def relay_error(resp: aiohttp.ClientResponse) -> RelayedError:
+    """Turn an upstream 4xx into the same answer for our client."""
+    try:
+        body = await asyncio.wait_for(read_limited(resp, MAX_ERROR_BODY), timeout=10)
+    except (UpstreamError, TimeoutError, aiohttp.ClientError):
+        body = b""
+    headers = {h: resp.headers[h] for h in _RELAYED_HEADERS if h in resp.headers}
+    if body:
+        headers["Content-Type"] = resp.headers.get("Content-Type", "application/json")
+    return RelayedError(resp.status, body, headers)
+
+
+def upstream_failure(upstream: str, status: int) -> UpstreamError:
+    return UpstreamError(f"upstream {upstream} answered {status}", status=502)
