@@ -99,14 +99,14 @@ class BlobStore:
                     # Anything else is not ours to serve: a stray file from an old version
                     # or a crash between write and rename.
                     log.warning("removing unexpected file in cache: %s", p)
-                    p.unlink(missing_ok=True)
+                    _remove(p)
                     continue
                 st = p.stat()
                 found.append((st.st_mtime, Digest(algo, p.name), st.st_size))
         for p in self.partial_dir.iterdir():
             algo, _, hexpart = p.name.partition("-")
-            if algo not in ALGORITHMS or len(hexpart) != ALGORITHMS[algo]:
-                p.unlink(missing_ok=True)
+            if algo not in ALGORITHMS or len(hexpart) != ALGORITHMS[algo] or not p.is_file():
+                _remove(p)
         found.sort()
         for mtime, digest, size in found:
             self._index[digest] = _Entry(size=size, last_touch=mtime)
@@ -196,3 +196,10 @@ class BlobStore:
                     hook(digest)
                 except Exception:
                     log.exception("eviction hook failed for %s", digest)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

@@ -70,11 +70,14 @@ class RequestInfo:
     bytes: int = 0
 
 
+_INFO_KEY = web.RequestKey("layerswarm_info", RequestInfo)
+
+
 def info(request: web.Request) -> RequestInfo:
-    ri = request.get("ls_info")
-    if not isinstance(ri, RequestInfo):
+    ri = request.get(_INFO_KEY)
+    if ri is None:
         ri = RequestInfo()
-        request["ls_info"] = ri
+        request[_INFO_KEY] = ri
     return ri
 
 
@@ -111,6 +114,8 @@ class RegistryHandlers:
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         ri = info(request)
+        if request.method not in ("GET", "HEAD"):
+            raise Unsupported("this mirror is read-only", headers={"Allow": "GET, HEAD"})
         m = _PATH_RE.match(request.path)
         if m is None:
             if request.path.rstrip("/") == "/v2/_catalog":
@@ -119,8 +124,6 @@ class RegistryHandlers:
             raise NameUnknown("no such endpoint")
         kind = m.group("kind")
         ri.kind = {"manifests": "manifest", "blobs": "blob", "tags": "tags"}[kind]
-        if request.method not in ("GET", "HEAD"):
-            raise Unsupported("this mirror is read-only", headers={"Allow": "GET, HEAD"})
         upstream = self._upstream_for(request)
         ri.upstream = upstream.name
         repo = validate_name(m.group("name"))

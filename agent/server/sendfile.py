@@ -35,6 +35,9 @@ class SendfileResponse(web.StreamResponse):
         self.content_length = count
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:
+            # aiohttp calls prepare() again on a response the handler already sent.
+            return await super().prepare(request)
         # Open before sending headers: a vanished file is still an error we can answer.
         fobj = await asyncio.to_thread(self._path.open, "rb")
         try:

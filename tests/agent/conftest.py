@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+
+from agent.app import AGENT_KEY, AgentRuntime, build_app
+from agent.config import AgentConfig, parse_upstream
+
+AgentFactory = Callable[..., Awaitable[tuple[TestClient[Any, Any], AgentRuntime]]]
+
+
+@pytest.fixture
+async def agent_factory(tmp_path: Path) -> AsyncIterator[AgentFactory]:
+    """Agents built by the real composition root, served on a real loopback port."""
+    clients: list[TestClient[Any, Any]] = []
+
+    async def make(
+        upstream_url: str, name: str = "up.test:5000", **overrides: Any
+    ) -> tuple[TestClient[Any, Any], AgentRuntime]:
+        cfg = AgentConfig(
+            data_dir=overrides.pop("data_dir", tmp_path / f"agent{len(clients)}"),
+            upstream=(parse_upstream(f"{name}={upstream_url}"),),
+            default_upstream=name,
+            **overrides,
+        )
+        app = await build_app(cfg, registry=CollectorRegistry())
+        client = TestClient(TestServer(app, host="127.0.0.1"))
+        await client.start_server()
+        clients.append(client)
+        return client, app[AGENT_KEY]
+
+    yield make
+    for c in clients:
+        await c.close()
