@@ -238,7 +238,8 @@ async def main() -> None:
         }
         print(json.dumps(summary, indent=2))
         print(
-            f"\ncache-hit blob throughput: agent {results['agent']['blob_mib_s_median']:.0f} MiB/s, "
+            "\ncache-hit blob throughput: "
+            f"agent {results['agent']['blob_mib_s_median']:.0f} MiB/s, "
             f"registry {results['registry']['blob_mib_s_median']:.0f} MiB/s, ratio {ratio:.2f}x"
         )
         print(
