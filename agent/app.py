@@ -17,6 +17,7 @@ from agent.config import AgentConfig
 from agent.fetch import BlobFetcher, BlobSource, UpstreamSource
 from agent.manifests import ManifestStore
 from agent.metrics import AgentMetrics
+from agent.mirror import Mirror
 from agent.server.middleware import make_middleware
 from agent.server.ops import OpsHandlers
 from agent.server.registry import RegistryHandlers
@@ -38,6 +39,7 @@ class AgentRuntime:
         client: UpstreamClient,
         access: AccessChecker,
         fetcher: BlobFetcher,
+        mirror: Mirror,
         metrics: AgentMetrics,
     ) -> None:
         self.config = config
@@ -47,6 +49,7 @@ class AgentRuntime:
         self.client = client
         self.access = access
         self.fetcher = fetcher
+        self.mirror = mirror
         self.metrics = metrics
 
     async def close(self) -> None:
@@ -102,11 +105,14 @@ async def build_app(
     access = AccessChecker(client, ttl=config.auth_ttl, grace=config.auth_grace, clock=clock)
     sources: list[BlobSource] = [UpstreamSource(client, metrics)]
     fetcher = BlobFetcher(store, sources, metrics)
-    runtime = AgentRuntime(config, session, store, manifests, client, access, fetcher, metrics)
+    mirror = Mirror(config, client, store, manifests, fetcher, access, metrics)
+    runtime = AgentRuntime(
+        config, session, store, manifests, client, access, fetcher, mirror, metrics
+    )
 
     app = web.Application(middlewares=[make_middleware(metrics)], client_max_size=64 << 10)
     app[AGENT_KEY] = runtime
-    RegistryHandlers(config, client, store, manifests, fetcher, access, metrics).add_routes(app)
+    RegistryHandlers(config, mirror, client, store, metrics).add_routes(app)
     OpsHandlers(metrics, store).add_routes(app)
 
     async def _close(_app: web.Application) -> None:

@@ -52,6 +52,8 @@ class FetchJob:
     repo: str
     digest: Digest
     auth: str | None
+    # Started by the agent itself (preheat, resume): it may run its own token flow.
+    internal: bool = False
 
 
 class Download:
@@ -258,7 +260,7 @@ class UpstreamSource:
             f"/v2/{job.repo}/blobs/{job.digest}",
             client_auth=job.auth,
             headers=headers,
-            own_auth=job.auth is None,
+            own_auth=job.internal,
         ) as resp:
             skip = 0
             if resp.status == 206 and offset:

@@ -1,0 +1,262 @@
+"""The mirror's logic, apart from HTTP: manifests by tag and digest, and opening blobs.
+
+Used by the registry handlers for clients and by preheat for the agent's own pulls; both go
+through the same access checks and the same cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from agent.access import AccessChecker
+from agent.blobstore import BlobStore, CachedBlob
+from agent.config import AgentConfig, Upstream
+from agent.errors import DigestInvalid, ManifestInvalid, UpstreamError
+from agent.fetch import BlobFetcher, Download, FetchJob
+from agent.manifests import ManifestStore, StoredManifest
+from agent.metrics import AgentMetrics
+from agent.oci import DEFAULT_ACCEPT, MANIFEST_TYPES, Digest, digest_of, parse_digest
+from agent.upstream import RelayedError, UpstreamClient, read_limited, relay_error, upstream_failure
+
+log = logging.getLogger(__name__)
+
+# A joiner whose initiator's credentials were refused retries as initiator this many times.
+_MAX_JOIN_RETRIES = 3
+
+
+class Mirror:
+    def __init__(
+        self,
+        config: AgentConfig,
+        client: UpstreamClient,
+        store: BlobStore,
+        manifests: ManifestStore,
+        fetcher: BlobFetcher,
+        access: AccessChecker,
+        metrics: AgentMetrics,
+    ) -> None:
+        self._config = config
+        self._client = client
+        self._store = store
+        self._manifests = manifests
+        self._fetcher = fetcher
+        self._access = access
+        self._metrics = metrics
+
+    async def manifest(
+        self, upstream: Upstream, repo: str, ref: str | Digest, accept: str, auth: str | None
+    ) -> StoredManifest:
+        if isinstance(ref, Digest):
+            stored = await self.manifest_by_digest(upstream, repo, ref, accept, auth)
+        else:
+            stored = await self.manifest_by_tag(upstream, repo, ref, accept, auth)
+        self._access.link_manifest(upstream.name, repo, stored.body)
+        return stored
+
+    async def manifest_by_digest(
+        self, upstream: Upstream, repo: str, digest: Digest, accept: str, auth: str | None
+    ) -> StoredManifest:
+        stored = self._manifests.get(digest)
+        if stored is not None:
+            await self._check_manifest_access(upstream, repo, digest, auth)
+            return stored
+        return await self._fetch_manifest(upstream, repo, str(digest), accept, auth, expect=digest)
+
+    async def _check_manifest_access(
+        self, upstream: Upstream, repo: str, digest: Digest, auth: str | None
+    ) -> None:
+        if self._access.granted(auth, upstream.name, repo) and self._access.is_linked(
+            upstream.name, repo, digest
+        ):
+            return
+        try:
+            async with self._client.request(
+                upstream,
+                "HEAD",
+                f"/v2/{repo}/manifests/{digest}",
+                client_auth=auth,
+                headers={"Accept": DEFAULT_ACCEPT},
+            ) as resp:
+                if resp.status == 200:
+                    self._access.remember(auth, upstream.name, repo)
+                    self._access.link(upstream.name, repo, [digest])
+                    return
+                if resp.status in (401, 403, 404, 429):
+                    raise await relay_error(resp)
+                raise upstream_failure(upstream.name, resp.status)
+        except UpstreamError:
+            if self._access.granted(
+                auth, upstream.name, repo, stale=True
+            ) and self._access.is_linked(upstream.name, repo, digest):
+                return
+            raise
+
+    async def manifest_by_tag(
+        self, upstream: Upstream, repo: str, tag: str, accept: str, auth: str | None
+    ) -> StoredManifest:
+        entry = self._manifests.get_tag(upstream.name, repo, tag)
+        cached = self._manifests.get(entry.digest) if entry is not None else None
+        acceptable = cached is not None and _accepts(accept, cached.media_type)
+        if (
+            cached is not None
+            and entry is not None
+            and acceptable
+            and self._manifests.is_fresh(entry, self._config.tag_ttl)
+            and self._access.granted(auth, upstream.name, repo)
+        ):
+            return cached
+        try:
+            # A HEAD revalidates the tag and checks the client's access in one request, and
+            # does not count against Docker Hub's pull rate limit the way a GET does.
+            async with self._client.request(
+                upstream,
+                "HEAD",
+                f"/v2/{repo}/manifests/{tag}",
+                client_auth=auth,
+                headers={"Accept": accept},
+            ) as resp:
+                if resp.status in (401, 403, 404, 429):
+                    raise await relay_error(resp)
+                if resp.status != 200:
+                    raise upstream_failure(upstream.name, resp.status)
+                head_digest = resp.headers.get("Docker-Content-Digest")
+            self._access.remember(auth, upstream.name, repo)
+            if head_digest:
+                try:
+                    d = parse_digest(head_digest)
+                except DigestInvalid:
+                    d = None
+                known = self._manifests.get(d) if d is not None else None
+                if known is not None and _accepts(accept, known.media_type):
+                    self._manifests.set_tag(
+                        upstream.name, repo, tag, known.digest, known.media_type
+                    )
+                    return known
+            stored = await self._fetch_manifest(upstream, repo, tag, accept, auth, expect=None)
+            self._manifests.set_tag(upstream.name, repo, tag, stored.digest, stored.media_type)
+            return stored
+        except UpstreamError as exc:
+            if (
+                cached is not None
+                and acceptable
+                and self._access.granted(auth, upstream.name, repo, stale=True)
+            ):
+                log.warning(
+                    "upstream unavailable, serving last known digest "
+                    "upstream=%s repo=%s tag=%s error=%s",
+                    upstream.name,
+                    repo,
+                    tag,
+                    exc.message,
+                )
+                return cached
+            raise
+
+    async def _fetch_manifest(
+        self,
+        upstream: Upstream,
+        repo: str,
+        reference: str,
+        accept: str,
+        auth: str | None,
+        *,
+        expect: Digest | None,
+    ) -> StoredManifest:
+        async with self._client.request(
+            upstream,
+            "GET",
+            f"/v2/{repo}/manifests/{reference}",
+            client_auth=auth,
+            headers={"Accept": accept},
+        ) as resp:
+            if resp.status in (401, 403, 404, 429):
+                raise await relay_error(resp)
+            if resp.status != 200:
+                raise upstream_failure(upstream.name, resp.status)
+            try:
+                body = await read_limited(resp, self._config.max_manifest_size)
+            except UpstreamError as exc:
+                raise ManifestInvalid(
+                    f"upstream manifest larger than {self._config.max_manifest_size} bytes",
+                    status=502,
+                ) from exc
+            media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
+            header_digest = resp.headers.get("Docker-Content-Digest")
+        self._metrics.upstream_bytes.labels(upstream.name).inc(len(body))
+        algo = expect.algorithm if expect is not None else "sha256"
+        actual = digest_of(body, algo)
+        if expect is not None and actual != expect:
+            raise DigestInvalid(f"upstream manifest does not match {expect}", status=502)
+        if header_digest and expect is None:
+            try:
+                hd = parse_digest(header_digest)
+            except DigestInvalid:
+                hd = None
+            if hd is not None and digest_of(body, hd.algorithm) != hd:
+                raise DigestInvalid(
+                    "upstream manifest does not match its Docker-Content-Digest", status=502
+                )
+        if not media_type or media_type == "application/octet-stream":
+            media_type = _sniff_media_type(body)
+        self._access.remember(auth, upstream.name, repo)
+        self._manifests.put(actual, media_type, body)
+        return StoredManifest(actual, media_type, body, fetched=True)
+
+    async def open_blob(
+        self,
+        upstream: Upstream,
+        repo: str,
+        digest: Digest,
+        auth: str | None,
+        *,
+        internal: bool = False,
+    ) -> CachedBlob | Download:
+        """The cached blob, or the download that will bring it (started if needed).
+
+        Raises the upstream's answer (401, 403, 404...) when this client may not read it.
+        """
+        for _ in range(_MAX_JOIN_RETRIES):
+            if digest in self._store or self._fetcher.inflight(digest) is not None:
+                await self._access.check_blob(upstream, repo, digest, auth)
+            cached = self._store.get(digest)
+            if cached is not None:
+                return cached
+            dl, created = self._fetcher.start(
+                FetchJob(upstream, repo, digest, auth, internal=internal)
+            )
+            try:
+                # Shielded: a client leaving must not cancel what other clients wait on.
+                await asyncio.shield(dl.started)
+            except RelayedError:
+                if created:
+                    raise
+                # The request that started the download had credentials the upstream refused;
+                # ours passed the access check, so start over with them.
+                continue
+            if created:
+                self._access.remember(auth, upstream.name, repo)
+                self._access.link(upstream.name, repo, [digest])
+            return dl
+        raise UpstreamError(f"could not start a download of {digest}", status=503)
+
+
+def _accepts(accept: str, media_type: str) -> bool:
+    if not accept:
+        return True
+    types = [a.split(";")[0].strip() for a in accept.split(",")]
+    return media_type in types or "*/*" in types
+
+
+def _sniff_media_type(body: bytes) -> str:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise ManifestInvalid("upstream manifest is not JSON", status=502) from None
+    mt = doc.get("mediaType") if isinstance(doc, dict) else None
+    if isinstance(mt, str) and mt in MANIFEST_TYPES:
+        return mt
+    if isinstance(doc, dict) and "manifests" in doc:
+        return MANIFEST_TYPES[1]
+    return MANIFEST_TYPES[0]
