@@ -149,6 +149,10 @@ class Download:
             self.started.exception()
         self._notify()
 
+    async def wait_changed(self) -> None:
+        """Return after the next progress, completion or failure."""
+        await self._changed.wait()
+
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()

@@ -46,26 +46,46 @@ class Mirror:
         self._metrics = metrics
 
     async def manifest(
-        self, upstream: Upstream, repo: str, ref: str | Digest, accept: str, auth: str | None
+        self,
+        upstream: Upstream,
+        repo: str,
+        ref: str | Digest,
+        accept: str,
+        auth: str | None,
+        *,
+        internal: bool = False,
     ) -> StoredManifest:
         if isinstance(ref, Digest):
-            stored = await self.manifest_by_digest(upstream, repo, ref, accept, auth)
+            stored = await self.manifest_by_digest(upstream, repo, ref, accept, auth, internal)
         else:
-            stored = await self.manifest_by_tag(upstream, repo, ref, accept, auth)
+            stored = await self.manifest_by_tag(upstream, repo, ref, accept, auth, internal)
         self._access.link_manifest(upstream.name, repo, stored.body)
         return stored
 
     async def manifest_by_digest(
-        self, upstream: Upstream, repo: str, digest: Digest, accept: str, auth: str | None
+        self,
+        upstream: Upstream,
+        repo: str,
+        digest: Digest,
+        accept: str,
+        auth: str | None,
+        internal: bool = False,
     ) -> StoredManifest:
         stored = self._manifests.get(digest)
         if stored is not None:
-            await self._check_manifest_access(upstream, repo, digest, auth)
+            await self._check_manifest_access(upstream, repo, digest, auth, internal)
             return stored
-        return await self._fetch_manifest(upstream, repo, str(digest), accept, auth, expect=digest)
+        return await self._fetch_manifest(
+            upstream, repo, str(digest), accept, auth, expect=digest, internal=internal
+        )
 
     async def _check_manifest_access(
-        self, upstream: Upstream, repo: str, digest: Digest, auth: str | None
+        self,
+        upstream: Upstream,
+        repo: str,
+        digest: Digest,
+        auth: str | None,
+        internal: bool = False,
     ) -> None:
         if self._access.granted(auth, upstream.name, repo) and self._access.is_linked(
             upstream.name, repo, digest
@@ -77,6 +97,7 @@ class Mirror:
                 "HEAD",
                 f"/v2/{repo}/manifests/{digest}",
                 client_auth=auth,
+                own_auth=internal,
                 headers={"Accept": DEFAULT_ACCEPT},
             ) as resp:
                 if resp.status == 200:
@@ -94,7 +115,13 @@ class Mirror:
             raise
 
     async def manifest_by_tag(
-        self, upstream: Upstream, repo: str, tag: str, accept: str, auth: str | None
+        self,
+        upstream: Upstream,
+        repo: str,
+        tag: str,
+        accept: str,
+        auth: str | None,
+        internal: bool = False,
     ) -> StoredManifest:
         entry = self._manifests.get_tag(upstream.name, repo, tag)
         cached = self._manifests.get(entry.digest) if entry is not None else None
@@ -115,6 +142,7 @@ class Mirror:
                 "HEAD",
                 f"/v2/{repo}/manifests/{tag}",
                 client_auth=auth,
+                own_auth=internal,
                 headers={"Accept": accept},
             ) as resp:
                 if resp.status in (401, 403, 404, 429):
@@ -134,7 +162,9 @@ class Mirror:
                         upstream.name, repo, tag, known.digest, known.media_type
                     )
                     return known
-            stored = await self._fetch_manifest(upstream, repo, tag, accept, auth, expect=None)
+            stored = await self._fetch_manifest(
+                upstream, repo, tag, accept, auth, expect=None, internal=internal
+            )
             self._manifests.set_tag(upstream.name, repo, tag, stored.digest, stored.media_type)
             return stored
         except UpstreamError as exc:
@@ -163,12 +193,14 @@ class Mirror:
         auth: str | None,
         *,
         expect: Digest | None,
+        internal: bool = False,
     ) -> StoredManifest:
         async with self._client.request(
             upstream,
             "GET",
             f"/v2/{repo}/manifests/{reference}",
             client_auth=auth,
+            own_auth=internal,
             headers={"Accept": accept},
         ) as resp:
             if resp.status in (401, 403, 404, 429):

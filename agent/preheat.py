@@ -1,0 +1,127 @@
+"""Pulling an image into this agent's cache ahead of a rollout, with progress per layer.
+
+The agent pulls through its own mirror logic, as a client would, with the upstream's
+configured credentials (or anonymously): the tracker that asked never sees a credential.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from agent.blobstore import CachedBlob
+from agent.config import Upstream
+from agent.errors import NameUnknown
+from agent.fetch import Download
+from agent.mirror import Mirror
+from agent.oci import DEFAULT_ACCEPT, Digest, parse_digest
+from agent.reference import parse_image
+
+log = logging.getLogger(__name__)
+
+_INDEX_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+)
+
+
+@dataclass
+class LayerProgress:
+    digest: str
+    size: int
+    done_bytes: int = 0
+
+
+ProgressHook = Callable[[list[LayerProgress]], Awaitable[None]]
+
+
+def _descriptors(
+    body: bytes,
+) -> tuple[list[tuple[Digest, int]], list[tuple[Digest, dict[str, object]]]]:
+    """(blobs, child manifests with their platform) named by a manifest or index."""
+    doc = json.loads(body)
+    blobs: list[tuple[Digest, int]] = []
+    children: list[tuple[Digest, dict[str, object]]] = []
+    if isinstance(doc.get("config"), dict):
+        c = doc["config"]
+        blobs.append((parse_digest(c["digest"]), int(c.get("size", 0))))
+    for layer in doc.get("layers") or []:
+        blobs.append((parse_digest(layer["digest"]), int(layer.get("size", 0))))
+    for m in doc.get("manifests") or []:
+        children.append((parse_digest(m["digest"]), m.get("platform") or {}))
+    return blobs, children
+
+
+def _wanted(platform: dict[str, object], platforms: set[str] | None) -> bool:
+    if platforms is None:
+        return True
+    name = f"{platform.get('os', '')}/{platform.get('architecture', '')}"
+    return name in platforms
+
+
+async def preheat_image(
+    mirror: Mirror,
+    upstreams: dict[str, Upstream],
+    image: str,
+    *,
+    platforms: set[str] | None = None,
+    on_progress: ProgressHook | None = None,
+) -> list[LayerProgress]:
+    """Fetch every manifest and blob of ``image`` into the cache; returns final progress."""
+    ref = parse_image(image)
+    upstream = upstreams.get(ref.registry)
+    if upstream is None:
+        raise NameUnknown(f"registry {ref.registry} is not mirrored by this agent")
+    top = await mirror.manifest(
+        upstream, ref.repo, ref.reference, DEFAULT_ACCEPT, None, internal=True
+    )
+    manifests = [top]
+    if top.media_type in _INDEX_TYPES:
+        _, children = _descriptors(top.body)
+        for child, platform in children:
+            if _wanted(platform, platforms):
+                manifests.append(
+                    await mirror.manifest(
+                        upstream, ref.repo, child, DEFAULT_ACCEPT, None, internal=True
+                    )
+                )
+    progress: dict[Digest, LayerProgress] = {}
+    for m in manifests:
+        blobs, _ = _descriptors(m.body)
+        for digest, size in blobs:
+            progress.setdefault(digest, LayerProgress(str(digest), size))
+    items = list(progress.values())
+    if on_progress is not None:
+        await on_progress(items)
+    for digest, item in progress.items():
+        opened = await mirror.open_blob(upstream, ref.repo, digest, None, internal=True)
+        if isinstance(opened, CachedBlob):
+            item.size = opened.size
+            item.done_bytes = opened.size
+        else:
+            await _follow(opened, item, items, on_progress)
+        if on_progress is not None:
+            await on_progress(items)
+    log.info("preheated image=%s blobs=%d bytes=%d", image, len(items), sum(i.size for i in items))
+    return items
+
+
+async def _follow(
+    dl: Download, item: LayerProgress, items: list[LayerProgress], on_progress: ProgressHook | None
+) -> None:
+    reported = 0
+    while not dl.finished:
+        await dl.wait_changed()
+        item.done_bytes = dl.written
+        if dl.size:
+            item.size = dl.size
+        # Progress every 8 MiB is plenty for a progress bar and keeps the tracker quiet.
+        if on_progress is not None and dl.written - reported >= 8 << 20:
+            reported = dl.written
+            await on_progress(items)
+    if dl.error is not None:
+        raise dl.error
+    item.done_bytes = dl.written
+    item.size = dl.written
