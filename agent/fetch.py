@@ -72,6 +72,8 @@ class Download:
         self._changed = asyncio.Event()
         self._hasher = digest.hasher()
         self._fd: int | None = None
+        # Called (on the loop) after every change: the peer layer publishes segments from here.
+        self.listeners: list[Callable[[Download], None]] = []
 
     # -- writer side -------------------------------------------------------------
 
@@ -156,6 +158,11 @@ class Download:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+        for listener in self.listeners:
+            try:
+                listener(self)
+            except Exception:
+                log.exception("download listener failed for %s", self.digest)
 
     # -- reader side -------------------------------------------------------------
 
@@ -312,6 +319,8 @@ class BlobFetcher:
     sources: list[BlobSource]
     metrics: AgentMetrics
     on_cached: list[Callable[[Digest, Path, int], None]] = field(default_factory=list)
+    # Called with (digest, source) when a download fails verification.
+    on_corrupt: list[Callable[[Digest, str], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._inflight: dict[Digest, Download] = {}
@@ -359,6 +368,8 @@ class BlobFetcher:
             except BlobIntegrityError:
                 self.metrics.verify_failures.labels(dl.source).inc()
                 dl.path.unlink(missing_ok=True)
+                for corrupt_hook in self.on_corrupt:
+                    corrupt_hook(job.digest, dl.source)
                 raise
             cached = self.store.commit(job.digest, dl.path)
             dl.finish(cached.path)

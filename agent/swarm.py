@@ -1,0 +1,464 @@
+"""The agent's peer-to-peer side: segments, publishing, fetching from peers, seeding.
+
+A blob moves between agents as SEGMENTS (``segment_size`` bytes, the last one shorter), each
+its own torrent. The agent that fetches a blob from upstream cuts it into segments as bytes
+arrive and publishes each one (seeded here, metainfo to the tracker) as soon as it is
+complete, so other agents start on the first segments while the rest is still arriving.
+An agent fetching from peers takes segments in order, a few at a time, appends each to its
+download (clients stream it as it grows) and seeds it at once.
+
+Trust: libtorrent checks every piece against the segment's metainfo; the whole blob is then
+checked against its digest by the fetcher before it is cached. Metainfo that leads to the
+wrong digest is dropped here and the blob comes from the upstream instead.
+
+Layout under the data directory::
+
+    segments/<algo>-<hex>/<index>       segment files (seeded until the blob is evicted)
+    segments/<algo>-<hex>/meta.json     the segments' metainfo, to seed again after restart
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from agent.fetch import Download, FetchJob, SourceUnavailable
+from agent.metrics import AgentMetrics
+from agent.oci import ALGORITHMS, Digest
+from agent.p2p.engine import PeerEngine, PeerTransferError
+
+log = logging.getLogger(__name__)
+
+# Segments fetched from peers at once: enough to keep several peers busy, few enough that
+# the download stays roughly in order for the client streaming it.
+FETCH_WINDOW = 3
+_POLL = 0.2
+
+
+@dataclass(frozen=True)
+class PeerRef:
+    agent_id: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class SegmentRef:
+    index: int
+    offset: int
+    length: int
+    info_hash: str
+    torrent: bytes
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "index": self.index,
+            "offset": self.offset,
+            "length": self.length,
+            "info_hash": self.info_hash,
+            "torrent": base64.b64encode(self.torrent).decode(),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, object]) -> SegmentRef:
+        return cls(
+            index=int(str(d["index"])),
+            offset=int(str(d["offset"])),
+            length=int(str(d["length"])),
+            info_hash=str(d["info_hash"]),
+            torrent=base64.b64decode(str(d["torrent"])),
+        )
+
+
+@dataclass
+class Lookup:
+    """The tracker's answer for one digest, as the agent uses it."""
+
+    action: str  # "fetch": we hold the lease, go upstream; "wait"/"peers": get it from peers
+    peers: list[PeerRef]
+    segments: list[SegmentRef]
+    total_size: int | None
+    complete: bool
+
+
+class Coordinator(Protocol):
+    """What the agent needs from the tracker. Every method raises CoordinatorUnavailable
+    when no tracker answers in time; the agent then behaves as a plain mirror."""
+
+    async def lookup(self, digest: str) -> Lookup: ...
+
+    async def publish_segment(self, digest: str, segment: SegmentRef, total_size: int | None) -> None: ...
+
+    async def announce(self, digest: str, state: str, done_bytes: int, total_bytes: int | None) -> None: ...
+
+    async def withdraw(self, digest: str) -> None: ...
+
+    async def report_bad_peer(self, digest: str, host: str, port: int) -> None: ...
+
+
+class CoordinatorUnavailable(Exception):
+    """No tracker answered: fall back to the upstream."""
+
+
+class SegmentFiles:
+    def __init__(self, root: Path) -> None:
+        self.root = root / "segments"
+
+    def open(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        for p in self.root.iterdir():
+            algo, _, hexpart = p.name.partition("-")
+            if algo not in ALGORITHMS or len(hexpart) != ALGORITHMS[algo] or not p.is_dir():
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            else:
+                for leftover in p.glob("*.tmp"):
+                    leftover.unlink(missing_ok=True)
+
+    def dir_for(self, digest: Digest) -> Path:
+        return self.root / f"{digest.algorithm}-{digest.hex}"
+
+    def path(self, digest: Digest, index: int) -> Path:
+        return self.dir_for(digest) / f"{index:06d}"
+
+    def save_meta(self, digest: Digest, segments: list[SegmentRef], total: int) -> None:
+        d = self.dir_for(digest)
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / "meta.json.tmp"
+        tmp.write_text(json.dumps({"total": total, "segments": [s.to_json() for s in segments]}))
+        os.replace(tmp, d / "meta.json")
+
+    def load_meta(self, digest: Digest) -> tuple[list[SegmentRef], int] | None:
+        try:
+            doc = json.loads((self.dir_for(digest) / "meta.json").read_text())
+            return [SegmentRef.from_json(s) for s in doc["segments"]], int(doc["total"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def remove(self, digest: Digest) -> None:
+        shutil.rmtree(self.dir_for(digest), ignore_errors=True)
+
+    def digests(self) -> list[Digest]:
+        out = []
+        for p in self.root.iterdir():
+            algo, _, hexpart = p.name.partition("-")
+            if algo in ALGORITHMS:
+                out.append(Digest(algo, hexpart))
+        return out
+
+
+@dataclass
+class Swarm:
+    engine: PeerEngine
+    coordinator: Coordinator
+    files: SegmentFiles
+    metrics: AgentMetrics
+    segment_size: int
+    peer_wait: float
+    clock: Callable[[], float] = time.monotonic
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _published: dict[Digest, list[SegmentRef]] = field(default_factory=dict)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def start(self, cached: Callable[[Digest], bool]) -> None:
+        self.files.open()
+        await self.engine.start()
+        for digest in self.files.digests():
+            meta = self.files.load_meta(digest)
+            if not cached(digest) or meta is None:
+                # Segments of a blob that is not (or no longer) cached are not ours to seed.
+                self.files.remove(digest)
+                continue
+            self._spawn(self._reseed(digest, *meta))
+
+    async def _reseed(self, digest: Digest, segments: list[SegmentRef], total: int) -> None:
+        try:
+            for seg in segments:
+                await self.engine.seed(seg.torrent, self.files.path(digest, seg.index))
+            self._published[digest] = segments
+            await self.coordinator.announce(str(digest), "holding", total, total)
+        except (PeerTransferError, OSError) as exc:
+            log.warning("could not seed digest=%s again: %s", digest, exc)
+            self.files.remove(digest)
+        except CoordinatorUnavailable:
+            log.warning("tracker unavailable; digest=%s seeded but not announced", digest)
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        for t in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        await self.engine.close()
+
+    def _spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]  # coroutine objects are awaitables
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- cache events ---------------------------------------------------------------
+
+    def on_cached(self, digest: Digest, path: Path, size: int) -> None:
+        """A verified blob entered the cache: make sure it is fully seeded and announced."""
+        self._spawn(self._complete(digest, path, size))
+
+    async def _complete(self, digest: Digest, path: Path, size: int) -> None:
+        try:
+            have = {s.index: s for s in self._published.get(digest, [])}
+            wanted = _segment_count(size, self.segment_size)
+            segments = []
+            for index in range(wanted):
+                seg = have.get(index)
+                if seg is None:
+                    seg = await self._publish_from(digest, path, index, size)
+                segments.append(seg)
+            self._published[digest] = segments
+            self.files.save_meta(digest, segments, size)
+            await self.coordinator.announce(str(digest), "holding", size, size)
+        except CoordinatorUnavailable:
+            log.info("tracker unavailable; digest=%s will be announced on the next start", digest)
+        except (PeerTransferError, OSError) as exc:
+            log.warning("could not publish digest=%s to peers: %s", digest, exc)
+
+    def on_evict(self, digest: Digest) -> None:
+        segments = self._published.pop(digest, [])
+        self._spawn(self._withdraw(digest, segments))
+
+    async def _withdraw(self, digest: Digest, segments: list[SegmentRef]) -> None:
+        for seg in segments:
+            with contextlib.suppress(PeerTransferError):
+                await self.engine.stop(seg.info_hash)
+        self.files.remove(digest)
+        with contextlib.suppress(CoordinatorUnavailable):
+            await self.coordinator.withdraw(str(digest))
+
+    # -- publishing while fetching from upstream -------------------------------------------
+
+    async def _publish_from(self, digest: Digest, src: Path, index: int, total: int | None) -> SegmentRef:
+        offset = index * self.segment_size
+        dest = self.files.path(digest, index)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        length = await asyncio.to_thread(_copy_range, src, dest, offset, self.segment_size)
+        st = await self.engine.make_segment(dest, name=f"{digest.hex[:32]}-{index}")
+        await self.engine.seed(st.metainfo, dest)
+        seg = SegmentRef(index, offset, length, st.info_hash, st.metainfo)
+        await self.coordinator.publish_segment(str(digest), seg, total)
+        return seg
+
+    def attach_publisher(self, download: Download) -> None:
+        """Publish ``download``'s segments as they complete (this agent fetches upstream)."""
+        pub = _Publisher(self, download)
+        download.listeners.append(pub.on_change)
+        pub.on_change(download)
+
+    # -- fetching from peers ----------------------------------------------------------
+
+    def source(self) -> PeerSource:
+        return PeerSource(self)
+
+
+class _Publisher:
+    def __init__(self, swarm: Swarm, download: Download) -> None:
+        self._swarm = swarm
+        self._dl = download
+        self._next = download.written // swarm.segment_size
+        self._queue: asyncio.Queue[int | None] = asyncio.Queue()
+        self._done = False
+        self._failed = False
+        # Keep the partial file open: it is renamed into the cache when complete.
+        self._fd_path = download.path
+        swarm._spawn(self._run())
+
+    def on_change(self, dl: Download) -> None:
+        if self._done:
+            return
+        size = self._swarm.segment_size
+        while dl.written >= (self._next + 1) * size:
+            self._queue.put_nowait(self._next)
+            self._next += 1
+        if dl.finished:
+            self._done = True
+            if dl.error is None and dl.written > self._next * size:
+                self._queue.put_nowait(self._next)
+            elif dl.error is not None:
+                self._failed = True
+            self._queue.put_nowait(None)
+
+    async def _run(self) -> None:
+        digest = self._dl.digest
+        published: list[SegmentRef] = []
+        src = self._fd_path
+        while True:
+            index = await self._queue.get()
+            if index is None:
+                break
+            if self._failed:
+                continue
+            path = src if src.exists() else (self._dl.final_path or src)
+            try:
+                seg = await self._swarm._publish_from(digest, path, index, self._dl.size)
+                published.append(seg)
+                self._swarm._published[digest] = list(published)
+                await self._swarm.coordinator.announce(
+                    str(digest), "fetching", self._dl.written, self._dl.size
+                )
+            except CoordinatorUnavailable:
+                log.info("tracker unavailable; not publishing digest=%s", digest)
+                return
+            except (PeerTransferError, OSError) as exc:
+                log.warning("could not publish segment %d of %s: %s", index, digest, exc)
+                return
+        if self._failed:
+            # The upstream's bytes did not match the digest: take back what was published.
+            self._swarm.on_evict(digest)
+
+
+class PeerSource:
+    """Fetches a blob's segments from peers, in order, as the tracker directs."""
+
+    name = "peer"
+
+    def __init__(self, swarm: Swarm) -> None:
+        self._swarm = swarm
+
+    async def fetch(self, job: FetchJob, download: Download) -> None:
+        sw = self._swarm
+        digest = str(job.digest)
+        if download.written % sw.segment_size:
+            # Resumed from an odd offset (an interrupted upstream fetch): upstream finishes it.
+            raise SourceUnavailable("partial download not on a segment boundary")
+        try:
+            lookup = await sw.coordinator.lookup(digest)
+        except CoordinatorUnavailable as exc:
+            raise SourceUnavailable("tracker unavailable") from exc
+        if lookup.action == "fetch":
+            # This agent holds the region's lease: it fetches upstream and shares as it goes.
+            sw.attach_publisher(download)
+            raise SourceUnavailable("lease holder fetches from upstream")
+        t0 = sw.clock()
+        try:
+            await self._fetch_segments(job, download, lookup)
+        except SourceUnavailable:
+            # Whatever arrived stays; the upstream continues from here and we publish the rest.
+            sw.attach_publisher(download)
+            raise
+        sw.metrics.first_byte_seconds.labels("peer").observe(sw.clock() - t0)
+
+    async def _fetch_segments(self, job: FetchJob, download: Download, lookup: Lookup) -> None:
+        sw = self._swarm
+        digest = str(job.digest)
+        size = sw.segment_size
+        next_index = download.written // size
+        pending: dict[int, asyncio.Task[Path]] = {}
+        last_progress = sw.clock()
+        try:
+            while True:
+                total = lookup.total_size
+                if total is not None:
+                    download.set_started(total)
+                    if download.written >= total:
+                        return
+                by_index = {s.index: s for s in lookup.segments}
+                peers = [(p.host, p.port) for p in lookup.peers]
+                # Keep a window of segment fetches running ahead of the one appended next.
+                for index in range(next_index, next_index + FETCH_WINDOW):
+                    if index in pending or index not in by_index:
+                        continue
+                    seg = by_index[index]
+                    if seg.offset != index * size:
+                        raise SourceUnavailable("segment layout does not match ours")
+                    pending[index] = asyncio.create_task(self._fetch_one(job.digest, seg, peers))
+                for ih in {s.info_hash for s in by_index.values()}:
+                    sw.engine.add_peers(ih, peers)
+                head = pending.get(next_index)
+                if head is not None and head.done():
+                    del pending[next_index]
+                    path = head.result()  # raises SourceUnavailable on a failed segment
+                    await _append_file(download, path)
+                    sw.metrics.peer_bytes.inc(by_index[next_index].length)
+                    sw._published.setdefault(job.digest, []).append(by_index[next_index])
+                    next_index += 1
+                    last_progress = sw.clock()
+                    with contextlib.suppress(CoordinatorUnavailable):
+                        await sw.coordinator.announce(digest, "fetching", download.written, total)
+                    continue
+                if sw.clock() - last_progress > sw.peer_wait:
+                    raise SourceUnavailable(f"no progress from peers in {sw.peer_wait}s")
+                if head is not None:
+                    await asyncio.wait({head}, timeout=_POLL)
+                else:
+                    await asyncio.sleep(_POLL)
+                try:
+                    lookup = await sw.coordinator.lookup(digest)
+                except CoordinatorUnavailable as exc:
+                    if not pending:
+                        raise SourceUnavailable("tracker unavailable") from exc
+                if lookup.action == "fetch" and not pending:
+                    # The lease came back to us (its holder died): fetch the rest upstream.
+                    raise SourceUnavailable("lease handed to this agent")
+        finally:
+            for t in pending.values():
+                t.cancel()
+            for t in pending.values():
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+
+    async def _fetch_one(self, digest: Digest, seg: SegmentRef, peers: list[tuple[str, int]]) -> Path:
+        sw = self._swarm
+        dest = sw.files.path(digest, seg.index)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+
+        def bad_peer(host: str, port: int) -> None:
+            log.warning("peer %s:%d sent bad data for %s segment %d", host, port, digest, seg.index)
+            sw._spawn(_report(sw.coordinator, str(digest), host, port))
+
+        try:
+            await sw.engine.fetch(seg.torrent, dest, peers, timeout=sw.peer_wait, on_bad_peer=bad_peer)
+        except PeerTransferError as exc:
+            raise SourceUnavailable(f"segment {seg.index}: {exc}") from exc
+        if dest.stat().st_size != seg.length:
+            raise SourceUnavailable(f"segment {seg.index} has the wrong length")
+        return dest
+
+
+async def _report(coordinator: Coordinator, digest: str, host: str, port: int) -> None:
+    with contextlib.suppress(CoordinatorUnavailable):
+        await coordinator.report_bad_peer(digest, host, port)
+
+
+async def _append_file(download: Download, path: Path) -> None:
+    with path.open("rb") as f:
+        while True:
+            chunk = await asyncio.to_thread(f.read, 1 << 20)
+            if not chunk:
+                return
+            await download.append(chunk)
+
+
+def _copy_range(src: Path, dest: Path, offset: int, length: int) -> int:
+    tmp = dest.with_name(dest.name + ".tmp")
+    copied = 0
+    with src.open("rb") as fin, tmp.open("wb") as fout:
+        fin.seek(offset)
+        while copied < length:
+            block = fin.read(min(1 << 20, length - copied))
+            if not block:
+                break
+            fout.write(block)
+            copied += len(block)
+    os.replace(tmp, dest)
+    return copied
+
+
+def _segment_count(size: int, segment_size: int) -> int:
+    return max(1, -(-size // segment_size))
