@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# prometheus: for promtool, which checks deploy/prometheus (no service is started by it).
 DEBS=(python3 python3-venv python3-pip docker-registry skopeo umoci podman containerd
-      redis-server iproute2 iperf3 systemd make git ca-certificates)
+      redis-server iproute2 iperf3 systemd prometheus make git ca-certificates)
 missing=()
 for p in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
