@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# prometheus: only for promtool, which checks deploy/prometheus; its service is disabled below.
 DEBS=(python3 python3-venv python3-pip docker-registry skopeo umoci podman containerd
-      redis-server iproute2 iperf3 systemd make git ca-certificates)
+      redis-server iproute2 iperf3 systemd prometheus make git ca-certificates)
 missing=()
 for p in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -15,6 +16,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # On a host booted with systemd the package starts a Prometheus server; we need none.
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now prometheus.service || true
+  fi
 fi
 
 PY="${PYTHON:-python3}"
