@@ -27,10 +27,10 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from agent.fetch import Download, FetchJob, SourceUnavailable
 from agent.metrics import AgentMetrics
@@ -97,9 +97,13 @@ class Coordinator(Protocol):
 
     async def lookup(self, digest: str) -> Lookup: ...
 
-    async def publish_segment(self, digest: str, segment: SegmentRef, total_size: int | None) -> None: ...
+    async def publish_segment(
+        self, digest: str, segment: SegmentRef, total_size: int | None
+    ) -> None: ...
 
-    async def announce(self, digest: str, state: str, done_bytes: int, total_bytes: int | None) -> None: ...
+    async def announce(
+        self, digest: str, state: str, done_bytes: int, total_bytes: int | None
+    ) -> None: ...
 
     async def withdraw(self, digest: str) -> None: ...
 
@@ -201,8 +205,8 @@ class Swarm:
                 await t
         await self.engine.close()
 
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]  # coroutine objects are awaitables
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -244,7 +248,9 @@ class Swarm:
 
     # -- publishing while fetching from upstream -------------------------------------------
 
-    async def _publish_from(self, digest: Digest, src: Path, index: int, total: int | None) -> SegmentRef:
+    async def _publish_from(
+        self, digest: Digest, src: Path, index: int, total: int | None
+    ) -> SegmentRef:
         offset = index * self.segment_size
         dest = self.files.path(digest, index)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -413,7 +419,9 @@ class PeerSource:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
 
-    async def _fetch_one(self, digest: Digest, seg: SegmentRef, peers: list[tuple[str, int]]) -> Path:
+    async def _fetch_one(
+        self, digest: Digest, seg: SegmentRef, peers: list[tuple[str, int]]
+    ) -> Path:
         sw = self._swarm
         dest = sw.files.path(digest, seg.index)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -423,7 +431,9 @@ class PeerSource:
             sw._spawn(_report(sw.coordinator, str(digest), host, port))
 
         try:
-            await sw.engine.fetch(seg.torrent, dest, peers, timeout=sw.peer_wait, on_bad_peer=bad_peer)
+            await sw.engine.fetch(
+                seg.torrent, dest, peers, timeout=sw.peer_wait, on_bad_peer=bad_peer
+            )
         except PeerTransferError as exc:
             raise SourceUnavailable(f"segment {seg.index}: {exc}") from exc
         if dest.stat().st_size != seg.length:

@@ -177,9 +177,8 @@ def plan_podman(args: argparse.Namespace, mirror: Mirror) -> Plan:
     others = [r for r in registries if r != DOCKER_HUB]
     if others:
         plan.warnings.append(
-            "podman, CRI-O and skopeo send no ?ns= to a mirror, so the agent answers requests "
-            f"for {', '.join(others)} from its --default-upstream; run one agent per such "
-            "registry with --default-upstream set to it"
+            f"the agent must mirror {', '.join(others)}: start it with --upstream NAME=URL "
+            "for each (the mirror location carries the registry name as a path prefix)"
         )
     plan.notes.append(
         "next: podman and skopeo read it on their next pull; CRI-O: `systemctl reload crio`; "

@@ -113,9 +113,9 @@ class RegistryHandlers:
             raise NameUnknown("no such endpoint")
         kind = m.group("kind")
         ri.kind = {"manifests": "manifest", "blobs": "blob", "tags": "tags"}[kind]
-        upstream = self._upstream_for(request)
+        upstream, name = self._upstream_for(request, m.group("name"))
         ri.upstream = upstream.name
-        repo = validate_name(m.group("name"))
+        repo = validate_name(name)
         if upstream.name == DOCKER_HUB and "/" not in repo:
             # Docker Hub's official images live under library/; clients that omit it mean it.
             repo = f"library/{repo}"
@@ -130,19 +130,33 @@ class RegistryHandlers:
             raise NameUnknown("no such endpoint")
         return await self._tags(request, upstream, repo, auth)
 
-    def _upstream_for(self, request: web.Request) -> Upstream:
+    def _upstream_for(self, request: web.Request, name: str) -> tuple[Upstream, str]:
+        """The upstream a request is for, and the repository name within it.
+
+        containerd names the registry in ``?ns=``. podman, CRI-O and skopeo send no ``ns``,
+        so their mirror entries use a path prefix (``location = "node:5050/ghcr.io"``) and
+        the registry arrives as the first path component, a port written ``_port`` because a
+        reference path may not contain a colon (``node:5050/127.0.0.1_5000``). Docker Hub
+        namespaces never contain dots or underscores, and only configured upstreams match.
+        """
         ns_values = request.query.getall("ns", [])
         if len(ns_values) > 1:
             raise NameInvalid("more than one ns parameter")
+        if not ns_values:
+            first, sep, rest = name.partition("/")
+            if sep and rest and ("." in first or first == "localhost"):
+                host = _canonical_registry(first)
+                up = self._upstreams.get(host) or self._upstreams.get(_decode_prefix(host))
+                if up is not None:
+                    return up, rest
         ns = ns_values[0] if ns_values else self._config.default_upstream
-        if ns in {"index.docker.io", "registry-1.docker.io"}:
-            ns = DOCKER_HUB
+        ns = _canonical_registry(ns)
         if not valid_registry_name(ns):
             raise NameInvalid(f"invalid ns {ns[:100]!r}")
         up = self._upstreams.get(ns)
         if up is None:
             raise NameUnknown(f"registry {ns} is not mirrored here")
-        return up
+        return up, name
 
     # -- manifests ----------------------------------------------------------------
 
@@ -298,3 +312,17 @@ class RegistryHandlers:
                 headers["Link"] = resp.headers["Link"]
         info(request).source = "upstream"
         return web.Response(body=body if request.method == "GET" else None, headers=headers)
+
+
+def _canonical_registry(name: str) -> str:
+    return DOCKER_HUB if name in ("index.docker.io", "registry-1.docker.io") else name
+
+
+def _decode_prefix(component: str) -> str:
+    host, sep, port = component.rpartition("_")
+    return f"{host}:{port}" if sep and port.isdigit() else component
+
+
+def mirror_prefix(registry: str) -> str:
+    """The path prefix naming ``registry`` in a podman/CRI-O mirror location."""
+    return registry.replace(":", "_")

@@ -45,12 +45,15 @@ def desired_registries_conf(
         mirrors = entry.get("mirror", [])
         if not isinstance(mirrors, list) or not all(isinstance(m, dict) for m in mirrors):
             raise ConfigureError(f"registries.conf: {registry}: 'mirror' is not an array")
-        before: dict[str, Any] = next(
-            (m for m in mirrors if m.get("location") == mirror.netloc), {}
-        )
+        # These clients send no ?ns=, so the mirror location carries the registry as a path
+        # prefix ("node:5050/ghcr.io", a port as "_5000": references allow no colon there);
+        # the agent routes on it (agent.server.registry._upstream_for).
+        location = f"{mirror.netloc}/{registry.replace(':', '_')}"
+        mine = (mirror.netloc, location)
+        before: dict[str, Any] = next((m for m in mirrors if m.get("location") in mine), {})
         # Keep the operator's extra keys on our mirror (e.g. pull-from-mirror = "digest-only").
-        ours = {**before, "location": mirror.netloc, "insecure": mirror.plain_http}
-        others = [m for m in mirrors if m.get("location") != mirror.netloc]
+        ours = {**before, "location": location, "insecure": mirror.plain_http}
+        others = [m for m in mirrors if m.get("location") not in mine]
         entry["mirror"] = [ours, *others]
     out = dict(current)
     out["registry"] = entries

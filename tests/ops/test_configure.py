@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
 import stat
 import subprocess
+import sys
 import time
 import tomllib
 import urllib.parse
@@ -303,16 +306,16 @@ def test_podman_drop_in_structure(tmp_path: Path, capsys: pytest.CaptureFixture[
             {
                 "prefix": "docker.io",
                 "location": "docker.io",
-                "mirror": [{"location": "127.0.0.1:5050", "insecure": True}],
+                "mirror": [{"location": "127.0.0.1:5050/docker.io", "insecure": True}],
             },
             {
                 "prefix": "quay.io",
                 "location": "quay.io",
-                "mirror": [{"location": "127.0.0.1:5050", "insecure": True}],
+                "mirror": [{"location": "127.0.0.1:5050/quay.io", "insecure": True}],
             },
         ]
     }
-    assert "send no ?ns=" in capsys.readouterr().err
+    assert "--upstream NAME=URL" in capsys.readouterr().err
 
 
 def test_podman_merge_keeps_entries_and_extra_mirror_keys(tmp_path: Path) -> None:
@@ -334,7 +337,7 @@ def test_podman_merge_keeps_entries_and_extra_mirror_keys(tmp_path: Path) -> Non
     hub, blocked = entries
     assert blocked == {"location": "registry.example", "blocked": True}
     assert hub["mirror"] == [
-        {"location": "[::1]:5050", "insecure": False},
+        {"location": "[::1]:5050/docker.io", "insecure": False},
         {"location": "mirror.example:443"},
         {"location": "127.0.0.1:5050", "pull-from-mirror": "digest-only"},
     ]
@@ -373,8 +376,13 @@ def test_toml_writer_round_trips(data: dict[str, object]) -> None:
 def test_skopeo_pulls_through_the_configured_mirror(
     tmp_path: Path, registry_with_image: Registry
 ) -> None:
-    """The registry the image is named after is down; only the mirror can answer."""
+    """The registry the image is named after is down; only the agent (mirror) can answer.
+
+    The agent mirrors the name ``closed`` from the real registry's address, and skopeo,
+    which sends no ?ns=, reaches it through the path prefix the drop-in writes.
+    """
     closed = f"127.0.0.1:{free_port()}"
+    agent_port = free_port()
     conf = tmp_path / "50-layerswarm.conf"
     assert (
         configure(
@@ -384,27 +392,59 @@ def test_skopeo_pulls_through_the_configured_mirror(
             "--registry",
             closed,
             "--mirror",
-            f"http://{registry_with_image.addr}",
+            f"http://127.0.0.1:{agent_port}",
         )
         == 0
     )
-    result = subprocess.run(
+    log = (tmp_path / "agent.log").open("wb")
+    agent = subprocess.Popen(
         [
-            "skopeo",
-            "--registries-conf",
-            str(conf),
-            "inspect",
-            "--raw",
-            f"docker://{closed}/test/img:v1",
+            sys.executable,
+            "-m",
+            "layerswarm",
+            "agent",
+            "--listen",
+            f"127.0.0.1:{agent_port}",
+            "--data-dir",
+            str(tmp_path / "agent"),
+            "--no-p2p",
+            "--upstream",
+            f"{closed}=http://{registry_with_image.addr}",
         ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["schemaVersion"] == 2
-    assert registry_with_image.requests("GET /v2/test/img/manifests/v1") >= 1
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", agent_port), timeout=1).close()
+                break
+            except OSError:
+                assert agent.poll() is None and time.monotonic() < deadline, "agent did not start"
+                time.sleep(0.05)
+        result = subprocess.run(
+            [
+                "skopeo",
+                "--registries-conf",
+                str(conf),
+                "inspect",
+                "--raw",
+                f"docker://{closed}/test/img:v1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr + (tmp_path / "agent.log").read_text()
+        assert json.loads(result.stdout)["schemaVersion"] == 2
+        assert registry_with_image.requests("GET /v2/test/img/manifests/v1") >= 1
+    finally:
+        os.killpg(agent.pid, signal.SIGTERM)
+        agent.wait(timeout=30)
+        log.close()
 
 
 @pytest.mark.integration
