@@ -1,0 +1,45 @@
+"""This agent's stable identity in the fleet: an id and a secret key, kept in the data dir.
+
+The tracker binds an agent id to the key it first heartbeats with, so another agent cannot
+overwrite or withdraw this one's entries. Both survive restarts (a restarted agent must be
+able to speak for its old entries before they expire). The key file is mode 0600.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Identity:
+    agent_id: str
+    key: str = field(repr=False)
+
+
+def load_identity(data_dir: Path) -> Identity:
+    id_path = data_dir / "agent-id"
+    key_path = data_dir / "agent-key"
+    try:
+        agent_id = id_path.read_text().strip()
+    except FileNotFoundError:
+        host = "".join(c for c in socket.gethostname().lower() if c.isalnum() or c == "-")[:40]
+        agent_id = f"{host or 'agent'}-{secrets.token_hex(4)}"
+        _write(id_path, agent_id, 0o644)
+    try:
+        key = key_path.read_text().strip()
+    except FileNotFoundError:
+        key = secrets.token_urlsafe(32)
+        _write(key_path, key, 0o600)
+    return Identity(agent_id, key)
+
+
+def _write(path: Path, text: str, mode: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+    os.replace(tmp, path)
