@@ -135,7 +135,7 @@ class PodmanImage:
 
 
 class Podman:
-    """podman as root with all its state (root, runroot, tmp) under ``workdir``; vfs driver.
+    """podman as root with its state (root, tmp) under ``workdir``; vfs storage driver.
 
     ``pull`` runs ``podman pull`` to completion; podman leaves no daemon behind, and
     ``cleanup`` unmounts anything podman might have mounted under ``workdir``.
@@ -144,8 +144,11 @@ class Podman:
     def __init__(self, workdir: Path, registries_conf: Path | None = None) -> None:
         self.workdir = workdir
         self.root = workdir / "root"
-        self.runroot = workdir / "runroot"
         self.tmp = workdir / "tmp"
+        # podman refuses a runroot longer than 50 characters, and pytest's tmp paths are
+        # longer: use a short directory of our own, removed in cleanup().
+        self.runroot = Path(tempfile.mkdtemp(prefix="lsw-podman-"))
+        self._short_runroot = self.runroot
         for d in (self.root, self.runroot, self.tmp):
             d.mkdir(parents=True, exist_ok=True)
         self.registries_conf = registries_conf
@@ -218,18 +221,18 @@ class Podman:
 
     def cleanup(self) -> None:
         unmount_under(self.workdir)
+        unmount_under(self._short_runroot)
+        shutil.rmtree(self._short_runroot, ignore_errors=True)
 
 
 def podman_pull(
     ref: str,
-    root: Path,
-    runroot: Path,
+    workdir: Path,
     registries_conf: Path | None,
     creds: Creds | None = None,
 ) -> PodmanImage:
-    """One-shot pull with state in ``root``/``runroot``; returns what podman stored."""
-    podman = Podman(root.parent, registries_conf)
-    podman.root, podman.runroot = root, runroot
+    """One-shot pull with podman state under ``workdir``; returns what podman stored."""
+    podman = Podman(workdir, registries_conf)
     try:
         podman.pull(ref, creds)
         return podman.inspect(ref)
@@ -362,7 +365,7 @@ class Containerd:
         unpack: bool = True,
         check: bool = True,
     ) -> subprocess.CompletedProcess[str]:
-        """``ctr images pull --plain-http --hosts-dir DIR``, unpacked with the native snapshotter."""
+        """``ctr images pull --plain-http --hosts-dir DIR``, unpacked by the native snapshotter."""
         args = ["images", "pull", "--plain-http", "--hosts-dir", str(hosts_dir)]
         args += ["--snapshotter", "native"]
         if creds is not None:

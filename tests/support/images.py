@@ -215,6 +215,7 @@ def _write_index_json(layout: Path, descriptor: dict[str, Any], tag: str) -> Non
 def _build_platform_image(
     layout: Path,
     layers: Sequence[int | bytes],
+    *,
     media_kind: MediaKind,
     rng: random.Random,
     platform: tuple[str, str],
@@ -283,7 +284,9 @@ def build_image(
     ``layers``: per layer, the size of its random file (int) or the file's content (bytes).
     """
     _init_layout(layout)
-    img = _build_platform_image(layout, layers, media_type, random.Random(seed), platform, tag)
+    img = _build_platform_image(
+        layout, layers, media_kind=media_type, rng=random.Random(seed), platform=platform, tag=tag
+    )
     if media_type == "docker":
         _write_dir_view(layout, img.manifest, img.blob_digests)
     _write_index_json(
@@ -311,7 +314,9 @@ def build_index(
     _init_layout(layout)
     rng = random.Random(seed)
     images = tuple(
-        _build_platform_image(layout, layers, media_type, rng, platform, tag)
+        _build_platform_image(
+            layout, layers, media_kind=media_type, rng=rng, platform=platform, tag=tag
+        )
         for platform in platforms
     )
     types = _TYPES[media_type]
@@ -370,6 +375,7 @@ def _write_dir_view(
 
 def _skopeo_push(
     local: ImageLayout | IndexLayout,
+    *,
     host_port: str,
     repo: str,
     tag: str,
@@ -408,7 +414,15 @@ def push(
     """``skopeo copy`` the layout to ``registry`` as ``repo:tag``; the digest must not change."""
     tag = tag or local.tag
     digest_file = local.layout / f"pushed-{repo.replace('/', '_')}-{tag}.digest"
-    _skopeo_push(local, registry.host_port, repo, tag, creds, digest_file, all_platforms=False)
+    _skopeo_push(
+        local,
+        host_port=registry.host_port,
+        repo=repo,
+        tag=tag,
+        creds=creds,
+        digest_file=digest_file,
+        all_platforms=False,
+    )
     pushed = digest_file.read_text().strip()
     if pushed != local.manifest_digest:
         raise AssertionError(
@@ -426,7 +440,15 @@ def push_index(
 ) -> IndexImage:
     tag = tag or local.tag
     digest_file = local.layout / f"pushed-{repo.replace('/', '_')}-{tag}.digest"
-    _skopeo_push(local, registry.host_port, repo, tag, creds, digest_file, all_platforms=True)
+    _skopeo_push(
+        local,
+        host_port=registry.host_port,
+        repo=repo,
+        tag=tag,
+        creds=creds,
+        digest_file=digest_file,
+        all_platforms=True,
+    )
     pushed = digest_file.read_text().strip()
     if pushed != local.manifest_digest:
         raise AssertionError(

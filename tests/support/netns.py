@@ -111,9 +111,7 @@ class Host:
     def popen(self, argv: Sequence[str], **kw: Any) -> subprocess.Popen[bytes]:
         """Start ``argv`` in this host; the topology kills it (its process group) on close."""
         kw.setdefault("stdin", subprocess.DEVNULL)
-        p: subprocess.Popen[bytes] = subprocess.Popen(
-            self.argv(argv), start_new_session=True, **kw
-        )
+        p: subprocess.Popen[bytes] = subprocess.Popen(self.argv(argv), start_new_session=True, **kw)
         self.topology._children.append(p)
         return p
 

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -114,7 +115,7 @@ def wait_for_port(
 
 def wait_for_http(url: str, timeout: float = 15.0, *, proc: Proc | None = None) -> int:
     """Wait until ``url`` gives any HTTP answer (401 counts: the server is up); return status."""
-    host = urllib.request.urlparse(url).hostname or ""
+    host = urllib.parse.urlsplit(url).hostname or ""
     _check_loopback(host)
     deadline = time.monotonic() + timeout
     while True:
@@ -234,6 +235,24 @@ class Proc:
         assert self._popen is not None
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._popen.pid, sig)
+
+    def wait_for_log(
+        self, text: str, timeout: float = 15.0, *, count: int = 1, stream: str = "stdout"
+    ) -> None:
+        """Wait until ``text`` appears ``count`` times in stdout (or ``stream="stderr"``)."""
+        path = self.stdout_path if stream == "stdout" else self.stderr_path
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = path.read_text(errors="replace").count(text) if path.exists() else 0
+            if seen >= count:
+                return
+            if not self.running:
+                raise ProcError(f"{self.name} exited before logging {text!r}\n{self.log_tail()}")
+            if time.monotonic() >= deadline:
+                raise ProcError(
+                    f"{self.name} did not log {text!r} in {timeout}s\n{self.log_tail()}"
+                )
+            time.sleep(0.05)
 
     def log_tail(self, lines: int = 40) -> str:
         """Last lines of stdout and stderr, for assertion messages."""

@@ -28,7 +28,7 @@ DEFAULT_SERVICE = "layerswarm-test-registry"
 
 # 127.0.0.1 - user [22/Nov/2026:06:10:03 +0000] "GET /v2/x HTTP/1.1" 200 2 "" "skopeo/1.9.3"
 _ACCESS_RE = re.compile(
-    r'^(?P<remote>\S+) \S+ (?P<user>\S+) \[(?P<time>[^\]]+)\] '
+    r"^(?P<remote>\S+) \S+ (?P<user>\S+) \[(?P<time>[^\]]+)\] "
     r'"(?P<method>\S+) (?P<path>\S+) (?P<proto>[^"]+)" (?P<status>\d{3}) (?P<bytes>\S+) '
     r'"(?P<referer>[^"]*)" "(?P<user_agent>[^"]*)"'
 )
@@ -198,6 +198,23 @@ class Registry:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def blob_path(self, digest: str) -> Path:
+        """Where filesystem storage keeps that blob's bytes (exists once fully stored)."""
+        algo, _, hexpart = digest.partition(":")
+        base = self.data_dir / "docker" / "registry" / "v2" / "blobs"
+        return base / algo / hexpart[:2] / hexpart / "data"
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).exists()
+
+    def wait_for_blob(self, digest: str, timeout: float = 15.0) -> None:
+        """Wait until the blob is committed to storage (a proxy stores it in the background)."""
+        deadline = time.monotonic() + timeout
+        while not self.has_blob(digest):
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"{digest} not stored by {self.host_port} in {timeout}s")
+            time.sleep(0.05)
+
     # ---- the access log -------------------------------------------------------------------
 
     def _settle(self, quiet: float = 0.15, limit: float = 3.0) -> None:
@@ -253,9 +270,7 @@ class Registry:
 
     def blob_fetches(self, digest: str, repo: str | None = None) -> int:
         """How many GETs of that blob the registry answered with 200 or 206."""
-        return len(
-            self.requests(kind="blobs", repo=repo, reference=digest, statuses=(200, 206))
-        )
+        return len(self.requests(kind="blobs", repo=repo, reference=digest, statuses=(200, 206)))
 
     def blob_bytes_served(self, digest: str, repo: str | None = None) -> int:
         lines = self.requests(kind="blobs", repo=repo, reference=digest, statuses=(200, 206))

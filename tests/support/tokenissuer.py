@@ -174,7 +174,7 @@ class TokenIssuer:
             )
         service = request.query.get("service", "")
         scopes = tuple(request.query.getall("scope", []))
-        access: list[dict[str, object]] = []
+        granted: list[tuple[str, str, tuple[str, ...]]] = []
         if name is not None:
             user = self.users[name]
             for scope in scopes:
@@ -184,7 +184,8 @@ class TokenIssuer:
                 typ, repo, actions = parsed
                 allowed = user.allowed(repo, actions) if typ == "repository" else []
                 if allowed:
-                    access.append({"type": typ, "name": repo, "actions": allowed})
+                    granted.append((typ, repo, tuple(allowed)))
+        access = [{"type": t, "name": n, "actions": list(a)} for t, n, a in granted]
         now = dt.datetime.now(dt.UTC)
         claims = {
             "iss": self.issuer,
@@ -198,17 +199,7 @@ class TokenIssuer:
         }
         token = jwt.encode(claims, self._key, algorithm="RS256", headers={"x5c": [self._x5c]})
         with self._lock:
-            self.issued.append(
-                Issued(
-                    user=name,
-                    service=service,
-                    scopes=scopes,
-                    access=tuple(
-                        (str(a["type"]), str(a["name"]), tuple(a["actions"]))  # type: ignore[call-overload]  # built just above from lists of str
-                        for a in access
-                    ),
-                )
-            )
+            self.issued.append(Issued(name, service, scopes, tuple(granted)))
         return web.json_response(
             {
                 "token": token,
