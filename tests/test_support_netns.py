@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import TopologyFactory
+from tests.support.clients import compare_dir_with_image, skopeo_copy, write_registries_conf
+from tests.support.images import build_image, push
 from tests.support.netns import Topology, list_namespaces, rate_bits
 from tests.support.procs import wait_for_port
+from tests.support.registry import Registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns]
 
@@ -71,3 +75,18 @@ def test_rate_parsing() -> None:
     assert rate_bits(8000) == 8000
     with pytest.raises(ValueError):
         rate_bits("100 MB/s")
+
+
+def test_registry_inside_a_namespace(topology: TopologyFactory, tmp_path: Path) -> None:
+    topo = topology(2)
+    server, client = topo.hosts
+    with Registry(tmp_path / "reg", host=server.ip, netns=server.name) as reg:
+        assert reg.host_port == f"{server.ip}:5000"
+        # push() runs skopeo in the registry's namespace; the pull runs in the other host.
+        image = push(build_image(tmp_path / "img", [20_000], seed=9), reg, "test/ns", "v1")
+        conf = write_registries_conf(tmp_path / "r.conf", reg.host_port)
+        skopeo_copy(image.ref, tmp_path / "out", conf, netns=client.name)
+        compare_dir_with_image(tmp_path / "out", image)
+        lines = reg.requests(kind="blobs", repo="test/ns", statuses=(200,))
+        assert {line.remote for line in lines} == {client.ip}
+        assert reg.blob_fetches(image.layers[0].digest) == 1

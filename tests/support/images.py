@@ -382,6 +382,7 @@ def _skopeo_push(
     creds: tuple[str, str] | None,
     digest_file: Path,
     all_platforms: bool,
+    netns: str | None,
 ) -> None:
     argv = ["skopeo", "copy", "--quiet", "--dest-tls-verify=false", "--preserve-digests"]
     if all_platforms:
@@ -401,7 +402,7 @@ def _skopeo_push(
     # An empty auth file keeps the machine's own credentials out of the tests.
     auth = digest_file.parent / "empty-auth.json"
     auth.write_text("{}")
-    run_checked(argv, env={"REGISTRY_AUTH_FILE": str(auth)}, timeout=300)
+    run_checked(argv, env={"REGISTRY_AUTH_FILE": str(auth)}, timeout=300, netns=netns)
 
 
 def push(
@@ -410,8 +411,14 @@ def push(
     repo: str,
     tag: str | None = None,
     creds: tuple[str, str] | None = None,
+    *,
+    netns: str | None = None,
 ) -> Image:
-    """``skopeo copy`` the layout to ``registry`` as ``repo:tag``; the digest must not change."""
+    """``skopeo copy`` the layout to ``registry`` as ``repo:tag``; the digest must not change.
+
+    ``netns``: where skopeo runs; by default the registry's own namespace (``registry.netns``),
+    since a registry inside a namespace must never be reached from the root namespace.
+    """
     tag = tag or local.tag
     digest_file = local.layout / f"pushed-{repo.replace('/', '_')}-{tag}.digest"
     _skopeo_push(
@@ -422,6 +429,7 @@ def push(
         creds=creds,
         digest_file=digest_file,
         all_platforms=False,
+        netns=netns or getattr(registry, "netns", None),
     )
     pushed = digest_file.read_text().strip()
     if pushed != local.manifest_digest:
@@ -437,6 +445,8 @@ def push_index(
     repo: str,
     tag: str | None = None,
     creds: tuple[str, str] | None = None,
+    *,
+    netns: str | None = None,
 ) -> IndexImage:
     tag = tag or local.tag
     digest_file = local.layout / f"pushed-{repo.replace('/', '_')}-{tag}.digest"
@@ -448,6 +458,7 @@ def push_index(
         creds=creds,
         digest_file=digest_file,
         all_platforms=True,
+        netns=netns or getattr(registry, "netns", None),
     )
     pushed = digest_file.read_text().strip()
     if pushed != local.manifest_digest:
