@@ -41,6 +41,8 @@ def make_middleware(metrics: AgentMetrics) -> Middleware:
                 return resp
             except RegistryError as exc:
                 status = exc.status
+                if status >= 500:
+                    log.warning("%s %s: %s", request.method, request.path, exc.message)
                 return error_response(exc, request.method)
             except web.HTTPException as exc:
                 # aiohttp's own answers (404 unknown path, 413 big body) get OCI bodies too.

@@ -164,7 +164,9 @@ class RegistryHandlers:
         self, request: web.Request, upstream: Upstream, repo: str, reference: str, auth: str | None
     ) -> web.StreamResponse:
         ref = validate_reference(reference)
-        accept = request.headers.get("Accept") or DEFAULT_ACCEPT
+        # Clients like podman send one Accept header per media type: keep them all, or the
+        # upstream answers with an older format (schema1) than the client can take.
+        accept = ", ".join(request.headers.getall("Accept", [])) or DEFAULT_ACCEPT
         if isinstance(ref, Digest):
             info(request).digest = str(ref)
         stored = await self._mirror.manifest(upstream, repo, ref, accept, auth)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +10,8 @@ from prometheus_client import CollectorRegistry
 
 from agent.app import AGENT_KEY, AgentRuntime, build_app
 from agent.config import AgentConfig, parse_upstream
+from tests.support.agent import AgentProc
+from tests.support.registry import Registry
 
 AgentFactory = Callable[..., Awaitable[tuple[TestClient[Any, Any], AgentRuntime]]]
 
@@ -37,3 +39,28 @@ async def agent_factory(tmp_path: Path) -> AsyncIterator[AgentFactory]:
     yield make
     for c in clients:
         await c.close()
+
+
+AgentProcFactory = Callable[..., AgentProc]
+
+
+@pytest.fixture
+def agent_proc(tmp_path: Path) -> Iterator[AgentProcFactory]:
+    """Real agents (the CLI as a subprocess) mirroring a real registry; stopped by PID."""
+    started: list[AgentProc] = []
+
+    def start(registry: Registry, *extra: str, default: bool = True) -> AgentProc:
+        a = AgentProc(
+            tmp_path / f"agent{len(started)}",
+            {registry.host_port: registry.url},
+            default_upstream=registry.host_port if default else None,
+            extra=["--no-p2p", *extra],
+        )
+        started.append(a)
+        return a.start()
+
+    try:
+        yield start
+    finally:
+        for a in started:
+            a.stop()
