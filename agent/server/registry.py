@@ -25,6 +25,7 @@ from agent.errors import (
     RangeInvalid,
     RegistryError,
     Unsupported,
+    UpstreamError,
 )
 from agent.fetch import Download
 from agent.manifests import StoredManifest
@@ -96,9 +97,26 @@ class RegistryHandlers:
         app.router.add_route("*", "/v2/{tail:.+}", self.dispatch)
 
     async def ping(self, request: web.Request) -> web.StreamResponse:
-        info(request).kind = "ping"
+        """``/v2/``: answer as the upstream would, so clients learn its auth challenge.
+
+        Clients (skopeo, podman, Docker) decide from this answer whether and how to send
+        credentials to the mirror; a bare 200 would make them never send any. When the
+        upstream can't be reached we still answer 200, so cached images keep pulling.
+        """
+        ri = info(request)
+        ri.kind = "ping"
         if request.method not in ("GET", "HEAD"):
             raise Unsupported("this mirror is read-only", headers={"Allow": "GET, HEAD"})
+        upstream, _ = self._upstream_for(request, "")
+        ri.upstream = upstream.name
+        try:
+            async with self._client.request(
+                upstream, "GET", "/v2/", client_auth=request.headers.get("Authorization")
+            ) as resp:
+                if resp.status == 401:
+                    raise await relay_error(resp)
+        except UpstreamError as exc:
+            log.info("upstream %s not answering /v2/: %s", upstream.name, exc.message)
         return web.json_response({}, headers=_API_HEADERS)
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.agent.conftest import AgentProcFactory
+from tests.conftest import ImageFactory
 from tests.support.clients import (
     Containerd,
     Podman,
@@ -26,7 +27,7 @@ MiB = 1 << 20
 
 
 def test_skopeo_through_path_prefix_mirror(
-    tmp_path: Path, registry: Registry, image_factory, agent_proc: AgentProcFactory
+    tmp_path: Path, registry: Registry, image_factory: ImageFactory, agent_proc: AgentProcFactory
 ) -> None:
     image = image_factory(layers=(3 * MiB, 1 * MiB))
     agent = agent_proc(registry, default=False)
@@ -52,7 +53,7 @@ def test_skopeo_through_path_prefix_mirror(
 
 
 def test_podman_pulls_through_agent(
-    tmp_path: Path, registry: Registry, image_factory, agent_proc: AgentProcFactory
+    tmp_path: Path, registry: Registry, image_factory: ImageFactory, agent_proc: AgentProcFactory
 ) -> None:
     image = image_factory(layers=(2 * MiB,), media_type="docker")
     agent = agent_proc(registry)
@@ -71,7 +72,7 @@ def test_podman_pulls_through_agent(
 def test_containerd_pulls_through_agent_with_ns(
     tmp_path: Path,
     registry: Registry,
-    image_factory,
+    image_factory: ImageFactory,
     agent_proc: AgentProcFactory,
     containerd: Containerd,
 ) -> None:
@@ -87,7 +88,7 @@ def test_containerd_pulls_through_agent_with_ns(
 
 
 def test_concurrent_pulls_fetch_each_blob_once(
-    tmp_path: Path, registry: Registry, image_factory, agent_proc: AgentProcFactory
+    tmp_path: Path, registry: Registry, image_factory: ImageFactory, agent_proc: AgentProcFactory
 ) -> None:
     image = image_factory(layers=(8 * MiB, 4 * MiB, 1 * MiB))
     agent = agent_proc(registry)

@@ -72,7 +72,7 @@ class AgentProc:
             return text
 
     def metric(self, name: str, labels: str = "") -> float:
-        """The value of one sample, e.g. metric("layerswarm_served_bytes_total", 'source="cache"')."""
+        """One sample's value: metric("layerswarm_served_bytes_total", 'source="cache"')."""
         pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else r"(?:\{\})?")
         m = re.search(rf"^{pattern} ([0-9.e+-]+)$", self.metrics(), re.MULTILINE)
         return float(m.group(1)) if m else 0.0
