@@ -14,9 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 
 from agent.config import Upstream
 from agent.errors import DigestInvalid, UpstreamError
@@ -41,13 +43,39 @@ class AccessChecker:
         ttl: float,
         grace: float,
         clock: Callable[[], float] = time.monotonic,
+        state_file: Path | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
         self._ttl = ttl
         self._grace = grace
         self._clock = clock
+        self._wall = wall_clock
         self._grants: OrderedDict[tuple[str, str, str], float] = OrderedDict()
         self._repo_digests: OrderedDict[tuple[str, str, Digest], None] = OrderedDict()
+        # Anonymous grants (what the upstream serves to anyone) are no secret, so they alone
+        # are kept on disk: a restarted agent can serve public images through an outage.
+        self._state_file = state_file
+        self._anonymous: dict[str, float] = self._load_anonymous()
+
+    def _load_anonymous(self) -> dict[str, float]:
+        if self._state_file is None:
+            return {}
+        try:
+            data = json.loads(self._state_file.read_text())
+            return {str(k): float(v) for k, v in data.items()}
+        except (OSError, ValueError, AttributeError, TypeError):
+            return {}
+
+    def _save_anonymous(self) -> None:
+        if self._state_file is None:
+            return
+        tmp = self._state_file.with_name(self._state_file.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(self._anonymous))
+            os.replace(tmp, self._state_file)
+        except OSError as exc:
+            log.warning("could not save anonymous grants: %s", exc)
 
     def remember(self, auth: str | None, upstream: str, repo: str) -> None:
         key = (credential_key(auth), upstream, repo)
@@ -55,6 +83,17 @@ class AccessChecker:
         self._grants.move_to_end(key)
         while len(self._grants) > _MAX_GRANTS:
             self._grants.popitem(last=False)
+        if auth is None:
+            akey = f"{upstream}/{repo}"
+            now = self._wall()
+            # Written at most once a minute per repository: this sits on the request path.
+            if now - self._anonymous.get(akey, 0.0) > 60:
+                self._anonymous[akey] = now
+                if len(self._anonymous) > _MAX_GRANTS:
+                    oldest = sorted(self._anonymous, key=self._anonymous.__getitem__)
+                    for k in oldest[: len(self._anonymous) - _MAX_GRANTS]:
+                        del self._anonymous[k]
+                self._save_anonymous()
 
     def link(self, upstream: str, repo: str, digests: list[Digest]) -> None:
         """Record that these digests belong to ``repo`` (from its manifest or a blob answer)."""
@@ -71,6 +110,9 @@ class AccessChecker:
     def granted(self, auth: str | None, upstream: str, repo: str, *, stale: bool = False) -> bool:
         at = self._grants.get((credential_key(auth), upstream, repo))
         if at is None:
+            if stale and auth is None:
+                wall_at = self._anonymous.get(f"{upstream}/{repo}")
+                return wall_at is not None and self._wall() - wall_at <= self._grace
             return False
         age = self._clock() - at
         return age <= (self._grace if stale else self._ttl)

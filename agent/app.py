@@ -102,7 +102,13 @@ async def build_app(
         read_timeout=config.read_timeout,
         clock=clock,
     )
-    access = AccessChecker(client, ttl=config.auth_ttl, grace=config.auth_grace, clock=clock)
+    access = AccessChecker(
+        client,
+        ttl=config.auth_ttl,
+        grace=config.auth_grace,
+        clock=clock,
+        state_file=config.data_dir / "anonymous-grants.json",
+    )
     sources: list[BlobSource] = [UpstreamSource(client, metrics)]
     fetcher = BlobFetcher(store, sources, metrics)
     mirror = Mirror(config, client, store, manifests, fetcher, access, metrics)
