@@ -114,6 +114,21 @@ async def read_blob(
     return time.perf_counter() - t0, sum(sizes)
 
 
+async def read_blob_curl(url: str, concurrency: int) -> tuple[float, int]:
+    """The same with curl processes: a client fast enough that the server is what's measured."""
+    t0 = time.perf_counter()
+    procs = [
+        await asyncio.create_subprocess_exec(
+            "curl", "-sf", "-o", "/dev/null", "-w", "%{size_download}", url,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        for _ in range(concurrency)
+    ]
+    outs = [await p.communicate() for p in procs]
+    secs = time.perf_counter() - t0
+    return secs, sum(int(o[0] or b"0") for o in outs)
+
+
 async def manifest_latency(session: aiohttp.ClientSession, url: str, n: int) -> list[float]:
     out = []
     headers = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
@@ -141,6 +156,7 @@ async def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--manifest-requests", type=int, default=2000)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--client", choices=("aiohttp", "curl"), default="curl")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="ls-bench-"))
@@ -206,9 +222,11 @@ async def main() -> None:
             for _ in range(args.rounds):
                 for name, base in targets.items():
                     c0 = cpu_of(pids[name])
-                    secs, nbytes = await read_blob(
-                        s, f"{base}/v2/{REPO}/blobs/{digest}", args.concurrency
-                    )
+                    url = f"{base}/v2/{REPO}/blobs/{digest}"
+                    if args.client == "curl":
+                        secs, nbytes = await read_blob_curl(url, args.concurrency)
+                    else:
+                        secs, nbytes = await read_blob(s, url, args.concurrency)
                     cpu[name] += cpu_of(pids[name]) - c0
                     tput[name].append(nbytes / secs / (1 << 20))
             lat: dict[str, list[float]] = {k: [] for k in targets}
@@ -228,6 +246,7 @@ async def main() -> None:
         added = results["agent"]["manifest_p50_ms"] - results["registry"]["manifest_p50_ms"]
         summary = {
             "blob_mib": args.blob_mib,
+            "client": args.client,
             "rounds": args.rounds,
             "concurrency": args.concurrency,
             "results": results,
