@@ -150,14 +150,15 @@ class PeerEngine(Protocol):
         dest: Path,
         peers: Sequence[Peer],
         *,
-        timeout: float,
+        stall_timeout: float,
         on_bad_peer: BadPeerCallback | None = None,
     ) -> None:
         """Download the segment to ``dest`` from ``peers`` (more via add_peers), then seed it.
 
         Data lands in ``dest`` + ".part" and is renamed to ``dest`` only once every piece has
-        passed its hash check, so a file at ``dest`` is always complete. ``timeout`` is a
-        stall timeout: if no piece is verified for that many seconds the fetch fails with
+        passed its hash check, so a file at ``dest`` is always complete. There is no overall
+        deadline (a slow but moving swarm is fine; wrap the call in ``asyncio.timeout`` for
+        one): if no piece is verified for ``stall_timeout`` seconds the fetch fails with
         PeerFetchTimeout (PeerFetchCorrupt if peers were banned for bad data), the torrent
         and the partial file are removed. ``on_bad_peer(ip, port)`` is called (on the loop)
         for each peer banned for sending data that failed a hash check.

@@ -2,11 +2,11 @@
 
 Hierarchy::
 
-    PeerTransferError            anything the engine could not do; the caller falls back to upstream
-    ├── InvalidMetainfo          metainfo from the network is malformed or unsafe (also a ValueError)
-    ├── PeerFetchTimeout         a fetch made no verified progress for `timeout` seconds
-    │   └── PeerFetchCorrupt     ... and the only data peers sent failed its piece hashes
-    └── EngineClosed             the engine was closed (or never started) while a call was made
+    PeerTransferError         the engine could not do it; the caller falls back to upstream
+    ├── InvalidMetainfo       metainfo from the network is malformed or unsafe (a ValueError)
+    ├── PeerFetchTimeout      a fetch verified no piece for `stall_timeout` seconds
+    │   └── PeerFetchCorrupt  ... and peers were banned for data that failed piece hashes
+    └── EngineClosed          the engine was closed (or never started) during the call
 
 libtorrent's own exceptions never leave ``agent.p2p.libtorrent_impl``: they are translated
 there, with the original chained as ``__cause__``.
@@ -24,9 +24,11 @@ class InvalidMetainfo(PeerTransferError, ValueError):
 
 
 class PeerFetchTimeout(PeerTransferError):
-    """No piece of the segment was verified within the fetch's timeout; partial data removed."""
+    """No piece of the segment was verified within the stall timeout; partial data removed."""
 
-    def __init__(self, message: str, *, info_hash: str, bad_peers: tuple[tuple[str, int], ...] = ()):
+    def __init__(
+        self, message: str, *, info_hash: str, bad_peers: tuple[tuple[str, int], ...] = ()
+    ):
         super().__init__(message)
         self.info_hash = info_hash
         self.bad_peers = bad_peers

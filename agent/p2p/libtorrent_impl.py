@@ -39,7 +39,6 @@ from agent.p2p.errors import (
     PeerFetchTimeout,
     PeerTransferError,
 )
-from agent.p2p.pki import ffdhe2048_pem
 from agent.p2p.metainfo import (
     DEFAULT_MAX_LENGTH,
     Metainfo,
@@ -49,6 +48,7 @@ from agent.p2p.metainfo import (
     hash_pieces,
     parse_metainfo,
 )
+from agent.p2p.pki import ffdhe2048_pem
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,8 @@ class LibtorrentEngine:
             interfaces += "," + _host_port(host, self._opts.ssl_listen_port) + "s"
         settings = self._settings(interfaces)
         self._listen_waiter = self._loop.create_future()
-        self._ses = await asyncio.to_thread(lt.session, settings)
+        # The bindings accept a plain settings dict; their stubs only list settings_pack.
+        self._ses = await asyncio.to_thread(lambda: lt.session(settings))  # type: ignore[call-overload]
         self._apply_rate_limits_to_all_peers()
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)
@@ -208,9 +209,7 @@ class LibtorrentEngine:
             "min_reconnect_time": 2,
             "peer_connect_timeout": 7,
             "alert_queue_size": 10000,
-            "alert_mask": int(
-                cat.error | cat.peer | cat.status | cat.storage | cat.piece_progress
-            ),
+            "alert_mask": int(cat.error | cat.peer | cat.status | cat.storage | cat.piece_progress),
             "user_agent": "layerswarm",
         }
 
@@ -234,7 +233,12 @@ class LibtorrentEngine:
                 t.done.set_exception(failure)
                 # Mark retrieved: nobody may be awaiting a fetch that was never awaited.
                 t.done.exception()
-        for fut in [*self._removed.values(), *self._renamed.values(), *self._stats_waiters]:
+        pending: list[asyncio.Future[Any]] = [
+            *self._removed.values(),
+            *self._renamed.values(),
+            *self._stats_waiters,
+        ]
+        for fut in pending:
             if not fut.done():
                 fut.set_exception(failure)
                 fut.exception()
@@ -287,7 +291,7 @@ class LibtorrentEngine:
                 )
             return
         try:
-            size = path.stat().st_size
+            size = (await asyncio.to_thread(path.stat)).st_size
         except OSError as exc:
             raise PeerTransferError(f"cannot seed {path}: {exc.strerror}") from exc
         if size != info.length:
@@ -310,7 +314,7 @@ class LibtorrentEngine:
         dest: Path,
         peers: Sequence[Peer],
         *,
-        timeout: float,
+        stall_timeout: float,
         on_bad_peer: BadPeerCallback | None = None,
     ) -> None:
         self._running()
@@ -342,7 +346,7 @@ class LibtorrentEngine:
             t.handle = await self._add(metainfo, dest.parent, part.name, seed_mode=False)
             self.add_peers(info.info_hash, peers)
             while not t.done.done():
-                remaining = t.last_progress + timeout - loop.time()
+                remaining = t.last_progress + stall_timeout - loop.time()
                 if remaining <= 0:
                     break
                 await asyncio.wait([t.done], timeout=remaining)
@@ -350,7 +354,7 @@ class LibtorrentEngine:
                 bad = tuple(t.bad_peers)
                 cls = PeerFetchCorrupt if bad or t.hash_failures else PeerFetchTimeout
                 raise cls(
-                    f"segment {info.info_hash}: no verified progress in {timeout:g}s"
+                    f"segment {info.info_hash}: no verified progress in {stall_timeout:g}s"
                     f" ({t.hash_failures} pieces failed hash checks)",
                     info_hash=info.info_hash,
                     bad_peers=bad,
@@ -431,10 +435,12 @@ class LibtorrentEngine:
             raise InvalidMetainfo(f"segment {info.info_hash} needs fleet TLS, none configured")
         return info
 
-    async def _add(self, metainfo: bytes, save_dir: Path, file_name: str, *, seed_mode: bool) -> Any:
+    async def _add(
+        self, metainfo: bytes, save_dir: Path, file_name: str, *, seed_mode: bool
+    ) -> Any:
         ses = self._running()
         try:
-            ti = lt.torrent_info(lt.bdecode(metainfo))
+            ti = lt.torrent_info(metainfo)
         except RuntimeError as exc:
             raise InvalidMetainfo(f"libtorrent rejected the metainfo: {exc}") from exc
         p = lt.add_torrent_params()
@@ -500,7 +506,11 @@ class LibtorrentEngine:
             if kind:
                 self._ports[kind] = a.port
             want = {"tcp", "tcp_ssl"} if self._tls else {"tcp"}
-            if want <= self._ports.keys() and self._listen_waiter and not self._listen_waiter.done():
+            if (
+                want <= self._ports.keys()
+                and self._listen_waiter
+                and not self._listen_waiter.done()
+            ):
                 self._listen_waiter.set_result(None)
         elif isinstance(a, lt.listen_failed_alert):
             log.error("peer engine cannot listen: %s", a.message())
@@ -511,23 +521,23 @@ class LibtorrentEngine:
         elif isinstance(a, lt.session_stats_alert):
             waiters, self._stats_waiters = self._stats_waiters, []
             values = {name: int(a.values[name]) for name in _STAT_NAMES.values()}
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_result(values)
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(values)
         elif isinstance(a, lt.torrent_removed_alert | lt.torrent_deleted_alert):
             ih = str(a.info_hashes.v1)
-            fut = self._removed.get(ih)
+            removed = self._removed.get(ih)
             # Without delete_files only torrent_removed_alert comes; with it, wait until the
             # file is gone (deleted) so a retry can start from scratch.
-            if fut is not None and not fut.done():
+            if removed is not None and not removed.done():
                 deleting = isinstance(a, lt.torrent_deleted_alert)
                 if deleting or not self._awaits_delete(ih):
-                    fut.set_result(None)
+                    removed.set_result(None)
         elif isinstance(a, lt.torrent_delete_failed_alert):
-            fut = self._removed.get(str(a.info_hashes.v1))
-            if fut is not None and not fut.done():
+            removed = self._removed.get(str(a.info_hashes.v1))
+            if removed is not None and not removed.done():
                 log.warning("could not delete partial segment: %s", a.message())
-                fut.set_result(None)
+                removed.set_result(None)
         elif isinstance(a, lt.piece_finished_alert):
             t = self._torrents.get(_hash_of(a))
             if t is not None:
@@ -547,13 +557,15 @@ class LibtorrentEngine:
                 # Only now does the file get its final name: a file at dest is complete.
                 t.handle.rename_file(0, t.path.name)
         elif isinstance(a, lt.file_renamed_alert):
-            fut = self._renamed.pop(_hash_of(a), None)
-            if fut is not None and not fut.done():
-                fut.set_result(None)
+            renamed = self._renamed.pop(_hash_of(a), None)
+            if renamed is not None and not renamed.done():
+                renamed.set_result(None)
         elif isinstance(a, lt.file_rename_failed_alert):
-            fut = self._renamed.pop(_hash_of(a), None)
-            if fut is not None and not fut.done():
-                fut.set_exception(PeerTransferError(f"cannot rename fetched segment: {a.message()}"))
+            renamed = self._renamed.pop(_hash_of(a), None)
+            if renamed is not None and not renamed.done():
+                renamed.set_exception(
+                    PeerTransferError(f"cannot rename fetched segment: {a.message()}")
+                )
         elif isinstance(a, lt.torrent_error_alert):
             t = self._torrents.get(_hash_of(a))
             log.error("torrent error: %s", a.message())

@@ -121,7 +121,9 @@ def sign_csr(ca_cert_pem: bytes, ca_key_pem: bytes, csr_pem: bytes, days: int) -
         )
         .add_extension(
             # Peers are both TLS clients and servers of each other.
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]),
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
+            ),
             critical=False,
         )
         .add_extension(
@@ -156,7 +158,9 @@ def ffdhe2048_pem() -> bytes:
     der = _der(0x30, _der_int(p) + _der_int(2))
     b64 = base64.encodebytes(der).decode().replace("\n", "")
     lines = [b64[i : i + 64] for i in range(0, len(b64), 64)]
-    return ("-----BEGIN DH PARAMETERS-----\n" + "\n".join(lines) + "\n-----END DH PARAMETERS-----\n").encode()
+    return (
+        "-----BEGIN DH PARAMETERS-----\n" + "\n".join(lines) + "\n-----END DH PARAMETERS-----\n"
+    ).encode()
 
 
 def _der(tag: int, body: bytes) -> bytes:
