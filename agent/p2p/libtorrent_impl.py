@@ -207,6 +207,11 @@ class LibtorrentEngine:
             # Fleet peers are on a LAN: retry a refused peer (it may not have the torrent
             # yet) within seconds, not libtorrent's internet-scale minute.
             "min_reconnect_time": 2,
+            # Unchoke everyone: fleet peers cooperate, so tit-for-tat buys nothing, and the
+            # default 8 slots are shared by all torrents of the session (one per segment).
+            # Measured: 1 seed, 3 receivers, 24 segments: 1.9-2.2 s vs 2.2-3.0 s with 8 slots.
+            # Upload stays bounded by upload_rate_limit and connections_limit.
+            "unchoke_slots_limit": -1,
             "peer_connect_timeout": 7,
             "alert_queue_size": 10000,
             "alert_mask": int(cat.error | cat.peer | cat.status | cat.storage | cat.piece_progress),
