@@ -365,17 +365,22 @@ class LibtorrentEngine:
                     bad_peers=bad,
                 )
             t.done.result()
-        except BaseException:
+        except BaseException as exc:
             if self._torrents.get(info.info_hash) is t:
                 del self._torrents[info.info_hash]
+            self._renamed.pop(info.info_hash, None)
+            if not t.done.done():
+                # Concurrent fetches of this hash share our outcome; a cancellation here is
+                # ours alone, so they see a transfer error rather than a CancelledError.
+                shared = exc if isinstance(exc, Exception) else PeerTransferError("fetch cancelled")
+                t.done.set_exception(shared)
+                t.done.exception()  # retrieved: there may be no one else waiting
             if t.handle is not None and self._ses is not None:
                 # Shielded: a cancelled fetch must still clean up its partial file.
                 with contextlib.suppress(PeerTransferError, TimeoutError):
                     await asyncio.shield(self._remove(t, delete=True))
             with contextlib.suppress(OSError):
                 part.unlink(missing_ok=True)
-            if not t.done.done():
-                t.done.cancel()
             raise
         log.debug("fetched segment info_hash=%s dest=%s", info.info_hash, dest)
 

@@ -10,10 +10,12 @@ import pytest
 
 from agent.p2p import pki
 from agent.p2p.engine import (
+    EngineClosed,
     FleetTLS,
     InvalidMetainfo,
     PeerFetchCorrupt,
     PeerFetchTimeout,
+    PeerTransferError,
     SegmentTorrent,
 )
 from agent.p2p.libtorrent_impl import LibtorrentEngine
@@ -258,3 +260,41 @@ async def test_seed_rejects_a_file_of_the_wrong_size(
         f.write(b"extra")
     with pytest.raises(InvalidMetainfo):
         await a.seed(seg.metainfo, src)
+
+
+async def test_concurrent_fetches_of_one_segment_share_it(
+    make_engine: EngineFactory, tmp_path: Path
+) -> None:
+    a, b = await make_engine(), await make_engine()
+    src, data = _segment_file(tmp_path / "a", "seg", 2 << 20)
+    seg = await _publish(a, src, "shared")
+    dest = tmp_path / "b" / "seg"
+    dest.parent.mkdir()
+    peers = [(LOCAL, a.peer_port)]
+    await asyncio.gather(
+        b.fetch(seg.metainfo, dest, peers, stall_timeout=20),
+        b.fetch(seg.metainfo, dest, peers, stall_timeout=20),
+    )
+    assert dest.read_bytes() == data
+    with pytest.raises(PeerTransferError):
+        await b.fetch(seg.metainfo, tmp_path / "b" / "elsewhere", peers, stall_timeout=5)
+
+
+async def test_close_fails_pending_fetches(make_engine: EngineFactory, tmp_path: Path) -> None:
+    a, b = await make_engine(), await make_engine()
+    src, _ = _segment_file(tmp_path / "a", "seg", 1 << 20)
+    seg = await a.make_segment(src, name="never-seeded")
+    (tmp_path / "b").mkdir()
+    task = asyncio.create_task(
+        b.fetch(seg.metainfo, tmp_path / "b" / "seg", [(LOCAL, a.peer_port)], stall_timeout=60)
+    )
+    for _ in range(100):
+        if b.has(seg.info_hash):
+            break
+        await asyncio.sleep(0.02)
+    await b.close()
+    with pytest.raises(EngineClosed):
+        await task
+    with pytest.raises(EngineClosed):
+        await b.stats()
+    await b.close()  # idempotent
