@@ -156,9 +156,7 @@ async def main() -> None:
             ratio = by[("tls", n)].aggregate / by[("plain", n)].aggregate
             # Same bytes delivered in both modes, so CPU seconds compare directly.
             cpu_ratio = by[("tls", n)].cpu_seconds / by[("plain", n)].cpu_seconds
-            print(
-                f"TLS/plain with {n} receiver(s): throughput {ratio:.2f}x, CPU {cpu_ratio:.2f}x"
-            )
+            print(f"TLS/plain with {n} receiver(s): throughput {ratio:.2f}x, CPU {cpu_ratio:.2f}x")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
