@@ -180,6 +180,10 @@ class LibtorrentEngine:
         cat = lt.alert_category
         return {
             "listen_interfaces": interfaces,
+            # A configured port that is taken must fail start-up, not silently become another
+            # port the operator's firewall does not open.
+            "max_retry_port_bind": 0,
+            "listen_system_port_fallback": False,
             # Peers come only from our tracker: no public discovery, no port mapping.
             "enable_dht": False,
             "enable_lsd": False,
@@ -524,7 +528,9 @@ class LibtorrentEngine:
                 self._listen_waiter.set_result(None)
         elif isinstance(a, lt.listen_failed_alert):
             log.error("peer engine cannot listen: %s", a.message())
-            if self._listen_waiter and not self._listen_waiter.done():
+            # Only the TCP sockets matter: uTP is off, its UDP socket is incidental.
+            tcp = a.socket_type in (lt.socket_type_t.tcp, lt.socket_type_t.tcp_ssl)
+            if tcp and self._listen_waiter and not self._listen_waiter.done():
                 self._listen_waiter.set_exception(
                     PeerTransferError(f"cannot listen for peers: {a.message()}")
                 )

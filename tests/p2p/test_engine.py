@@ -18,7 +18,7 @@ from agent.p2p.engine import (
     PeerTransferError,
     SegmentTorrent,
 )
-from agent.p2p.libtorrent_impl import LibtorrentEngine
+from agent.p2p.libtorrent_impl import EngineOptions, LibtorrentEngine
 from tests.p2p.conftest import EngineFactory
 from tests.p2p.fake_peer import CorruptPeer
 
@@ -298,3 +298,12 @@ async def test_close_fails_pending_fetches(make_engine: EngineFactory, tmp_path:
     with pytest.raises(EngineClosed):
         await b.stats()
     await b.close()  # idempotent
+
+
+async def test_start_fails_on_a_taken_port(make_engine: EngineFactory) -> None:
+    a = await make_engine()
+    clash = LibtorrentEngine(EngineOptions(listen=(LOCAL, a.listen_port)))
+    with pytest.raises(PeerTransferError):
+        await clash.start()
+    with pytest.raises(EngineClosed):
+        _ = clash.listen_port
