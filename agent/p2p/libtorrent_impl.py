@@ -96,6 +96,7 @@ class _Torrent:
     bad_peers: list[Peer] = field(default_factory=list)
     on_bad_peer: BadPeerCallback | None = None
     hash_failures: int = 0
+    early_peers: list[Peer] = field(default_factory=list)
 
 
 def _host_port(host: str, port: int) -> str:
@@ -353,7 +354,7 @@ class LibtorrentEngine:
         self._torrents[info.info_hash] = t
         try:
             t.handle = await self._add(metainfo, dest.parent, part.name, seed_mode=False)
-            self.add_peers(info.info_hash, peers)
+            self.add_peers(info.info_hash, [*peers, *t.early_peers])
             while not t.done.done():
                 remaining = t.last_progress + stall_timeout - loop.time()
                 if remaining <= 0:
@@ -390,7 +391,11 @@ class LibtorrentEngine:
 
     def add_peers(self, info_hash: str, peers: Sequence[Peer]) -> None:
         t = self._torrents.get(info_hash)
-        if t is None or t.handle is None:
+        if t is None:
+            return
+        if t.handle is None:
+            # The tracker answered while the torrent was still being added: keep them.
+            t.early_peers.extend(peers)
             return
         for ip, port in peers:
             if (ip, port) in t.bad_peers:
