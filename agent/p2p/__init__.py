@@ -1,0 +1,1 @@
+"""Peer-to-peer segment transfer: the PeerEngine contract and its libtorrent implementation."""
