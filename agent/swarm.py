@@ -255,7 +255,9 @@ class Swarm:
         dest = self.files.path(digest, index)
         dest.parent.mkdir(parents=True, exist_ok=True)
         length = await asyncio.to_thread(_copy_range, src, dest, offset, self.segment_size)
-        st = await self.engine.make_segment(dest, name=f"{digest.hex[:32]}-{index}")
+        # A deterministic name: agents that cut the same blob (one per region) make the same
+        # info-hashes, so their swarms are one.
+        st = await self.engine.make_segment(dest, name=f"{digest.hex}.{index}")
         await self.engine.seed(st.metainfo, dest)
         seg = SegmentRef(index, offset, length, st.info_hash, st.metainfo)
         await self.coordinator.publish_segment(str(digest), seg, total)
@@ -432,7 +434,7 @@ class PeerSource:
 
         try:
             await sw.engine.fetch(
-                seg.torrent, dest, peers, timeout=sw.peer_wait, on_bad_peer=bad_peer
+                seg.torrent, dest, peers, stall_timeout=sw.peer_wait, on_bad_peer=bad_peer
             )
         except PeerTransferError as exc:
             raise SourceUnavailable(f"segment {seg.index}: {exc}") from exc

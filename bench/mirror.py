@@ -119,7 +119,13 @@ async def read_blob_curl(url: str, concurrency: int) -> tuple[float, int]:
     t0 = time.perf_counter()
     procs = [
         await asyncio.create_subprocess_exec(
-            "curl", "-sf", "-o", "/dev/null", "-w", "%{size_download}", url,
+            "curl",
+            "-sf",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+            url,
             stdout=asyncio.subprocess.PIPE,
         )
         for _ in range(concurrency)
