@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
@@ -15,9 +15,12 @@ from agent.access import AccessChecker
 from agent.blobstore import BlobStore
 from agent.config import AgentConfig
 from agent.fetch import BlobFetcher, BlobSource, UpstreamSource
+from agent.identity import load_identity
 from agent.manifests import ManifestStore
 from agent.metrics import AgentMetrics
 from agent.mirror import Mirror
+from agent.peering import Peering, build_peering
+from agent.preheat import LayerProgress, ProgressHook, preheat_image
 from agent.server.middleware import make_middleware
 from agent.server.ops import OpsHandlers
 from agent.server.registry import RegistryHandlers
@@ -41,6 +44,7 @@ class AgentRuntime:
         fetcher: BlobFetcher,
         mirror: Mirror,
         metrics: AgentMetrics,
+        peering: Peering,
     ) -> None:
         self.config = config
         self.session = session
@@ -51,6 +55,7 @@ class AgentRuntime:
         self.fetcher = fetcher
         self.mirror = mirror
         self.metrics = metrics
+        self.peering = peering
 
     async def close(self) -> None:
         await self.fetcher.close()
@@ -109,11 +114,32 @@ async def build_app(
         clock=clock,
         state_file=config.data_dir / "anonymous-grants.json",
     )
-    sources: list[BlobSource] = [UpstreamSource(client, metrics)]
+    sources: list[BlobSource] = []
     fetcher = BlobFetcher(store, sources, metrics)
     mirror = Mirror(config, client, store, manifests, fetcher, access, metrics)
+
+    async def run_preheat(image: str, hook: ProgressHook) -> list[LayerProgress]:
+        return await preheat_image(mirror, config.upstreams, image, on_progress=hook)
+
+    peering = build_peering(
+        config,
+        load_identity(config.data_dir),
+        session,
+        store,
+        metrics,
+        fetcher.inflight_count,
+        run_preheat,
+    )
+    if peering.swarm is not None:
+        # Peers first, the upstream when no peer can serve in time.
+        sources.append(peering.swarm.source())
+        fetcher.on_cached.append(peering.swarm.on_cached)
+        fetcher.on_corrupt.append(peering.swarm.on_corrupt)
+        store.on_evict.append(peering.swarm.on_evict)
+        mirror.check_access_first = True
+    sources.append(UpstreamSource(client, metrics))
     runtime = AgentRuntime(
-        config, session, store, manifests, client, access, fetcher, mirror, metrics
+        config, session, store, manifests, client, access, fetcher, mirror, metrics, peering
     )
 
     app = web.Application(middlewares=[make_middleware(metrics)], client_max_size=64 << 10)
@@ -121,8 +147,14 @@ async def build_app(
     RegistryHandlers(config, mirror, client, store, metrics).add_routes(app)
     OpsHandlers(metrics, store).add_routes(app)
 
+    async def _peering(_app: web.Application) -> AsyncIterator[None]:
+        await peering.start()
+        yield
+        await peering.close()
+
     async def _close(_app: web.Application) -> None:
         await runtime.close()
 
+    app.cleanup_ctx.append(_peering)
     app.on_cleanup.append(_close)
     return app

@@ -219,6 +219,32 @@ class AgentConfig:
         default=200,
         metadata=setting("peer connection cap", metavar="N"),
     )
+    segment_size: int = field(
+        default=16 << 20,
+        metadata=setting(
+            "bytes per peer-transfer segment; the same across the fleet, 1M..256M in whole MiB",
+            parse=parse_size,
+            metavar="SIZE",
+        ),
+    )
+    peer_ca_file: Path | None = field(
+        default=None,
+        metadata=setting(
+            "fleet CA (PEM); with peer-cert-file and peer-key-file, swarms are fleet-only TLS",
+            parse=Path,
+            metavar="FILE",
+        ),
+    )
+    peer_cert_file: Path | None = field(
+        default=None,
+        metadata=setting(
+            "this agent's certificate (PEM), signed by the fleet CA", parse=Path, metavar="FILE"
+        ),
+    )
+    peer_key_file: Path | None = field(
+        default=None,
+        metadata=setting("this agent's private key (PEM) for peer TLS", parse=Path, metavar="FILE"),
+    )
     p2p: bool = field(
         default=True,
         metadata=setting("fetch from and seed to peers (off: a plain pull-through mirror)"),
@@ -250,6 +276,12 @@ class AgentConfig:
                 raise ConfigError(f"{name.replace('_', '-')} must not be negative")
         if self.max_connections < 1:
             raise ConfigError("max-connections must be at least 1")
+        mib = 1 << 20
+        if not (mib <= self.segment_size <= 256 * mib) or self.segment_size % mib:
+            raise ConfigError("segment-size must be a whole number of MiB between 1M and 256M")
+        tls = (self.peer_ca_file, self.peer_cert_file, self.peer_key_file)
+        if any(tls) and not all(tls):
+            raise ConfigError("peer-ca-file, peer-cert-file and peer-key-file go together")
 
     @property
     def upstreams(self) -> dict[str, Upstream]:

@@ -326,6 +326,9 @@ class BlobFetcher:
         self._inflight: dict[Digest, Download] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def inflight_count(self) -> int:
+        return len(self._inflight)
+
     def inflight(self, digest: Digest) -> Download | None:
         return self._inflight.get(digest)
 

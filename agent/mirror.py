@@ -44,6 +44,9 @@ class Mirror:
         self._fetcher = fetcher
         self._access = access
         self._metrics = metrics
+        # With peers as a source, the upstream's GET is no longer the access check, so it
+        # is made first (usually answered from the grants the manifest request left).
+        self.check_access_first = False
 
     async def manifest(
         self,
@@ -252,7 +255,11 @@ class Mirror:
         Raises the upstream's answer (401, 403, 404...) when this client may not read it.
         """
         for _ in range(_MAX_JOIN_RETRIES):
-            if digest in self._store or self._fetcher.inflight(digest) is not None:
+            if (
+                self.check_access_first
+                or digest in self._store
+                or self._fetcher.inflight(digest) is not None
+            ):
                 await self._access.check_blob(upstream, repo, digest, auth)
             cached = self._store.get(digest)
             if cached is not None:

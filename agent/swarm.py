@@ -171,6 +171,29 @@ class Swarm:
     clock: Callable[[], float] = time.monotonic
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _published: dict[Digest, list[SegmentRef]] = field(default_factory=dict)
+    # Digests whose peer copy failed verification: fetched from upstream for a while.
+    _distrust: dict[Digest, float] = field(default_factory=dict)
+    distrust_seconds: float = 600.0
+
+    def seeded(self) -> list[Digest]:
+        return list(self._published)
+
+    def on_corrupt(self, digest: Digest, source: str) -> None:
+        """A blob failed its digest check; if it came from peers, their metainfo is bad."""
+        if source != "peer":
+            return
+        log.error("metainfo from the fleet led to wrong bytes for %s; using upstream", digest)
+        self._distrust[digest] = self.clock() + self.distrust_seconds
+        self.on_evict(digest)
+
+    def distrusted(self, digest: Digest) -> bool:
+        until = self._distrust.get(digest)
+        if until is None:
+            return False
+        if until < self.clock():
+            del self._distrust[digest]
+            return False
+        return True
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -342,6 +365,8 @@ class PeerSource:
     async def fetch(self, job: FetchJob, download: Download) -> None:
         sw = self._swarm
         digest = str(job.digest)
+        if sw.distrusted(job.digest):
+            raise SourceUnavailable("peers served this blob wrongly before")
         if download.written % sw.segment_size:
             # Resumed from an odd offset (an interrupted upstream fetch): upstream finishes it.
             raise SourceUnavailable("partial download not on a segment boundary")

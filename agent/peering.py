@@ -1,0 +1,246 @@
+"""Building the agent's peer side from its config: tracker client, engine, swarm, link.
+
+Kept apart from agent/app.py so the mirror can be built and tested without any of it, and
+so every peer-to-peer dependency is visible in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from prometheus_client import CollectorRegistry
+from tracker.client import HttpTrackerClient, TrackerClient
+from tracker.embedded import embedded_tracker, local_client
+from tracker.model import AgentInfo, Announcement, Counters
+from tracker.service import Tracker
+
+from agent.blobstore import BlobStore
+from agent.config import AgentConfig
+from agent.identity import Identity
+from agent.metrics import AgentMetrics
+from agent.p2p.engine import FleetTLS
+from agent.p2p.libtorrent_impl import EngineOptions, LibtorrentEngine
+from agent.preheat import ProgressHook
+from agent.swarm import SegmentFiles, Swarm
+from agent.tracking import TrackerLink
+from layerswarm.settings import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def read_tracker_token(config: AgentConfig) -> str:
+    if config.tracker_token_file is None:
+        raise ConfigError("tracker-token-file is required with --tracker")
+    try:
+        token = config.tracker_token_file.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"tracker-token-file {config.tracker_token_file}: {exc.strerror}"
+        ) from None
+    if not token:
+        raise ConfigError(f"tracker-token-file {config.tracker_token_file} is empty")
+    return token
+
+
+def read_fleet_tls(config: AgentConfig) -> FleetTLS | None:
+    if config.peer_ca_file is None or config.peer_cert_file is None or config.peer_key_file is None:
+        return None
+    try:
+        return FleetTLS(
+            ca_pem=config.peer_ca_file.read_bytes(),
+            cert_pem=config.peer_cert_file.read_bytes(),
+            key_pem=config.peer_key_file.read_bytes(),
+        )
+    except OSError as exc:
+        raise ConfigError(f"peer TLS file {exc.filename}: {exc.strerror}") from None
+
+
+def advertise_address(config: AgentConfig) -> str:
+    if config.advertise_address:
+        return config.advertise_address
+    host, _ = config.peer_host_port
+    if host not in ("0.0.0.0", "::", ""):
+        return host
+    # Best guess for a node with one interface; operators set --advertise-address otherwise.
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+class Peering:
+    """The agent's tracker link and, when other agents can be peers, its swarm."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        client: TrackerClient,
+        swarm: Swarm | None,
+        engine: LibtorrentEngine | None,
+        embedded: Tracker | None,
+        store: BlobStore,
+        metrics: AgentMetrics,
+        identity: Identity,
+        inflight: Callable[[], int],
+        run_preheat: Callable[[str, ProgressHook], Any] | None,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.swarm = swarm
+        self.engine = engine
+        self.embedded = embedded
+        self._store = store
+        self._metrics = metrics
+        self._identity = identity
+        self._inflight = inflight
+        self._address = advertise_address(config)
+        self._uploaded_seen = 0
+        self.link = TrackerLink(client, self.describe, self.held, run_preheat)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def describe(self) -> AgentInfo:
+        usage = shutil.disk_usage(self.config.data_dir)
+        return AgentInfo(
+            agent_id=self._identity.agent_id,
+            address=self._address,
+            peer_port=self.engine.peer_port if self.engine is not None else 0,
+            zone=self.config.zone,
+            region=self.config.region,
+            role="seed" if self.config.role == "seed" else "peer",
+            free_bytes=usage.free,
+            load=float(self._inflight()),
+            counters=_counters(self._metrics.registry),
+        )
+
+    def held(self) -> list[Announcement]:
+        if self.swarm is None:
+            return []
+        out = []
+        for digest in self.swarm.seeded():
+            blob = self._store.get(digest)
+            if blob is not None:
+                out.append(Announcement(str(digest), "holding", blob.size, blob.size))
+        return out
+
+    async def refresh_metrics(self) -> None:
+        if self.engine is None:
+            return
+        stats = await self.engine.stats()
+        if stats.uploaded_bytes > self._uploaded_seen:
+            self._metrics.peer_uploaded_bytes.inc(stats.uploaded_bytes - self._uploaded_seen)
+            self._uploaded_seen = stats.uploaded_bytes
+
+    async def start(self) -> None:
+        if self.swarm is not None:
+            await self.swarm.start(cached=lambda d: d in self._store)
+        self._tasks.append(asyncio.create_task(self._beat(), name="tracker heartbeat"))
+        if self.embedded is not None:
+            self._tasks.append(asyncio.create_task(self.embedded.maintain(), name="tracker upkeep"))
+
+    async def _beat(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await self.refresh_metrics()
+            await self.link.run_once()
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        await self.link.close()
+        if self.swarm is not None:
+            await self.swarm.close()
+
+
+def build_peering(
+    config: AgentConfig,
+    identity: Identity,
+    session: aiohttp.ClientSession,
+    store: BlobStore,
+    metrics: AgentMetrics,
+    inflight: Callable[[], int],
+    run_preheat: Callable[[str, ProgressHook], Any] | None,
+) -> Peering:
+    """Remote tracker and a swarm with --tracker; otherwise an in-process tracker alone
+    (one node has no peers, so no engine is started)."""
+    embedded: Tracker | None = None
+    client: TrackerClient
+    if config.tracker:
+        client = HttpTrackerClient(
+            config.tracker, read_tracker_token(config), identity.agent_id, identity.key, session
+        )
+    else:
+        embedded = embedded_tracker()
+        client = local_client(embedded, identity.agent_id, identity.key)
+    engine: LibtorrentEngine | None = None
+    swarm: Swarm | None = None
+    if config.p2p and config.tracker:
+        tls = read_fleet_tls(config)
+        if tls is None:
+            log.warning(
+                "peer transfers are not encrypted and any host can join the swarms: set "
+                "--peer-ca-file, --peer-cert-file and --peer-key-file for fleet-only TLS"
+            )
+        host, port = config.peer_host_port
+        engine = LibtorrentEngine(
+            EngineOptions(
+                listen=(host, port),
+                upload_rate=config.upload_rate,
+                download_rate=config.download_rate,
+                max_connections=config.max_connections,
+                max_segment_length=config.segment_size,
+            ),
+            tls=tls,
+        )
+        swarm = Swarm(
+            engine=engine,
+            coordinator=_LinkProxy(),
+            files=SegmentFiles(config.data_dir),
+            metrics=metrics,
+            segment_size=config.segment_size,
+            peer_wait=config.peer_wait,
+        )
+    peering = Peering(
+        config, client, swarm, engine, embedded, store, metrics, identity, inflight, run_preheat
+    )
+    if swarm is not None:
+        swarm.coordinator = peering.link
+    return peering
+
+
+class _LinkProxy:
+    """Placeholder until the link exists (the link needs the peering, which needs the swarm)."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError("swarm used before its tracker link was set")
+
+
+def _counters(registry: CollectorRegistry) -> Counters:
+    def value(name: str, labels: dict[str, str] | None = None) -> int:
+        v = registry.get_sample_value(name, labels or {})
+        return int(v or 0)
+
+    upstream = sum(
+        int(s.value)
+        for metric in registry.collect()
+        if metric.name == "layerswarm_upstream_bytes"
+        for s in metric.samples
+        if s.name == "layerswarm_upstream_bytes_total"
+    )
+    return Counters(
+        served_cache=value("layerswarm_served_bytes_total", {"source": "cache"}),
+        served_upstream=value("layerswarm_served_bytes_total", {"source": "upstream"}),
+        served_peer=value("layerswarm_served_bytes_total", {"source": "peer"}),
+        upstream_bytes=upstream,
+        peer_bytes=value("layerswarm_peer_bytes_total"),
+        uploaded_bytes=value("layerswarm_peer_uploaded_bytes_total"),
+    )

@@ -1,0 +1,177 @@
+"""The agent's link to the tracker: heartbeats, holdings, preheat jobs, and the Coordinator
+the peer layer asks for peers and segment metainfo.
+
+Every tracker failure becomes CoordinatorUnavailable for the peer layer, which then behaves
+as a plain mirror: the tracker being down never fails a pull. Nothing about clients (no
+credential, no repository) is ever sent to the tracker; only digests and byte counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from tracker.client import TrackerClient
+from tracker.errors import StoreUnavailable, TrackerError, TrackerUnavailable, UnknownAgent
+from tracker.model import AgentInfo, Announcement, LayerProgress, PreheatJob, SegmentMeta
+
+from agent import preheat
+from agent.swarm import CoordinatorUnavailable, Lookup, PeerRef, SegmentRef
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+PreheatRunner = Callable[[str, preheat.ProgressHook], Awaitable[list[preheat.LayerProgress]]]
+
+
+@dataclass
+class TrackerLink:
+    client: TrackerClient
+    describe: Callable[[], AgentInfo]
+    held: Callable[[], list[Announcement]]
+    run_preheat: PreheatRunner | None = None
+    default_interval: float = 10.0
+    _peer_ids: dict[tuple[str, int], str] = field(default_factory=dict)
+    _jobs: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    _finished_jobs: set[str] = field(default_factory=set)
+
+    # -- Coordinator (used by agent.swarm) -----------------------------------------------
+
+    async def _call(self, what: Callable[[], Awaitable[_T]]) -> _T:
+        try:
+            try:
+                return await what()
+            except UnknownAgent:
+                # The tracker forgot us (restart, expiry): register, then try once more.
+                await self.heartbeat()
+                return await what()
+        except (TrackerUnavailable, StoreUnavailable) as exc:
+            raise CoordinatorUnavailable(str(exc)) from exc
+        except TrackerError as exc:
+            log.warning("tracker refused a request: %s: %s", type(exc).__name__, exc)
+            raise CoordinatorUnavailable(str(exc)) from exc
+
+    async def lookup(self, digest: str) -> Lookup:
+        reply = await self._call(lambda: self.client.lookup(digest))
+        peers = []
+        for p in reply.peers:
+            self._peer_ids[(p.address, p.port)] = p.agent_id
+            peers.append(PeerRef(p.agent_id, p.address, p.port))
+        meta = reply.metainfo
+        segments = (
+            [SegmentRef(s.index, s.offset, s.length, s.info_hash, s.torrent) for s in meta.segments]
+            if meta is not None
+            else []
+        )
+        return Lookup(
+            action=reply.action,
+            peers=peers,
+            segments=segments,
+            total_size=meta.total_size if meta is not None and meta.total_size else None,
+            complete=bool(meta is not None and meta.complete),
+        )
+
+    async def publish_segment(
+        self, digest: str, segment: SegmentRef, total_size: int | None
+    ) -> None:
+        meta = SegmentMeta(
+            index=segment.index,
+            offset=segment.offset,
+            length=segment.length,
+            info_hash=segment.info_hash,
+            torrent=segment.torrent,
+        )
+        await self._call(lambda: self.client.put_metainfo(digest, total_size or 0, meta))
+
+    async def announce(
+        self, digest: str, state: str, done_bytes: int, total_bytes: int | None
+    ) -> None:
+        await self._call(
+            lambda: self.client.announce(
+                digest, state, progress_bytes=done_bytes, total_bytes=total_bytes or 0
+            )
+        )
+
+    async def withdraw(self, digest: str) -> None:
+        await self._call(lambda: self.client.withdraw(digest))
+
+    async def report_bad_peer(self, digest: str, host: str, port: int) -> None:
+        peer_id = self._peer_ids.get((host, port))
+        if peer_id is None:
+            log.warning("bad peer %s:%d is not one the tracker handed out", host, port)
+            return
+        await self._call(lambda: self.client.report_bad_peer(peer_id, digest))
+
+    # -- heartbeats and preheat -----------------------------------------------------------
+
+    async def heartbeat(self) -> float:
+        reply = await self.client.heartbeat(self.describe())
+        if reply.registered or reply.reannounce:
+            held = self.held()
+            if held:
+                await self.client.announce_many(held)
+        return reply.heartbeat_interval or self.default_interval
+
+    async def run_once(self) -> None:
+        """One heartbeat and task poll, then sleep; a tracker outage only delays the next."""
+        interval = self.default_interval
+        try:
+            interval = await self.heartbeat()
+            await self._poll_tasks()
+        except (TrackerUnavailable, StoreUnavailable) as exc:
+            log.warning("tracker unavailable: %s", exc)
+        except TrackerError as exc:
+            log.warning("tracker refused heartbeat: %s: %s", type(exc).__name__, exc)
+        await asyncio.sleep(max(0.2, min(interval, 60.0)))
+
+    async def _poll_tasks(self) -> None:
+        if self.run_preheat is None:
+            return
+        for job in await self.client.tasks():
+            if job.id in self._jobs or job.id in self._finished_jobs:
+                continue
+            self._jobs[job.id] = asyncio.create_task(self._preheat(job), name=f"preheat {job.id}")
+
+    async def _preheat(self, job: PreheatJob) -> None:
+        assert self.run_preheat is not None
+
+        async def progress(items: list[preheat.LayerProgress]) -> None:
+            await self._report(job, items, "running")
+
+        try:
+            items = await self.run_preheat(job.image, progress)
+            await self._report(job, items, "done")
+            log.info("preheat job=%s image=%s done", job.id, job.image)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # The reason goes to the tracker for the operator; it never names a credential.
+            reason = getattr(exc, "message", None) or type(exc).__name__
+            log.warning("preheat job=%s image=%s failed: %s", job.id, job.image, reason)
+            with contextlib.suppress(TrackerError):
+                await self.client.report_preheat(job.id, [], "failed", error=str(reason)[:500])
+        finally:
+            self._finished_jobs.add(job.id)
+            self._jobs.pop(job.id, None)
+
+    async def _report(
+        self, job: PreheatJob, items: list[preheat.LayerProgress], state: str
+    ) -> None:
+        layers = [
+            LayerProgress(i.digest, i.size, min(i.done_bytes, i.size) if i.size else i.done_bytes)
+            for i in items
+        ]
+        with contextlib.suppress(TrackerError):
+            await self.client.report_preheat(job.id, layers, state)
+
+    async def close(self) -> None:
+        for task in list(self._jobs.values()):
+            task.cancel()
+        for task in list(self._jobs.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
