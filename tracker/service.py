@@ -284,7 +284,18 @@ class Tracker:
         zone: str | None = None,
         region: str | None = None,
     ) -> str:
-        check_image(image)
+        return (await self.create_preheats([image], scope, zone, region))[0]
+
+    async def create_preheats(
+        self,
+        images: Sequence[str],
+        scope: str = "seeds",
+        zone: str | None = None,
+        region: str | None = None,
+    ) -> list[str]:
+        """One job per image; everything is validated before the first job is stored."""
+        for image in images:
+            check_image(image)
         if scope not in ("seeds", "all"):
             raise InvalidRequest("scope must be seeds or all")
         for name, value in (("zone", zone), ("region", region)):
@@ -292,10 +303,14 @@ class Tracker:
                 raise InvalidRequest(f"{name} must be a label of A-Z a-z 0-9 . _ -")
         now = self.clock.now()
         await self._expire_jobs(now)
-        job = PreheatJob(secrets.token_hex(8), image, scope, zone, region, now)  # type: ignore[arg-type]  # scope checked above
-        await self.store.put_job(job)
-        log.info("preheat job created id=%s image=%s scope=%s", job.id, image, scope)
-        return job.id
+        ids = []
+        for image in images:
+            # The scope literal was checked above.
+            job = PreheatJob(secrets.token_hex(8), image, scope, zone, region, now)  # type: ignore[arg-type]
+            await self.store.put_job(job)
+            log.info("preheat job created id=%s image=%s scope=%s", job.id, image, scope)
+            ids.append(job.id)
+        return ids
 
     async def _expire_jobs(self, now: float) -> None:
         for job in await self.store.list_jobs():
