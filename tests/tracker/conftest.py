@@ -76,7 +76,9 @@ async def make_app() -> AsyncIterator[AppFactory]:
     """Start tracker apps on real loopback sockets (port 0); all are stopped at the end."""
     clients: list[TestClient[web.Request, web.Application]] = []
 
-    async def make(config: TrackerConfig, **kwargs: object) -> TestClient[web.Request, web.Application]:
+    async def make(
+        config: TrackerConfig, **kwargs: object
+    ) -> TestClient[web.Request, web.Application]:
         app = build_app(config, **kwargs)  # type: ignore[arg-type]  # keyword pass-through
         client = TestClient(TestServer(app, host="127.0.0.1", port=0))
         await client.start_server()

@@ -33,7 +33,9 @@ def agent(
     )
 
 
-def segment(index: int, offset: int, length: int, payload: bytes = b"d8:announce0:e") -> SegmentMeta:
+def segment(
+    index: int, offset: int, length: int, payload: bytes = b"d8:announce0:e"
+) -> SegmentMeta:
     info_hash = hashlib.sha1(payload + bytes([index])).hexdigest()
     return SegmentMeta(index, offset, length, info_hash, payload)
 

@@ -52,14 +52,19 @@ def test_handout_order_zone_region_seed_rest() -> None:
 
 def test_handout_spreads_ties() -> None:
     asker = agent("me", region="r1")
-    cands = [(agent(f"p{i}", region="r1"), Holding(f"p{i}", "holding", 1, 1, 0.0)) for i in range(20)]
+    cands = [
+        (agent(f"p{i}", region="r1"), Holding(f"p{i}", "holding", 1, 1, 0.0)) for i in range(20)
+    ]
     rng = random.Random(7)
     firsts = {order_peers(asker, cands, 1, rng)[0][0].agent_id for _ in range(200)}
     # With random tie-breaks, many different holders get picked first.
     assert len(firsts) > 10
     # Lower load wins over random order.
     cands[3] = (agent("p3", region="r1", load=0.0), cands[3][1])
-    busy = [(agent(i.agent_id, region="r1", load=5.0), hh) if i.agent_id != "p3" else (i, hh) for i, hh in cands]
+    busy = [
+        (agent(i.agent_id, region="r1", load=5.0), hh) if i.agent_id != "p3" else (i, hh)
+        for i, hh in cands
+    ]
     assert order_peers(asker, busy, 1, rng)[0][0].agent_id == "p3"
 
 
@@ -112,7 +117,9 @@ async def test_concurrent_cold_lookups_grant_one_lease(tracker: Tracker) -> None
     assert sum(r.action == "wait" for r in replies) == 199
 
 
-async def test_lease_takeover_when_holder_goes_or_stalls(tracker: Tracker, clock: ManualClock) -> None:
+async def test_lease_takeover_when_holder_goes_or_stalls(
+    tracker: Tracker, clock: ManualClock
+) -> None:
     k1 = await join(tracker, "a1")
     k2 = await join(tracker, "a2")
     k3 = await join(tracker, "a3")
@@ -177,7 +184,10 @@ async def test_preheat_assignment_and_status(tracker: Tracker, clock: ManualCloc
     ks = await join(tracker, "seed1", region="eu", role="seed")
     ku = await join(tracker, "seed-us", region="us", role="seed")
     clock.advance(6)  # past the seed cache
-    for aid, k, kw in (("peer1", kp, {"region": "eu"}), ("seed1", ks, {"region": "eu", "role": "seed"})):
+    for aid, k, kw in (
+        ("peer1", kp, {"region": "eu"}),
+        ("seed1", ks, {"region": "eu", "role": "seed"}),
+    ):
         await tracker.heartbeat(agent(aid, **kw), k)  # type: ignore[arg-type]
     await tracker.heartbeat(agent("seed-us", region="us", role="seed"), ku)
     assert await tracker.agent_tasks("peer1", kp) == []
@@ -186,7 +196,9 @@ async def test_preheat_assignment_and_status(tracker: Tracker, clock: ManualCloc
     assert (await tracker.preheat_status(job))["state"] == "pending"
 
     d2 = digest_of("l2")
-    await tracker.report_preheat("seed1", ks, job, [LayerProgress(D, 100, 50), LayerProgress(d2, 10, 0)], "running")
+    await tracker.report_preheat(
+        "seed1", ks, job, [LayerProgress(D, 100, 50), LayerProgress(d2, 10, 0)], "running"
+    )
     status = await tracker.preheat_status(job)
     assert status["state"] == "running"
     assert status["layers"] == sorted(
@@ -194,9 +206,11 @@ async def test_preheat_assignment_and_status(tracker: Tracker, clock: ManualCloc
             {"digest": D, "size": 100, "done_bytes": 50, "agents_done": 0},
             {"digest": d2, "size": 10, "done_bytes": 0, "agents_done": 0},
         ],
-        key=lambda x: x["digest"],
+        key=lambda x: str(x["digest"]),
     )
-    await tracker.report_preheat("seed1", ks, job, [LayerProgress(D, 100, 100), LayerProgress(d2, 10, 10)], "done")
+    await tracker.report_preheat(
+        "seed1", ks, job, [LayerProgress(D, 100, 100), LayerProgress(d2, 10, 10)], "done"
+    )
     status = await tracker.preheat_status(job)
     assert status["state"] == "done" and [a["agent_id"] for a in status["agents"]] == ["seed1"]
     assert all(x["agents_done"] == 1 for x in status["layers"])
@@ -206,7 +220,9 @@ async def test_preheat_assignment_and_status(tracker: Tracker, clock: ManualCloc
 
 
 async def test_fleet_view(tracker: Tracker) -> None:
-    k1 = await join(tracker, "a1", zone="z", region="r", counters=Counters(upstream_bytes=100, peer_bytes=300))
+    k1 = await join(
+        tracker, "a1", zone="z", region="r", counters=Counters(upstream_bytes=100, peer_bytes=300)
+    )
     await join(tracker, "a2", zone="z", region="r", role="seed")
     await tracker.announce("a1", k1, D)
     await tracker.lookup("a1", k1, D)

@@ -6,7 +6,7 @@ import asyncio
 
 from tests.tracker.helpers import agent, digest_of, segment
 from tracker.clock import ManualClock
-from tracker.model import Counters, Holding, PreheatJob, PreheatReport, LayerProgress
+from tracker.model import Counters, Holding, LayerProgress, PreheatJob, PreheatReport
 from tracker.store import TrackerStore
 
 TTL = 30.0
@@ -18,7 +18,9 @@ def holding(agent_id: str, state: str = "holding", now: float = 0.0) -> Holding:
     return Holding(agent_id, state, 5, 10, now)  # type: ignore[arg-type]  # valid literal
 
 
-async def bind(store: TrackerStore, clock: ManualClock, agent_id: str, key: str, **kw: object) -> str:
+async def bind(
+    store: TrackerStore, clock: ManualClock, agent_id: str, key: str, **kw: object
+) -> str:
     now = clock.now()
     return await store.bind_agent(agent(agent_id, **kw), key, now, now + TTL)  # type: ignore[arg-type]
 
@@ -42,7 +44,9 @@ async def test_agent_binding_and_expiry(store: TrackerStore, clock: ManualClock)
     assert rec is not None and rec.key == "key-b" * 4 and rec.alive(clock.now())
 
 
-async def test_new_incarnation_forgets_old_holdings(store: TrackerStore, clock: ManualClock) -> None:
+async def test_new_incarnation_forgets_old_holdings(
+    store: TrackerStore, clock: ManualClock
+) -> None:
     await bind(store, clock, "a1", "k" * 20)
     await store.put_holdings("a1", [(D1, holding("a1")), (D2, holding("a1"))])
     clock.advance(TTL + 1)
@@ -68,14 +72,18 @@ async def test_holdings_view_and_withdraw(store: TrackerStore, clock: ManualCloc
 
     await store.remove_holding("a2", D1)
     assert [h.agent_id for h, _ in (await store.peer_view(D1, count_lookup=True)).holders] == ["a1"]
-    assert [h.agent_id for h, _ in (await store.peer_view(D2, count_lookup=False)).holders] == ["a2"]
+    assert [h.agent_id for h, _ in (await store.peer_view(D2, count_lookup=False)).holders] == [
+        "a2"
+    ]
     assert await store.hottest(5) == [(D1, 2)]
 
     # An expired agent's holdings are still returned (the caller filters) until pruned.
     clock.advance(TTL + 1)
     await bind(store, clock, "a2", "k" * 20)
     view = await store.peer_view(D1, count_lookup=False)
-    assert [(h.agent_id, r is not None and r.alive(clock.now())) for h, r in view.holders] == [("a1", False)]
+    assert [(h.agent_id, r is not None and r.alive(clock.now())) for h, r in view.holders] == [
+        ("a1", False)
+    ]
     assert await store.prune(clock.now()) == 1
     assert (await store.peer_view(D1, count_lookup=False)).holders == ()
     assert await store.get_agent("a1") is None
@@ -134,7 +142,9 @@ async def test_lease_takeover_when_holder_expired(store: TrackerStore, clock: Ma
     assert (taken.granted, taken.took_over) == (True, True)
 
 
-async def test_concurrent_lease_requests_grant_once(store: TrackerStore, clock: ManualClock) -> None:
+async def test_concurrent_lease_requests_grant_once(
+    store: TrackerStore, clock: ManualClock
+) -> None:
     ids = [f"a{i}" for i in range(50)]
     for a in ids:
         await bind(store, clock, a, "k" * 20)
@@ -177,7 +187,9 @@ async def test_counters_survive_restart(store: TrackerStore, clock: ManualClock)
     clock.advance(TTL + 1)
     now = clock.now()
     # a1 restarts from zero under a new key: the fleet's total must not go backwards.
-    await store.bind_agent(agent("a1", counters=Counters(upstream_bytes=1)), "j" * 20, now, now + TTL)
+    await store.bind_agent(
+        agent("a1", counters=Counters(upstream_bytes=1)), "j" * 20, now, now + TTL
+    )
     assert await store.counter_totals() == Counters(upstream_bytes=101, peer_bytes=305)
 
 
@@ -188,7 +200,9 @@ async def test_preheat_jobs_and_reports(store: TrackerStore) -> None:
     assert await store.list_jobs() == [job]
     rep = PreheatReport("a1", "running", (LayerProgress(D1, 100, 40),), None, 11.0)
     await store.put_report("j1", rep)
-    await store.put_report("j1", PreheatReport("a1", "done", (LayerProgress(D1, 100, 100),), None, 12.0))
+    await store.put_report(
+        "j1", PreheatReport("a1", "done", (LayerProgress(D1, 100, 100),), None, 12.0)
+    )
     got = await store.reports("j1")
     assert len(got) == 1 and got[0].state == "done" and got[0].layers[0].done_bytes == 100
     await store.delete_job("j1")
