@@ -1,0 +1,213 @@
+"""One contract, every store: the same tests run against MemoryStore and a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.tracker.helpers import agent, digest_of, segment
+from tracker.clock import ManualClock
+from tracker.model import Counters, Holding, LayerProgress, PreheatJob, PreheatReport
+from tracker.store import TrackerStore
+
+TTL = 30.0
+D1 = digest_of("one")
+D2 = digest_of("two")
+
+
+def holding(agent_id: str, state: str = "holding", now: float = 0.0) -> Holding:
+    return Holding(agent_id, state, 5, 10, now)  # type: ignore[arg-type]  # valid literal
+
+
+async def bind(
+    store: TrackerStore, clock: ManualClock, agent_id: str, key: str, **kw: object
+) -> str:
+    now = clock.now()
+    return await store.bind_agent(agent(agent_id, **kw), key, now, now + TTL)  # type: ignore[arg-type]
+
+
+async def test_agent_binding_and_expiry(store: TrackerStore, clock: ManualClock) -> None:
+    assert await bind(store, clock, "a1", "key-a" * 4) == "new"
+    assert await bind(store, clock, "a1", "key-a" * 4) == "renewed"
+    # Alive under another key: refused, and the stored key is unchanged.
+    assert await bind(store, clock, "a1", "key-b" * 4) == "conflict"
+    rec = await store.get_agent("a1")
+    assert rec is not None and rec.key == "key-a" * 4
+    assert [r.info.agent_id for r in await store.live_agents(clock.now())] == ["a1"]
+
+    clock.advance(TTL - 1)
+    assert [r.info.agent_id for r in await store.live_agents(clock.now())] == ["a1"]
+    clock.advance(1)
+    assert await store.live_agents(clock.now()) == []
+    # Expired: a new key may take the id over.
+    assert await bind(store, clock, "a1", "key-b" * 4) == "new"
+    rec = await store.get_agent("a1")
+    assert rec is not None and rec.key == "key-b" * 4 and rec.alive(clock.now())
+
+
+async def test_new_incarnation_forgets_old_holdings(
+    store: TrackerStore, clock: ManualClock
+) -> None:
+    await bind(store, clock, "a1", "k" * 20)
+    await store.put_holdings("a1", [(D1, holding("a1")), (D2, holding("a1"))])
+    clock.advance(TTL + 1)
+    # Same key coming back (a partition healed): holdings kept.
+    assert await bind(store, clock, "a1", "k" * 20) == "new"
+    assert len((await store.peer_view(D1, count_lookup=False)).holders) == 1
+    clock.advance(TTL + 1)
+    # A restarted agent (new key) must re-announce what it really has.
+    assert await bind(store, clock, "a1", "j" * 20) == "new"
+    assert (await store.peer_view(D1, count_lookup=False)).holders == ()
+    assert (await store.peer_view(D2, count_lookup=False)).holders == ()
+
+
+async def test_holdings_view_and_withdraw(store: TrackerStore, clock: ManualClock) -> None:
+    await bind(store, clock, "a1", "k" * 20, zone="z1")
+    await bind(store, clock, "a2", "k" * 20)
+    await store.put_holdings("a1", [(D1, holding("a1"))])
+    await store.put_holdings("a2", [(D1, holding("a2", "fetching")), (D2, holding("a2"))])
+    view = await store.peer_view(D1, count_lookup=True)
+    got = {h.agent_id: (h.state, r.info.zone if r else None) for h, r in view.holders}
+    assert got == {"a1": ("holding", "z1"), "a2": ("fetching", "")}
+    assert view.metainfo is None and view.bad_peers == frozenset()
+
+    await store.remove_holding("a2", D1)
+    assert [h.agent_id for h, _ in (await store.peer_view(D1, count_lookup=True)).holders] == ["a1"]
+    assert [h.agent_id for h, _ in (await store.peer_view(D2, count_lookup=False)).holders] == [
+        "a2"
+    ]
+    assert await store.hottest(5) == [(D1, 2)]
+
+    # An expired agent's holdings are still returned (the caller filters) until pruned.
+    clock.advance(TTL + 1)
+    await bind(store, clock, "a2", "k" * 20)
+    view = await store.peer_view(D1, count_lookup=False)
+    assert [(h.agent_id, r is not None and r.alive(clock.now())) for h, r in view.holders] == [
+        ("a1", False)
+    ]
+    assert await store.prune(clock.now()) == 1
+    assert (await store.peer_view(D1, count_lookup=False)).holders == ()
+    assert await store.get_agent("a1") is None
+    assert await store.get_agent("a2") is not None
+
+
+async def test_lease_grant_wait_and_region(store: TrackerStore, clock: ManualClock) -> None:
+    for a in ("a1", "a2", "b1"):
+        await bind(store, clock, a, "k" * 20)
+    now = clock.now()
+    first = await store.acquire_lease("eu", D1, "a1", now, now + 30)
+    assert (first.granted, first.holder, first.took_over) == (True, "a1", False)
+    second = await store.acquire_lease("eu", D1, "a2", now, now + 30)
+    assert (second.granted, second.holder) == (False, "a1")
+    # The holder asking again keeps it.
+    assert (await store.acquire_lease("eu", D1, "a1", now, now + 30)).granted
+    # Another region and another digest have their own leases.
+    assert (await store.acquire_lease("us", D1, "b1", now, now + 30)).granted
+    assert (await store.acquire_lease("eu", D2, "a2", now, now + 30)).granted
+
+
+async def test_lease_takeover_after_stall_renewal_and_release(
+    store: TrackerStore, clock: ManualClock
+) -> None:
+    await bind(store, clock, "a1", "k" * 20)
+    await bind(store, clock, "a2", "k" * 20)
+    now = clock.now()
+    assert (await store.acquire_lease("", D1, "a1", now, now + 10)).granted
+    clock.advance(8)
+    now = clock.now()
+    # Only the holder renews.
+    assert not await store.renew_lease("", D1, "a2", now, now + 10)
+    assert await store.renew_lease("", D1, "a1", now, now + 10)
+    clock.advance(8)
+    now = clock.now()
+    assert not (await store.acquire_lease("", D1, "a2", now, now + 10)).granted
+    clock.advance(2)  # no progress for the full lease time: stalled
+    now = clock.now()
+    taken = await store.acquire_lease("", D1, "a2", now, now + 10)
+    assert (taken.granted, taken.holder, taken.took_over) == (True, "a2", True)
+    # The old holder cannot release the new holder's lease; the new one can.
+    await store.release_leases("", [D1], "a1")
+    assert not (await store.acquire_lease("", D1, "a1", now, now + 10)).granted
+    await store.release_leases("", [D1], "a2")
+    assert (await store.acquire_lease("", D1, "a1", now, now + 10)).granted
+
+
+async def test_lease_takeover_when_holder_expired(store: TrackerStore, clock: ManualClock) -> None:
+    await bind(store, clock, "a1", "k" * 20)
+    now = clock.now()
+    assert (await store.acquire_lease("", D1, "a1", now, now + 1000)).granted
+    clock.advance(TTL + 1)  # a1 stops heartbeating; its lease has not run out
+    await bind(store, clock, "a2", "k" * 20)
+    now = clock.now()
+    taken = await store.acquire_lease("", D1, "a2", now, now + 1000)
+    assert (taken.granted, taken.took_over) == (True, True)
+
+
+async def test_concurrent_lease_requests_grant_once(
+    store: TrackerStore, clock: ManualClock
+) -> None:
+    ids = [f"a{i}" for i in range(50)]
+    for a in ids:
+        await bind(store, clock, a, "k" * 20)
+    now = clock.now()
+    results = await asyncio.gather(*(store.acquire_lease("r", D1, a, now, now + 30) for a in ids))
+    granted = [r.holder for r in results if r.granted]
+    assert len(granted) == 1
+    assert {r.holder for r in results} == set(granted)
+
+
+async def test_metainfo_segments(store: TrackerStore) -> None:
+    assert await store.get_metainfo(D1) is None
+    s0, s1 = segment(0, 0, 60), segment(1, 60, 40)
+    assert await store.put_segment(D1, 100, s0) == "stored"
+    assert await store.put_segment(D1, 100, s0) == "same"
+    assert await store.put_segment(D1, 100, segment(0, 0, 60, b"other")) == "conflict"
+    assert await store.put_segment(D1, 99, s1) == "conflict"
+    meta = await store.get_metainfo(D1)
+    assert meta is not None and meta.segments == (s0,) and not meta.complete
+    assert await store.put_segment(D1, 100, s1) == "stored"
+    meta = await store.get_metainfo(D1)
+    assert meta is not None and meta.segments == (s0, s1) and meta.complete
+    assert (await store.peer_view(D1, count_lookup=False)).metainfo == meta
+
+
+async def test_bad_peers(store: TrackerStore) -> None:
+    await store.add_bad_peer(D1, "p1")
+    await store.add_bad_peer(D1, "p1")
+    await store.add_bad_peer(D2, "p2")
+    assert (await store.peer_view(D1, count_lookup=False)).bad_peers == {"p1"}
+    assert await store.bad_peer_counts() == {"p1": 2, "p2": 1}
+
+
+async def test_counters_survive_restart(store: TrackerStore, clock: ManualClock) -> None:
+    c1 = Counters(upstream_bytes=100, peer_bytes=300)
+    now = clock.now()
+    await store.bind_agent(agent("a1", counters=c1), "k" * 20, now, now + TTL)
+    await store.bind_agent(agent("a2", counters=Counters(peer_bytes=5)), "k" * 20, now, now + TTL)
+    assert await store.counter_totals() == Counters(upstream_bytes=100, peer_bytes=305)
+    clock.advance(TTL + 1)
+    now = clock.now()
+    # a1 restarts from zero under a new key: the fleet's total must not go backwards.
+    await store.bind_agent(
+        agent("a1", counters=Counters(upstream_bytes=1)), "j" * 20, now, now + TTL
+    )
+    assert await store.counter_totals() == Counters(upstream_bytes=101, peer_bytes=305)
+
+
+async def test_preheat_jobs_and_reports(store: TrackerStore) -> None:
+    job = PreheatJob("j1", "127.0.0.1:5000/app:v1", "seeds", None, "eu", 10.0)
+    await store.put_job(job)
+    assert await store.get_job("j1") == job
+    assert await store.list_jobs() == [job]
+    rep = PreheatReport("a1", "running", (LayerProgress(D1, 100, 40),), None, 11.0)
+    await store.put_report("j1", rep)
+    await store.put_report(
+        "j1", PreheatReport("a1", "done", (LayerProgress(D1, 100, 100),), None, 12.0)
+    )
+    got = await store.reports("j1")
+    assert len(got) == 1 and got[0].state == "done" and got[0].layers[0].done_bytes == 100
+    await store.delete_job("j1")
+    assert await store.get_job("j1") is None and await store.reports("j1") == []
+
+
+async def test_ping(store: TrackerStore) -> None:
+    await store.ping()

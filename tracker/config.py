@@ -1,0 +1,143 @@
+"""The tracker's settings: a frozen dataclass filled from flags, env and YAML."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from layerswarm.settings import ConfigError, parse_duration, parse_hostport, parse_size, setting
+
+
+def _parse_hostport_str(raw: str) -> str:
+    parse_hostport(raw)
+    return raw
+
+
+def parse_store(raw: str) -> str:
+    """``memory`` or ``redis://HOST:PORT/DB``."""
+    raw = raw.strip()
+    if raw == "memory":
+        return raw
+    parts = urlsplit(raw)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ConfigError(f"store must be memory or redis://HOST:PORT/DB, got {raw!r}")
+    db = parts.path.lstrip("/")
+    if db and not db.isdigit():
+        raise ConfigError(f"store: redis database must be a number, got {db!r}")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ConfigError(f"store: bad port in {raw!r}") from None
+    return raw
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    listen: str = field(
+        default="127.0.0.1:7070",
+        metadata=setting(
+            "HOST:PORT the tracker serves on", parse=_parse_hostport_str, metavar="HOST:PORT"
+        ),
+    )
+    store: str = field(
+        default="memory",
+        metadata=setting(
+            "where fleet state lives: memory (one replica) or redis://HOST:PORT/DB "
+            "(replicas share it)",
+            parse=parse_store,
+            metavar="STORE",
+        ),
+    )
+    token_file: Path | None = field(
+        default=None,
+        metadata=setting(
+            "file holding the fleet's shared secret (required to serve HTTP)",
+            parse=Path,
+            metavar="FILE",
+        ),
+    )
+    agent_ttl: float = field(
+        default=30.0,
+        metadata=setting(
+            "an agent that has not sent a heartbeat for this long is gone",
+            parse=parse_duration,
+            metavar="DURATION",
+        ),
+    )
+    lease_ttl: float = field(
+        default=30.0,
+        metadata=setting(
+            "a cold-fetch lease without a progress announce for this long passes to the next asker",
+            parse=parse_duration,
+            metavar="DURATION",
+        ),
+    )
+    max_peers: int = field(default=8, metadata=setting("peers handed out per lookup", metavar="N"))
+    max_body: int = field(
+        default=1 << 20,
+        metadata=setting("largest request body accepted", parse=parse_size, metavar="SIZE"),
+    )
+    max_torrent: int = field(
+        default=512 << 10,
+        metadata=setting(
+            "largest torrent accepted for one layer segment", parse=parse_size, metavar="SIZE"
+        ),
+    )
+    max_announce: int = field(
+        default=1000,
+        metadata=setting("most holdings one announce request may carry", metavar="N"),
+    )
+    preheat_ttl: float = field(
+        default=3600.0,
+        metadata=setting(
+            "how long a preheat job and its progress are kept",
+            parse=parse_duration,
+            metavar="DURATION",
+        ),
+    )
+    request_timeout: float = field(
+        default=5.0,
+        metadata=setting(
+            "timeout for one store operation", parse=parse_duration, metavar="DURATION"
+        ),
+    )
+    shutdown_timeout: float = field(
+        default=10.0,
+        metadata=setting(
+            "on SIGTERM, how long in-flight requests may finish",
+            parse=parse_duration,
+            metavar="DURATION",
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("agent_ttl", "lease_ttl", "preheat_ttl", "request_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name.replace('_', '-')} must be positive")
+        if self.shutdown_timeout < 0:
+            raise ConfigError("shutdown-timeout must not be negative")
+        if not 1 <= self.max_peers <= 200:
+            raise ConfigError("max-peers must be between 1 and 200")
+        if self.max_body < 4096:
+            raise ConfigError("max-body must be at least 4K")
+        if not 1 <= self.max_announce <= 100_000:
+            raise ConfigError("max-announce must be between 1 and 100000")
+        if self.max_torrent < 1024:
+            raise ConfigError("max-torrent must be at least 1K")
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        return parse_hostport(self.listen)
+
+    def read_token(self) -> str:
+        """The fleet token, read once at start-up; a server without one would accept anybody."""
+        if self.token_file is None:
+            raise ConfigError("token-file is required: the fleet's shared secret")
+        try:
+            token = self.token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"token-file {self.token_file}: {exc.strerror}") from None
+        if len(token) < 16:
+            raise ConfigError(f"token-file {self.token_file}: token must be at least 16 characters")
+        return token

@@ -1,0 +1,101 @@
+"""Every metric the tracker exports, created against an injected registry.
+
+Labels are bounded: endpoint (a route pattern), status code, lookup action, agent role. No
+digest or agent id ever becomes a label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from tracker.model import Counters
+
+
+class FleetCollector(Collector):
+    """Fleet-wide figures from the agents' reported counters, refreshed before each scrape.
+
+    The store is async and ``collect`` is not, so the /metrics handler reads the store and
+    calls ``update`` first; ``collect`` only formats the latest snapshot.
+    """
+
+    def __init__(self) -> None:
+        self._totals = Counters()
+        self._roles: dict[str, int] = {"peer": 0, "seed": 0}
+
+    def update(self, totals: Counters, roles: dict[str, int]) -> None:
+        self._totals = totals
+        self._roles = dict(roles)
+
+    def describe(self) -> Iterable[Metric]:
+        # Registering must not call collect (the snapshot is empty then); names are unique anyway.
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        t = self._totals
+        yield CounterMetricFamily(
+            "layerswarm_fleet_upstream_bytes",
+            "Bytes the fleet's agents fetched from upstream registries (sum of reported counters)",
+            value=t.upstream_bytes,
+        )
+        yield CounterMetricFamily(
+            "layerswarm_fleet_peer_bytes",
+            "Bytes the fleet's agents fetched from peers (sum of reported counters)",
+            value=t.peer_bytes,
+        )
+        yield CounterMetricFamily(
+            "layerswarm_fleet_uploaded_bytes",
+            "Bytes the fleet's agents uploaded to peers (sum of reported counters)",
+            value=t.uploaded_bytes,
+        )
+        moved = t.peer_bytes + t.upstream_bytes
+        yield GaugeMetricFamily(
+            "layerswarm_fleet_savings_ratio",
+            "Share of layer bytes from peers rather than upstream: peer / (peer + upstream)",
+            value=t.peer_bytes / moved if moved else 0.0,
+        )
+        agents = GaugeMetricFamily(
+            "layerswarm_fleet_agents", "Live agents by role", labels=["role"]
+        )
+        for role in ("peer", "seed"):
+            agents.add_metric([role], self._roles.get(role, 0))
+        yield agents
+
+
+class TrackerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "layerswarm_tracker_requests",
+            "Tracker HTTP requests by endpoint and status code",
+            ["endpoint", "code"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "layerswarm_tracker_request_seconds",
+            "Tracker HTTP request latency by endpoint",
+            ["endpoint"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+            registry=registry,
+        )
+        self.lookups = Counter(
+            "layerswarm_tracker_lookups",
+            "Lookups answered, by action (peers, fetch: lease granted, wait: lease held elsewhere)",
+            ["action"],
+            registry=registry,
+        )
+        self.bad_peer_reports = Counter(
+            "layerswarm_tracker_bad_peer_reports",
+            "Peers reported bad by other agents",
+            registry=registry,
+        )
+        self.preheat_jobs = Counter(
+            "layerswarm_tracker_preheat_jobs",
+            "Preheat jobs created, by source (api or webhook)",
+            ["source"],
+            registry=registry,
+        )
+        self.fleet = FleetCollector()
+        registry.register(self.fleet)

@@ -1,0 +1,65 @@
+"""The tracker's HTTP API, one module per group of endpoints; shared request helpers live here."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from tracker.errors import InvalidRequest, Unauthorized
+from tracker.metrics import TrackerMetrics
+from tracker.service import Tracker
+
+TRACKER = web.AppKey("tracker", Tracker)
+METRICS = web.AppKey("metrics", TrackerMetrics)
+TOKEN = web.AppKey("token", str)
+AGENT_KEY_HEADER = "X-Layerswarm-Agent-Key"
+AGENT_ID_HEADER = "X-Layerswarm-Agent-Id"
+
+
+def require_token(request: web.Request) -> None:
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    token = request.app[TOKEN]
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        value.strip().encode(), token.encode()
+    ):
+        raise Unauthorized("missing or wrong fleet token")
+
+
+def agent_credentials(request: web.Request, agent_id: str | None = None) -> tuple[str, str]:
+    """(agent id, agent key) of an agent request, after checking the fleet token."""
+    require_token(request)
+    key = request.headers.get(AGENT_KEY_HEADER)
+    if not key:
+        raise Unauthorized(f"missing {AGENT_KEY_HEADER} header")
+    aid = agent_id if agent_id is not None else request.match_info.get("id", "")
+    return aid, key
+
+
+async def read_json(request: web.Request) -> Mapping[str, Any]:
+    raw = await request.read()
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("body must be a JSON object")
+    return data
+
+
+def field_str(body: Mapping[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str):
+        raise InvalidRequest(f"field {name!r} must be a string")
+    return value
+
+
+def reply(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=_dumps)
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))

@@ -1,0 +1,32 @@
+"""Peer lookups with cold-fetch coordination, and reports of peers that served bad data."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from tracker.model import check_digest
+from tracker.server import METRICS, TRACKER, agent_credentials, field_str, read_json, reply
+
+
+async def lookup(request: web.Request) -> web.Response:
+    agent_id, key = agent_credentials(request)
+    body = await read_json(request)
+    digest = check_digest(field_str(body, "digest"))
+    result = await request.app[TRACKER].lookup(agent_id, key, digest)
+    request.app[METRICS].lookups.labels(result.action).inc()
+    return reply(result.to_json())
+
+
+async def bad_peer(request: web.Request) -> web.Response:
+    agent_id, key = agent_credentials(request)
+    body = await read_json(request)
+    digest = check_digest(field_str(body, "digest"))
+    peer_id = field_str(body, "peer_id")
+    await request.app[TRACKER].report_bad_peer(agent_id, key, peer_id, digest)
+    request.app[METRICS].bad_peer_reports.inc()
+    return reply({"reported": peer_id})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/agents/{id}/lookup", lookup)
+    app.router.add_post("/v1/agents/{id}/bad-peer", bad_peer)

@@ -1,0 +1,494 @@
+"""The tracker's logic over a store and a clock, shared by the HTTP server and in-process clients.
+
+Every agent-bound method authenticates first: the agent must be alive (``UnknownAgent``
+otherwise: heartbeat first) and present the key it registered with (``Forbidden`` otherwise),
+so one agent can never change another's entries. Validation happens before any write, so a
+refused request leaves the state untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import random
+import re
+import secrets
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from tracker.clock import Clock
+from tracker.config import TrackerConfig
+from tracker.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    StoreUnavailable,
+    UnknownAgent,
+)
+from tracker.handout import order_peers
+from tracker.model import (
+    AgentInfo,
+    AgentRecord,
+    Announcement,
+    Counters,
+    HeartbeatReply,
+    Holding,
+    LayerProgress,
+    LookupReply,
+    Metainfo,
+    Peer,
+    PreheatJob,
+    PreheatReport,
+    SegmentMeta,
+    check_agent_id,
+    check_digest,
+    check_key,
+)
+from tracker.store.base import TrackerStore
+
+log = logging.getLogger(__name__)
+
+# How soon an agent told to wait should ask again if it got no peer to pipeline from.
+WAIT_RETRY = 1.0
+# Live seeds are listed at most this often for task assignment; 10,000 agents polling tasks
+# must not each list the whole fleet.
+SEED_CACHE_SECONDS = 5.0
+MAX_SEGMENTS = 100_000
+MAX_PREHEAT_LAYERS = 1000
+HOTTEST = 10
+_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,511}$")
+REPORT_STATES = ("running", "done", "failed")
+
+
+def _in_scope(job: PreheatJob, info: AgentInfo) -> bool:
+    return (job.zone is None or job.zone == info.zone) and (
+        job.region is None or job.region == info.region
+    )
+
+
+def check_image(image: str) -> str:
+    if not _IMAGE.match(image) or ".." in image:
+        raise InvalidRequest("image must be a reference like registry/repo:tag or repo@sha256:...")
+    return image
+
+
+class Tracker:
+    def __init__(
+        self,
+        store: TrackerStore,
+        clock: Clock,
+        config: TrackerConfig | None = None,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.config = config or TrackerConfig()
+        # Peer shuffling needs no cryptographic strength, only spread across holders.
+        self._rng = rng or random.Random()  # noqa: S311
+        self._seed_cache: tuple[float, list[AgentInfo]] | None = None
+
+    # -- agents ---------------------------------------------------------------------------
+
+    async def authenticate(self, agent_id: str, key: str) -> AgentRecord:
+        check_agent_id(agent_id)
+        rec = await self.store.get_agent(agent_id)
+        if rec is None or not rec.alive(self.clock.now()):
+            raise UnknownAgent(f"agent {agent_id} is not registered: send a heartbeat first")
+        if not hmac.compare_digest(rec.key.encode(), key.encode()):
+            raise Forbidden(f"agent {agent_id} is registered under another key")
+        return rec
+
+    async def heartbeat(self, agent: AgentInfo, key: str) -> HeartbeatReply:
+        check_key(key)
+        now = self.clock.now()
+        status = await self.store.bind_agent(agent, key, now, now + self.config.agent_ttl)
+        if status == "conflict":
+            raise Forbidden(f"agent {agent.agent_id} is registered under another key")
+        if status == "new":
+            log.info(
+                "agent registered agent=%s zone=%s region=%s role=%s",
+                agent.agent_id,
+                agent.zone,
+                agent.region,
+                agent.role,
+            )
+        return HeartbeatReply(
+            registered=status == "new",
+            reannounce=status == "new",
+            agent_ttl=self.config.agent_ttl,
+            heartbeat_interval=self.config.agent_ttl / 3,
+            lease_ttl=self.config.lease_ttl,
+        )
+
+    async def announce(
+        self,
+        agent_id: str,
+        key: str,
+        digest: str,
+        state: str = "holding",
+        *,
+        progress_bytes: int = 0,
+        total_bytes: int = 0,
+    ) -> None:
+        item = Announcement.from_json(
+            {
+                "digest": digest,
+                "state": state,
+                "progress_bytes": progress_bytes,
+                "total_bytes": total_bytes,
+            }
+        )
+        await self.announce_many(agent_id, key, [item])
+
+    async def announce_many(self, agent_id: str, key: str, items: Sequence[Announcement]) -> None:
+        """Record several holdings at once (an agent re-announcing its cache after start-up)."""
+        if len(items) > self.config.max_announce:
+            raise InvalidRequest(f"at most {self.config.max_announce} announcements per request")
+        rec = await self.authenticate(agent_id, key)
+        now = self.clock.now()
+        await self.store.put_holdings(
+            agent_id,
+            [
+                (a.digest, Holding(agent_id, a.state, a.progress_bytes, a.total_bytes, now))
+                for a in items
+            ],
+        )
+        region = rec.info.region
+        # Progress keeps a cold-fetch lease alive; a complete copy ends it (the region now has
+        # a holder, so nobody needs the lease any more).
+        for a in items:
+            if a.state == "fetching":
+                await self.store.renew_lease(
+                    region, a.digest, agent_id, now, now + self.config.lease_ttl
+                )
+        done = [a.digest for a in items if a.state == "holding"]
+        if done:
+            await self.store.release_leases(region, done, agent_id)
+
+    async def withdraw(self, agent_id: str, key: str, digest: str) -> None:
+        check_digest(digest)
+        rec = await self.authenticate(agent_id, key)
+        await self.store.remove_holding(agent_id, digest)
+        await self.store.release_leases(rec.info.region, [digest], agent_id)
+
+    async def lookup(self, agent_id: str, key: str, digest: str) -> LookupReply:
+        check_digest(digest)
+        rec = await self.authenticate(agent_id, key)
+        now = self.clock.now()
+        view = await self.store.peer_view(digest, count_lookup=True)
+        candidates = [
+            (r.info, h)
+            for h, r in view.holders
+            if r is not None
+            and r.alive(now)
+            and h.agent_id != agent_id
+            and h.agent_id not in view.bad_peers
+        ]
+        region = rec.info.region
+        lease_holder: str | None = None
+        if any(info.region == region and h.state == "holding" for info, h in candidates):
+            action = "peers"
+        else:
+            lease = await self.store.acquire_lease(
+                region, digest, agent_id, now, now + self.config.lease_ttl
+            )
+            lease_holder = lease.holder
+            action = "fetch" if lease.granted else "wait"
+            if lease.took_over:
+                log.info("lease taken over digest=%s region=%s agent=%s", digest, region, agent_id)
+        chosen = order_peers(rec.info, candidates, self.config.max_peers, self._rng)
+        peers = tuple(
+            Peer(
+                agent_id=info.agent_id,
+                address=info.address,
+                port=info.peer_port,
+                zone=info.zone,
+                region=info.region,
+                role=info.role,
+                state=h.state,
+                progress_bytes=h.progress_bytes,
+                total_bytes=h.total_bytes,
+            )
+            for info, h in chosen
+        )
+        return LookupReply(
+            action=action,  # type: ignore[arg-type]  # one of the three literals above
+            peers=peers,
+            metainfo=view.metainfo,
+            lease_holder=lease_holder,
+            retry_after=WAIT_RETRY if action == "wait" else 0.0,
+        )
+
+    async def report_bad_peer(self, agent_id: str, key: str, peer_id: str, digest: str) -> None:
+        check_digest(digest)
+        check_agent_id(peer_id)
+        await self.authenticate(agent_id, key)
+        if peer_id == agent_id:
+            raise InvalidRequest("an agent cannot report itself")
+        log.warning("bad peer reported digest=%s peer=%s by=%s", digest, peer_id, agent_id)
+        await self.store.add_bad_peer(digest, peer_id)
+
+    # -- metainfo ---------------------------------------------------------------------------
+
+    async def put_metainfo(
+        self, agent_id: str, key: str, digest: str, total_size: int, segment: SegmentMeta
+    ) -> Metainfo:
+        check_digest(digest)
+        if total_size < 1 or total_size > 1 << 50:
+            raise InvalidRequest("total_size out of range")
+        if segment.index >= MAX_SEGMENTS:
+            raise InvalidRequest(f"segment index must be below {MAX_SEGMENTS}")
+        if segment.length < 1 or segment.offset + segment.length > total_size:
+            raise InvalidRequest("segment must be non-empty and lie within total_size")
+        if not segment.torrent or len(segment.torrent) > self.config.max_torrent:
+            raise InvalidRequest(f"torrent must be 1 to {self.config.max_torrent} bytes")
+        await self.authenticate(agent_id, key)
+        current = await self.store.get_metainfo(digest)
+        if current is not None:
+            if current.total_size != total_size:
+                raise Conflict(f"{digest} was published with total_size {current.total_size}")
+            for other in current.segments:
+                if other.index == segment.index:
+                    continue
+                overlaps = (
+                    other.offset < segment.offset + segment.length
+                    and segment.offset < other.offset + other.length
+                )
+                misordered = (other.index < segment.index) != (other.offset < segment.offset)
+                if overlaps or misordered:
+                    raise Conflict(f"segment {segment.index} overlaps segment {other.index}")
+        status = await self.store.put_segment(digest, total_size, segment)
+        if status == "conflict":
+            raise Conflict(f"segment {segment.index} of {digest} was published differently")
+        meta = await self.store.get_metainfo(digest)
+        assert meta is not None
+        return meta
+
+    async def get_metainfo(self, digest: str) -> Metainfo:
+        check_digest(digest)
+        meta = await self.store.get_metainfo(digest)
+        if meta is None:
+            raise NotFound(f"no metainfo for {digest}")
+        return meta
+
+    # -- preheat ----------------------------------------------------------------------------
+
+    async def create_preheat(
+        self,
+        image: str,
+        scope: str = "seeds",
+        zone: str | None = None,
+        region: str | None = None,
+    ) -> str:
+        return (await self.create_preheats([image], scope, zone, region))[0]
+
+    async def create_preheats(
+        self,
+        images: Sequence[str],
+        scope: str = "seeds",
+        zone: str | None = None,
+        region: str | None = None,
+    ) -> list[str]:
+        """One job per image; everything is validated before the first job is stored."""
+        for image in images:
+            check_image(image)
+        if scope not in ("seeds", "all"):
+            raise InvalidRequest("scope must be seeds or all")
+        for name, value in (("zone", zone), ("region", region)):
+            if value is not None and not re.match(r"^[A-Za-z0-9._-]{1,63}$", value):
+                raise InvalidRequest(f"{name} must be a label of A-Z a-z 0-9 . _ -")
+        now = self.clock.now()
+        await self._expire_jobs(now)
+        ids = []
+        for image in images:
+            # The scope literal was checked above.
+            job = PreheatJob(secrets.token_hex(8), image, scope, zone, region, now)  # type: ignore[arg-type]
+            await self.store.put_job(job)
+            log.info("preheat job created id=%s image=%s scope=%s", job.id, image, scope)
+            ids.append(job.id)
+        return ids
+
+    async def _expire_jobs(self, now: float) -> None:
+        for job in await self.store.list_jobs():
+            if job.created + self.config.preheat_ttl <= now:
+                await self.store.delete_job(job.id)
+
+    async def _live_seeds(self) -> list[AgentInfo]:
+        now = self.clock.now()
+        if self._seed_cache is None or self._seed_cache[0] + SEED_CACHE_SECONDS <= now:
+            agents = await self.store.live_agents(now)
+            self._seed_cache = (now, [r.info for r in agents if r.info.role == "seed"])
+        return self._seed_cache[1]
+
+    def _assigned(self, job: PreheatJob, info: AgentInfo, seeds: list[AgentInfo]) -> bool:
+        if not _in_scope(job, info):
+            return False
+        if job.scope == "all" or info.role == "seed":
+            return True
+        # Scope "seeds" with no live seed in scope falls back to every agent in scope.
+        return not any(_in_scope(job, s) for s in seeds)
+
+    async def agent_tasks(self, agent_id: str, key: str) -> list[PreheatJob]:
+        rec = await self.authenticate(agent_id, key)
+        now = self.clock.now()
+        jobs = [
+            j for j in await self.store.list_jobs() if j.created + self.config.preheat_ttl > now
+        ]
+        if not jobs:
+            return []
+        seeds = await self._live_seeds() if rec.info.role != "seed" else []
+        out = []
+        for job in sorted(jobs, key=lambda j: j.created):
+            if not self._assigned(job, rec.info, seeds):
+                continue
+            mine = [r for r in await self.store.reports(job.id) if r.agent_id == agent_id]
+            if mine and mine[0].state in ("done", "failed"):
+                continue
+            out.append(job)
+        return out
+
+    async def report_preheat(
+        self,
+        agent_id: str,
+        key: str,
+        job_id: str,
+        layers: Sequence[LayerProgress],
+        state: str,
+        *,
+        error: str | None = None,
+    ) -> None:
+        if state not in REPORT_STATES:
+            raise InvalidRequest("state must be running, done or failed")
+        if len(layers) > MAX_PREHEAT_LAYERS:
+            raise InvalidRequest(f"at most {MAX_PREHEAT_LAYERS} layers per report")
+        if error is not None and len(error) > 1000:
+            error = error[:1000]
+        await self.authenticate(agent_id, key)
+        if await self.store.get_job(job_id) is None:
+            raise NotFound(f"no preheat job {job_id}")
+        report = PreheatReport(agent_id, state, tuple(layers), error, self.clock.now())
+        await self.store.put_report(job_id, report)
+
+    async def preheat_status(self, job_id: str) -> dict[str, Any]:
+        job = await self.store.get_job(job_id)
+        if job is None:
+            raise NotFound(f"no preheat job {job_id}")
+        reports = {r.agent_id: r for r in await self.store.reports(job_id)}
+        now = self.clock.now()
+        live = [r.info for r in await self.store.live_agents(now)]
+        seeds = [a for a in live if a.role == "seed"]
+        targets = sorted({a.agent_id for a in live if self._assigned(job, a, seeds)} | set(reports))
+        states = [reports[a].state if a in reports else "pending" for a in targets]
+        if not targets or all(s == "pending" for s in states):
+            overall = "pending"
+        elif any(s in ("running", "pending") for s in states):
+            overall = "running"
+        elif any(s == "failed" for s in states):
+            overall = "failed"
+        else:
+            overall = "done"
+        layers: dict[str, dict[str, Any]] = {}
+        for r in reports.values():
+            for lp in r.layers:
+                agg = layers.setdefault(
+                    lp.digest,
+                    {"digest": lp.digest, "size": lp.size, "done_bytes": 0, "agents_done": 0},
+                )
+                agg["size"] = max(agg["size"], lp.size)
+                agg["done_bytes"] += lp.done_bytes
+                if lp.size and lp.done_bytes >= lp.size:
+                    agg["agents_done"] += 1
+        return {
+            **job.to_json(),
+            "state": overall,
+            "agents": [
+                reports[a].to_json()
+                if a in reports
+                else {
+                    "agent_id": a,
+                    "state": "pending",
+                    "layers": [],
+                    "error": None,
+                    "updated": None,
+                }
+                for a in targets
+            ],
+            "layers": sorted(layers.values(), key=lambda x: x["digest"]),
+        }
+
+    # -- fleet ------------------------------------------------------------------------------
+
+    async def fleet_summary(self) -> tuple[Counters, dict[str, int]]:
+        """Counter totals over every agent incarnation, and live agents by role."""
+        totals = await self.store.counter_totals()
+        agents = await self.store.live_agents(self.clock.now())
+        roles = Counter(r.info.role for r in agents)
+        return totals, {"peer": roles.get("peer", 0), "seed": roles.get("seed", 0)}
+
+    async def fleet(self) -> dict[str, Any]:
+        now = self.clock.now()
+        agents = await self.store.live_agents(now)
+        totals = await self.store.counter_totals()
+        hottest = []
+        for digest, lookups in await self.store.hottest(HOTTEST):
+            view = await self.store.peer_view(digest, count_lookup=False)
+            live = [h for h, r in view.holders if r is not None and r.alive(now)]
+            hottest.append(
+                {
+                    "digest": digest,
+                    "lookups": lookups,
+                    "holders": sum(1 for h in live if h.state == "holding"),
+                    "fetchers": sum(1 for h in live if h.state == "fetching"),
+                }
+            )
+        zones = Counter(f"{r.info.region}/{r.info.zone}" for r in agents)
+        moved = totals.peer_bytes + totals.upstream_bytes
+        return {
+            "agents": [
+                {
+                    "agent_id": r.info.agent_id,
+                    "address": r.info.address,
+                    "peer_port": r.info.peer_port,
+                    "zone": r.info.zone,
+                    "region": r.info.region,
+                    "role": r.info.role,
+                    "load": r.info.load,
+                    "free_bytes": r.info.free_bytes,
+                    "last_seen": r.last_seen,
+                    "counters": r.info.counters.to_json(),
+                }
+                for r in sorted(agents, key=lambda r: r.info.agent_id)
+            ],
+            "zones": [
+                {"region": k.split("/", 1)[0], "zone": k.split("/", 1)[1], "agents": n}
+                for k, n in sorted(zones.items())
+            ],
+            "hottest": hottest,
+            "totals": totals.to_json(),
+            "savings_ratio": totals.peer_bytes / moved if moved else 0.0,
+        }
+
+    # -- upkeep -----------------------------------------------------------------------------
+
+    async def prune(self) -> int:
+        removed = await self.store.prune(self.clock.now())
+        if removed:
+            log.info("pruned expired agents count=%d", removed)
+        return removed
+
+    async def maintain(self, interval: float | None = None) -> None:
+        """Prune expired agents forever; run it as a task beside the server or embedded tracker.
+
+        Correctness does not depend on it (every answer filters by expiry); it bounds memory.
+        """
+        period = interval if interval is not None else max(self.config.agent_ttl / 2, 0.1)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.prune()
+            except StoreUnavailable as exc:
+                log.warning("prune failed: %s", exc)

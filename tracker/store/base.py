@@ -1,0 +1,133 @@
+"""The contract between the tracker's logic and the place its state lives."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from tracker.model import (
+    AgentInfo,
+    AgentRecord,
+    Counters,
+    Holding,
+    LeaseResult,
+    Metainfo,
+    PreheatJob,
+    PreheatReport,
+    SegmentMeta,
+)
+
+BindStatus = Literal["new", "renewed", "conflict"]
+PutStatus = Literal["stored", "same", "conflict"]
+
+
+@dataclass(frozen=True)
+class PeerView:
+    """Everything a lookup needs about one digest, read in one go.
+
+    ``holders`` pairs each holding with its agent's record (None when the record is gone);
+    records may be expired: the caller filters with ``AgentRecord.alive(now)``.
+    """
+
+    holders: tuple[tuple[Holding, AgentRecord | None], ...]
+    bad_peers: frozenset[str]
+    metainfo: Metainfo | None
+
+
+class TrackerStore(Protocol):
+    """Fleet state shared by every tracker replica using the same store.
+
+    Time never comes from the store: every method that depends on it takes ``now`` (seconds,
+    from the tracker's injected clock), so TTLs behave the same in tests and in production and
+    replicas agree as long as their clocks do.
+
+    Agents: ``bind_agent`` registers or refreshes an agent under the secret ``key`` it chose at
+    start-up. An agent is alive while ``now < expires``. Binding an id that is alive under a
+    different key returns ``"conflict"`` and changes nothing; binding an id that is absent or
+    expired returns ``"new"`` and, when the key differs from the stored one, first forgets the
+    previous incarnation's holdings (a restarted agent re-announces what it really has);
+    refreshing a live binding returns ``"renewed"``. Counters are stored per incarnation
+    (agent id and key), so fleet totals never go backwards when an agent restarts from zero.
+    ``prune`` deletes agents expired before ``now`` together with their holdings.
+
+    Holdings: per digest, per agent, a state (``holding`` or ``fetching``) with progress.
+    ``put_holdings`` overwrites, ``remove_holding`` deletes; neither checks liveness (the
+    service authenticates first). Reads return expired agents' holdings until pruned.
+
+    Leases: at most one holder per (region, digest). ``acquire_lease`` is atomic across
+    replicas: it grants (and records ``expires``) when there is no lease, the lease has expired
+    (``expires <= now``), its holder is not alive, or the asker already holds it; otherwise it
+    returns the current holder, ungranted. A grant over somebody else's lease has
+    ``took_over=True``. ``renew_lease`` moves ``expires`` only for the current holder;
+    ``release_leases`` deletes only the caller's own leases.
+
+    Metainfo: per digest, a total size and segments by index. ``put_segment`` is atomic per
+    index: ``"stored"`` the first time, ``"same"`` for an identical repeat, ``"conflict"``
+    (nothing written) when the index or the total size was published differently.
+
+    Lookup statistics and bad peers: ``peer_view(count_lookup=True)`` also counts a lookup for
+    ``hottest``; ``add_bad_peer`` excludes a peer from one digest's answers and counts it.
+
+    Preheat: jobs by id, and per job the latest report of each agent.
+
+    Failures of the backing service raise ``tracker.errors.StoreUnavailable``.
+    """
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    async def bind_agent(
+        self, info: AgentInfo, key: str, now: float, expires: float
+    ) -> BindStatus: ...
+
+    async def get_agent(self, agent_id: str) -> AgentRecord | None: ...
+
+    async def live_agents(self, now: float) -> list[AgentRecord]: ...
+
+    async def prune(self, now: float) -> int: ...
+
+    async def counter_totals(self) -> Counters: ...
+
+    async def put_holdings(
+        self, agent_id: str, holdings: Sequence[tuple[str, Holding]]
+    ) -> None: ...
+
+    async def remove_holding(self, agent_id: str, digest: str) -> None: ...
+
+    async def peer_view(self, digest: str, *, count_lookup: bool) -> PeerView: ...
+
+    async def hottest(self, limit: int) -> list[tuple[str, int]]: ...
+
+    async def acquire_lease(
+        self, region: str, digest: str, agent_id: str, now: float, expires: float
+    ) -> LeaseResult: ...
+
+    async def renew_lease(
+        self, region: str, digest: str, agent_id: str, now: float, expires: float
+    ) -> bool: ...
+
+    async def release_leases(self, region: str, digests: Sequence[str], agent_id: str) -> None: ...
+
+    async def add_bad_peer(self, digest: str, peer_id: str) -> None: ...
+
+    async def bad_peer_counts(self) -> dict[str, int]: ...
+
+    async def put_segment(
+        self, digest: str, total_size: int, segment: SegmentMeta
+    ) -> PutStatus: ...
+
+    async def get_metainfo(self, digest: str) -> Metainfo | None: ...
+
+    async def put_job(self, job: PreheatJob) -> None: ...
+
+    async def get_job(self, job_id: str) -> PreheatJob | None: ...
+
+    async def list_jobs(self) -> list[PreheatJob]: ...
+
+    async def delete_job(self, job_id: str) -> None: ...
+
+    async def put_report(self, job_id: str, report: PreheatReport) -> None: ...
+
+    async def reports(self, job_id: str) -> list[PreheatReport]: ...

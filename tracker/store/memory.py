@@ -1,0 +1,199 @@
+"""The in-process store: one replica (or the agent's embedded tracker).
+
+Every method body runs without an ``await`` in between reads and writes, so each one is atomic
+on the event loop, which is what the contract's atomicity asks for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+
+from tracker.model import (
+    AgentInfo,
+    AgentRecord,
+    Counters,
+    Holding,
+    LeaseResult,
+    Metainfo,
+    PreheatJob,
+    PreheatReport,
+    SegmentMeta,
+)
+from tracker.store.base import BindStatus, PeerView, PutStatus
+
+
+def incarnation(agent_id: str, key: str) -> str:
+    """Names one run of an agent without exposing its key."""
+    return f"{agent_id}/{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self._agents: dict[str, AgentRecord] = {}
+        self._holders: dict[str, dict[str, Holding]] = defaultdict(dict)
+        self._agent_digests: dict[str, set[str]] = defaultdict(set)
+        self._counters: dict[str, Counters] = {}
+        self._leases: dict[tuple[str, str], tuple[str, float]] = {}
+        self._lookups: Counter[str] = Counter()
+        self._bad: dict[str, set[str]] = defaultdict(set)
+        self._bad_counts: Counter[str] = Counter()
+        self._meta: dict[str, tuple[int, dict[int, SegmentMeta]]] = {}
+        self._jobs: dict[str, PreheatJob] = {}
+        self._reports: dict[str, dict[str, PreheatReport]] = defaultdict(dict)
+
+    async def close(self) -> None:
+        return None
+
+    async def ping(self) -> None:
+        return None
+
+    async def bind_agent(self, info: AgentInfo, key: str, now: float, expires: float) -> BindStatus:
+        cur = self._agents.get(info.agent_id)
+        status: BindStatus = "new"
+        if cur is not None:
+            if cur.key != key:
+                if cur.alive(now):
+                    return "conflict"
+                self._forget_holdings(info.agent_id)
+            elif cur.alive(now):
+                status = "renewed"
+        self._agents[info.agent_id] = AgentRecord(info, key, now, expires)
+        self._counters[incarnation(info.agent_id, key)] = info.counters
+        return status
+
+    def _forget_holdings(self, agent_id: str) -> None:
+        for digest in self._agent_digests.pop(agent_id, set()):
+            holders = self._holders.get(digest)
+            if holders is not None:
+                holders.pop(agent_id, None)
+                if not holders:
+                    del self._holders[digest]
+
+    async def get_agent(self, agent_id: str) -> AgentRecord | None:
+        return self._agents.get(agent_id)
+
+    async def live_agents(self, now: float) -> list[AgentRecord]:
+        return [r for r in self._agents.values() if r.alive(now)]
+
+    async def prune(self, now: float) -> int:
+        dead = [aid for aid, r in self._agents.items() if not r.alive(now)]
+        for aid in dead:
+            del self._agents[aid]
+            self._forget_holdings(aid)
+        return len(dead)
+
+    async def counter_totals(self) -> Counters:
+        total = Counters()
+        for c in self._counters.values():
+            total = total + c
+        return total
+
+    async def put_holdings(self, agent_id: str, holdings: Sequence[tuple[str, Holding]]) -> None:
+        for digest, holding in holdings:
+            self._holders[digest][agent_id] = holding
+            self._agent_digests[agent_id].add(digest)
+
+    async def remove_holding(self, agent_id: str, digest: str) -> None:
+        holders = self._holders.get(digest)
+        if holders is not None:
+            holders.pop(agent_id, None)
+            if not holders:
+                del self._holders[digest]
+        self._agent_digests.get(agent_id, set()).discard(digest)
+
+    async def peer_view(self, digest: str, *, count_lookup: bool) -> PeerView:
+        if count_lookup:
+            self._lookups[digest] += 1
+        holders = self._holders.get(digest, {})
+        return PeerView(
+            holders=tuple((h, self._agents.get(aid)) for aid, h in holders.items()),
+            bad_peers=frozenset(self._bad.get(digest, ())),
+            metainfo=self._metainfo(digest),
+        )
+
+    async def hottest(self, limit: int) -> list[tuple[str, int]]:
+        return self._lookups.most_common(limit)
+
+    async def acquire_lease(
+        self, region: str, digest: str, agent_id: str, now: float, expires: float
+    ) -> LeaseResult:
+        cur = self._leases.get((region, digest))
+        took_over = False
+        if cur is not None:
+            holder, until = cur
+            if holder == agent_id and until > now:
+                return LeaseResult(True, agent_id)
+            if holder != agent_id:
+                rec = self._agents.get(holder)
+                if until > now and rec is not None and rec.alive(now):
+                    return LeaseResult(False, holder)
+                took_over = True
+        self._leases[(region, digest)] = (agent_id, expires)
+        return LeaseResult(True, agent_id, took_over)
+
+    async def renew_lease(
+        self, region: str, digest: str, agent_id: str, now: float, expires: float
+    ) -> bool:
+        cur = self._leases.get((region, digest))
+        if cur is None or cur[0] != agent_id:
+            return False
+        self._leases[(region, digest)] = (agent_id, expires)
+        return True
+
+    async def release_leases(self, region: str, digests: Sequence[str], agent_id: str) -> None:
+        for digest in digests:
+            cur = self._leases.get((region, digest))
+            if cur is not None and cur[0] == agent_id:
+                del self._leases[(region, digest)]
+
+    async def add_bad_peer(self, digest: str, peer_id: str) -> None:
+        self._bad[digest].add(peer_id)
+        self._bad_counts[peer_id] += 1
+
+    async def bad_peer_counts(self) -> dict[str, int]:
+        return dict(self._bad_counts)
+
+    async def put_segment(self, digest: str, total_size: int, segment: SegmentMeta) -> PutStatus:
+        cur = self._meta.get(digest)
+        if cur is None:
+            self._meta[digest] = (total_size, {segment.index: segment})
+            return "stored"
+        size, segments = cur
+        if size != total_size:
+            return "conflict"
+        old = segments.get(segment.index)
+        if old is not None:
+            return "same" if old == segment else "conflict"
+        segments[segment.index] = segment
+        return "stored"
+
+    async def get_metainfo(self, digest: str) -> Metainfo | None:
+        return self._metainfo(digest)
+
+    def _metainfo(self, digest: str) -> Metainfo | None:
+        cur = self._meta.get(digest)
+        if cur is None:
+            return None
+        size, segments = cur
+        return Metainfo(digest, size, tuple(segments[i] for i in sorted(segments)))
+
+    async def put_job(self, job: PreheatJob) -> None:
+        self._jobs[job.id] = job
+
+    async def get_job(self, job_id: str) -> PreheatJob | None:
+        return self._jobs.get(job_id)
+
+    async def list_jobs(self) -> list[PreheatJob]:
+        return list(self._jobs.values())
+
+    async def delete_job(self, job_id: str) -> None:
+        self._jobs.pop(job_id, None)
+        self._reports.pop(job_id, None)
+
+    async def put_report(self, job_id: str, report: PreheatReport) -> None:
+        self._reports[job_id][report.agent_id] = report
+
+    async def reports(self, job_id: str) -> list[PreheatReport]:
+        return list(self._reports.get(job_id, {}).values())

@@ -1,0 +1,436 @@
+"""The shared store for tracker replicas: Redis, with every check-then-write done in one Lua script.
+
+Key layout (``P`` is the prefix, ``layerswarm:`` by default):
+    P agent:<id>            hash  key, info (JSON AgentInfo), last_seen, expires
+    P agents                zset  id -> expires, for listing and pruning
+    P adig:<id>             set   digests the agent announced, to forget them when it goes
+    P holders:<digest>      hash  agent id -> JSON Holding
+    P counters              hash  incarnation -> JSON Counters
+    P lease:<region>:<dig>  hash  holder, expires
+    P hot                   zset  digest -> lookups
+    P bad:<digest>          set   peer ids reported bad for the digest;  P badcount  hash
+    P meta:<digest>         hash  total_size, <index> -> JSON SegmentMeta
+    P jobs                  hash  job id -> JSON PreheatJob;  P jobrep:<id>  hash agent -> JSON
+
+Expiry uses the tracker's clock passed in as ``now`` rather than Redis TTLs, so replicas and
+tests share one notion of time. Scripts touch keys they derive from the prefix, which a
+single Redis (or a primary with replicas) allows; Redis Cluster is not supported.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, ParamSpec, TypeVar, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from tracker.errors import StoreUnavailable
+from tracker.model import (
+    AgentInfo,
+    AgentRecord,
+    Counters,
+    Holding,
+    LeaseResult,
+    Metainfo,
+    PreheatJob,
+    PreheatReport,
+    SegmentMeta,
+)
+from tracker.store.base import BindStatus, PeerView, PutStatus
+from tracker.store.memory import incarnation
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_BIND = """
+local cur = redis.call('HMGET', KEYS[1], 'key', 'expires')
+local now = tonumber(ARGV[4])
+local status = 'new'
+if cur[1] then
+  local alive = tonumber(cur[2]) > now
+  if cur[1] ~= ARGV[2] then
+    if alive then return 'conflict' end
+    for _, d in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+      redis.call('HDEL', ARGV[6] .. 'holders:' .. d, ARGV[1])
+    end
+    redis.call('DEL', KEYS[3])
+  elseif alive then
+    status = 'renewed'
+  end
+end
+redis.call('HSET', KEYS[1], 'key', ARGV[2], 'info', ARGV[3],
+           'last_seen', ARGV[4], 'expires', ARGV[5])
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
+redis.call('HSET', KEYS[4], ARGV[7], ARGV[8])
+return status
+"""
+
+_VIEW = """
+if ARGV[3] == '1' then redis.call('ZINCRBY', KEYS[3], 1, ARGV[2]) end
+local h = redis.call('HGETALL', KEYS[1])
+local out = {}
+for i = 1, #h, 2 do
+  local a = redis.call('HMGET', ARGV[1] .. 'agent:' .. h[i], 'key', 'info', 'last_seen', 'expires')
+  out[#out + 1] = h[i + 1]
+  out[#out + 1] = a[1] or ''
+  out[#out + 1] = a[2] or ''
+  out[#out + 1] = a[3] or '0'
+  out[#out + 1] = a[4] or '0'
+end
+return {out, redis.call('SMEMBERS', KEYS[2]), redis.call('HGETALL', KEYS[4])}
+"""
+
+_ACQUIRE = """
+local cur = redis.call('HMGET', KEYS[1], 'holder', 'expires')
+local now = tonumber(ARGV[2])
+local took = 0
+if cur[1] then
+  local lease_until = tonumber(cur[2])
+  if cur[1] == ARGV[1] then
+    if lease_until > now then return {1, cur[1], 0} end
+  else
+    local exp = redis.call('HGET', ARGV[4] .. 'agent:' .. cur[1], 'expires')
+    if lease_until > now and exp and tonumber(exp) > now then return {0, cur[1], 0} end
+    took = 1
+  end
+end
+redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'expires', ARGV[3])
+return {1, ARGV[1], took}
+"""
+
+_RENEW = """
+if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'expires', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_RELEASE = """
+for _, k in ipairs(KEYS) do
+  if redis.call('HGET', k, 'holder') == ARGV[1] then redis.call('DEL', k) end
+end
+return 0
+"""
+
+_PUT_SEGMENT = """
+local size = redis.call('HGET', KEYS[1], 'total_size')
+if size and size ~= ARGV[1] then return 'conflict' end
+local cur = redis.call('HGET', KEYS[1], ARGV[2])
+if cur then
+  if cur == ARGV[3] then return 'same' end
+  return 'conflict'
+end
+redis.call('HSET', KEYS[1], 'total_size', ARGV[1], ARGV[2], ARGV[3])
+return 'stored'
+"""
+
+# Re-checks each candidate's expiry inside the script so an agent that heartbeats between the
+# listing and the deletion is kept.
+_PRUNE = """
+local now = tonumber(ARGV[1])
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 500)
+local n = 0
+for _, id in ipairs(ids) do
+  local exp = redis.call('HGET', ARGV[2] .. 'agent:' .. id, 'expires')
+  if (not exp) or tonumber(exp) <= now then
+    local dkey = ARGV[2] .. 'adig:' .. id
+    for _, d in ipairs(redis.call('SMEMBERS', dkey)) do
+      redis.call('HDEL', ARGV[2] .. 'holders:' .. d, id)
+    end
+    redis.call('DEL', dkey, ARGV[2] .. 'agent:' .. id)
+    redis.call('ZREM', KEYS[1], id)
+    n = n + 1
+  end
+end
+return {n, #ids}
+"""
+
+
+def _translated(fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Turn Redis and socket failures into StoreUnavailable at the store's boundary."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+
+    return wrapper
+
+
+def _num(x: float) -> str:
+    # repr round-trips a float exactly and Lua's tonumber reads it back.
+    return repr(float(x))
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True)
+
+
+def _info_from(raw: str) -> AgentInfo:
+    d = json.loads(raw)
+    d["counters"] = Counters(**d["counters"])
+    return AgentInfo(**d)
+
+
+class RedisStore:
+    def __init__(
+        self, client: aioredis.Redis, pool: aioredis.ConnectionPool, *, prefix: str = "layerswarm:"
+    ) -> None:
+        self._r = client
+        self._pool = pool
+        self._p = prefix
+        self._bind = client.register_script(_BIND)
+        self._view = client.register_script(_VIEW)
+        self._acquire = client.register_script(_ACQUIRE)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+        self._put_segment = client.register_script(_PUT_SEGMENT)
+        self._prune = client.register_script(_PRUNE)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        timeout: float = 5.0,
+        max_connections: int = 64,
+        prefix: str = "layerswarm:",
+    ) -> RedisStore:
+        # A blocking pool bounds connections per replica: a burst of requests queues for a
+        # connection instead of opening hundreds of sockets to Redis.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            decode_responses=True,
+        )
+        return cls(aioredis.Redis(connection_pool=pool), pool, prefix=prefix)
+
+    async def close(self) -> None:
+        await self._r.aclose()
+        await self._pool.aclose()
+
+    @_translated
+    async def ping(self) -> None:
+        await self._r.ping()
+
+    def _k(self, *parts: str) -> str:
+        return self._p + ":".join(parts)
+
+    @_translated
+    async def bind_agent(self, info: AgentInfo, key: str, now: float, expires: float) -> BindStatus:
+        aid = info.agent_id
+        status = await self._bind(
+            keys=[
+                self._k("agent", aid),
+                self._k("agents"),
+                self._k("adig", aid),
+                self._k("counters"),
+            ],
+            args=[
+                aid,
+                key,
+                _dumps(info.to_json()),
+                _num(now),
+                _num(expires),
+                self._p,
+                incarnation(aid, key),
+                _dumps(info.counters.to_json()),
+            ],
+        )
+        return cast(BindStatus, status)
+
+    @staticmethod
+    def _record(key: str, info: str, last_seen: str, expires: str) -> AgentRecord:
+        return AgentRecord(_info_from(info), key, float(last_seen), float(expires))
+
+    @_translated
+    async def get_agent(self, agent_id: str) -> AgentRecord | None:
+        key, info, last_seen, expires = cast(
+            list[str | None],
+            await self._r.hmget(
+                self._k("agent", agent_id), ["key", "info", "last_seen", "expires"]
+            ),
+        )
+        if key is None or info is None:
+            return None
+        return self._record(key, info, last_seen or "0", expires or "0")
+
+    @_translated
+    async def live_agents(self, now: float) -> list[AgentRecord]:
+        ids = cast(
+            list[str], await self._r.zrangebyscore(self._k("agents"), f"({_num(now)}", "+inf")
+        )
+        if not ids:
+            return []
+        async with self._r.pipeline(transaction=False) as pipe:
+            for aid in ids:
+                pipe.hmget(self._k("agent", aid), ["key", "info", "last_seen", "expires"])
+            rows = await pipe.execute()
+        out = []
+        for row in rows:
+            if row[0] is not None and row[1] is not None:
+                rec = self._record(*row)
+                if rec.alive(now):
+                    out.append(rec)
+        return out
+
+    @_translated
+    async def prune(self, now: float) -> int:
+        total = 0
+        while True:
+            removed, seen = await self._prune(keys=[self._k("agents")], args=[_num(now), self._p])
+            total += int(removed)
+            if int(seen) < 500:
+                return total
+
+    @_translated
+    async def counter_totals(self) -> Counters:
+        total = Counters()
+        for raw in await self._r.hvals(self._k("counters")):
+            total = total + Counters(**json.loads(raw))
+        return total
+
+    @_translated
+    async def put_holdings(self, agent_id: str, holdings: Sequence[tuple[str, Holding]]) -> None:
+        if not holdings:
+            return
+        async with self._r.pipeline(transaction=True) as pipe:
+            for digest, h in holdings:
+                pipe.hset(self._k("holders", digest), agent_id, _dumps(h.to_json()))
+            pipe.sadd(self._k("adig", agent_id), *[d for d, _ in holdings])
+            await pipe.execute()
+
+    @_translated
+    async def remove_holding(self, agent_id: str, digest: str) -> None:
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.hdel(self._k("holders", digest), agent_id)
+            pipe.srem(self._k("adig", agent_id), digest)
+            await pipe.execute()
+
+    @_translated
+    async def peer_view(self, digest: str, *, count_lookup: bool) -> PeerView:
+        flat, bad, meta = await self._view(
+            keys=[
+                self._k("holders", digest),
+                self._k("bad", digest),
+                self._k("hot"),
+                self._k("meta", digest),
+            ],
+            args=[self._p, digest, "1" if count_lookup else "0"],
+        )
+        holders: list[tuple[Holding, AgentRecord | None]] = []
+        for i in range(0, len(flat), 5):
+            holding = Holding.from_stored(json.loads(flat[i]))
+            key, info, last_seen, expires = flat[i + 1 : i + 5]
+            rec = self._record(key, info, last_seen, expires) if info else None
+            holders.append((holding, rec))
+        return PeerView(tuple(holders), frozenset(bad), self._meta_from(digest, meta))
+
+    @_translated
+    async def hottest(self, limit: int) -> list[tuple[str, int]]:
+        rows = cast(
+            list[tuple[str, float]],
+            await self._r.zrevrange(self._k("hot"), 0, limit - 1, withscores=True),
+        )
+        return [(d, int(score)) for d, score in rows]
+
+    @_translated
+    async def acquire_lease(
+        self, region: str, digest: str, agent_id: str, now: float, expires: float
+    ) -> LeaseResult:
+        granted, holder, took = await self._acquire(
+            keys=[self._k("lease", region, digest)],
+            args=[agent_id, _num(now), _num(expires), self._p],
+        )
+        return LeaseResult(bool(granted), holder, bool(took))
+
+    @_translated
+    async def renew_lease(
+        self, region: str, digest: str, agent_id: str, now: float, expires: float
+    ) -> bool:
+        done = await self._renew(
+            keys=[self._k("lease", region, digest)], args=[agent_id, _num(expires)]
+        )
+        return bool(done)
+
+    @_translated
+    async def release_leases(self, region: str, digests: Sequence[str], agent_id: str) -> None:
+        if digests:
+            keys = [self._k("lease", region, d) for d in digests]
+            await self._release(keys=keys, args=[agent_id])
+
+    @_translated
+    async def add_bad_peer(self, digest: str, peer_id: str) -> None:
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.sadd(self._k("bad", digest), peer_id)
+            pipe.hincrby(self._k("badcount"), peer_id, 1)
+            await pipe.execute()
+
+    @_translated
+    async def bad_peer_counts(self) -> dict[str, int]:
+        raw = cast(dict[str, str], await self._r.hgetall(self._k("badcount")))
+        return {k: int(v) for k, v in raw.items()}
+
+    @_translated
+    async def put_segment(self, digest: str, total_size: int, segment: SegmentMeta) -> PutStatus:
+        status = await self._put_segment(
+            keys=[self._k("meta", digest)],
+            args=[str(total_size), str(segment.index), _dumps(segment.to_json())],
+        )
+        return cast(PutStatus, status)
+
+    @_translated
+    async def get_metainfo(self, digest: str) -> Metainfo | None:
+        raw = cast(dict[str, str], await self._r.hgetall(self._k("meta", digest)))
+        return self._meta_from(digest, raw)
+
+    @staticmethod
+    def _meta_from(digest: str, raw: dict[str, str] | list[str]) -> Metainfo | None:
+        if isinstance(raw, list):
+            # HGETALL inside a script comes back as a flat list of field, value.
+            raw = dict(zip(raw[::2], raw[1::2], strict=True))
+        if "total_size" not in raw:
+            return None
+        size = int(raw.pop("total_size"))
+        segs = sorted(
+            (SegmentMeta.from_json(json.loads(v)) for v in raw.values()), key=lambda s: s.index
+        )
+        return Metainfo(digest, size, tuple(segs))
+
+    @_translated
+    async def put_job(self, job: PreheatJob) -> None:
+        await self._r.hset(self._k("jobs"), job.id, _dumps(job.to_json()))
+
+    @_translated
+    async def get_job(self, job_id: str) -> PreheatJob | None:
+        raw = await self._r.hget(self._k("jobs"), job_id)
+        return PreheatJob.from_json(json.loads(raw)) if raw else None
+
+    @_translated
+    async def list_jobs(self) -> list[PreheatJob]:
+        return [PreheatJob.from_json(json.loads(v)) for v in await self._r.hvals(self._k("jobs"))]
+
+    @_translated
+    async def delete_job(self, job_id: str) -> None:
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.hdel(self._k("jobs"), job_id)
+            pipe.delete(self._k("jobrep", job_id))
+            await pipe.execute()
+
+    @_translated
+    async def put_report(self, job_id: str, report: PreheatReport) -> None:
+        await self._r.hset(self._k("jobrep", job_id), report.agent_id, _dumps(report.to_json()))
+
+    @_translated
+    async def reports(self, job_id: str) -> list[PreheatReport]:
+        raw = await self._r.hvals(self._k("jobrep", job_id))
+        return [PreheatReport.from_json(json.loads(v)) for v in raw]
