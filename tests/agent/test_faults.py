@@ -140,6 +140,8 @@ async def test_bad_input_gets_oci_errors_without_touching_upstream(
     assert up.requests == []
     # Nothing was created outside the data directory's own layout.
     assert sorted(p.name for p in rt.config.data_dir.iterdir()) == [
+        "agent-id",
+        "agent-key",
         "blobs",
         "manifests",
         "partial",
