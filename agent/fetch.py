@@ -361,6 +361,13 @@ class BlobFetcher:
                     last_error = None
                     break
                 except SourceUnavailable as exc:
+                    log.info(
+                        "source=%s cannot serve digest=%s at offset=%d: %s",
+                        source.name,
+                        job.digest,
+                        dl.written,
+                        exc,
+                    )
                     last_error = exc
                     continue
             if last_error is not None:

@@ -171,6 +171,7 @@ class Swarm:
     clock: Callable[[], float] = time.monotonic
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _published: dict[Digest, list[SegmentRef]] = field(default_factory=dict)
+    _publishers: dict[Digest, _Publisher] = field(default_factory=dict)
     # Digests whose peer copy failed verification: fetched from upstream for a while.
     _distrust: dict[Digest, float] = field(default_factory=dict)
     distrust_seconds: float = 600.0
@@ -240,6 +241,11 @@ class Swarm:
         self._spawn(self._complete(digest, path, size))
 
     async def _complete(self, digest: Digest, path: Path, size: int) -> None:
+        pub = self._publishers.get(digest)
+        if pub is not None:
+            # Let the publisher finish its segments first, so nothing is published twice
+            # and its last "fetching" announcement can't land after our "holding".
+            await pub.finished.wait()
         try:
             have = {s.index: s for s in self._published.get(digest, [])}
             wanted = _segment_count(size, self.segment_size)
@@ -289,6 +295,7 @@ class Swarm:
     def attach_publisher(self, download: Download) -> None:
         """Publish ``download``'s segments as they complete (this agent fetches upstream)."""
         pub = _Publisher(self, download)
+        self._publishers[download.digest] = pub
         download.listeners.append(pub.on_change)
         pub.on_change(download)
 
@@ -306,6 +313,7 @@ class _Publisher:
         self._queue: asyncio.Queue[int | None] = asyncio.Queue()
         self._done = False
         self._failed = False
+        self.finished = asyncio.Event()
         # Keep the partial file open: it is renamed into the cache when complete.
         self._fd_path = download.path
         swarm._spawn(self._run())
@@ -326,8 +334,16 @@ class _Publisher:
             self._queue.put_nowait(None)
 
     async def _run(self) -> None:
+        try:
+            await self._publish_all()
+        finally:
+            self.finished.set()
+            if self._swarm._publishers.get(self._dl.digest) is self:
+                del self._swarm._publishers[self._dl.digest]
+
+    async def _publish_all(self) -> None:
         digest = self._dl.digest
-        published: list[SegmentRef] = []
+        published: list[SegmentRef] = list(self._swarm._published.get(digest, []))
         src = self._fd_path
         while True:
             index = await self._queue.get()
@@ -340,9 +356,10 @@ class _Publisher:
                 seg = await self._swarm._publish_from(digest, path, index, self._dl.size)
                 published.append(seg)
                 self._swarm._published[digest] = list(published)
-                await self._swarm.coordinator.announce(
-                    str(digest), "fetching", self._dl.written, self._dl.size
-                )
+                if not self._dl.finished:
+                    await self._swarm.coordinator.announce(
+                        str(digest), "fetching", self._dl.written, self._dl.size
+                    )
             except CoordinatorUnavailable:
                 log.info("tracker unavailable; not publishing digest=%s", digest)
                 return

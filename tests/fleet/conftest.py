@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.fleet import Fleet
+from tests.support.netns import Rate, Topology
+
+FleetFactory = Callable[..., Fleet]
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[FleetFactory]:
+    """``fleet(agents, upstream_rate=...)``: host 1 = upstream registry + tracker, 2.. = agents."""
+    made: list[tuple[Fleet, Topology]] = []
+
+    def make(agents: int, *, upstream_rate: Rate | None = None) -> Fleet:
+        upload = {1: upstream_rate} if upstream_rate else None
+        topo = Topology(agents + 1, upload=upload).__enter__()
+        f = Fleet(topo, tmp_path)
+        made.append((f, topo))
+        f.start_registry()
+        f.start_tracker()
+        return f
+
+    try:
+        yield make
+    finally:
+        for f, topo in made:
+            try:
+                f.stop()
+            finally:
+                topo.close()

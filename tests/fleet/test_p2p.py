@@ -1,0 +1,80 @@
+"""Agents on separate hosts (network namespaces) share layers peer-to-peer.
+
+The upstream registry's access log is the judge: how many times each layer really crossed
+from the upstream. Clients are real skopeo processes inside the agents' namespaces.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from pathlib import Path
+
+import pytest
+
+from tests.fleet.conftest import FleetFactory
+from tests.support.clients import compare_dir_with_image
+from tests.support.fleet import Fleet
+from tests.support.images import Image
+
+pytestmark = [pytest.mark.integration, pytest.mark.netns]
+
+MiB = 1 << 20
+SEGMENT = ("--segment-size", "2M")
+
+
+def pull_all(fleet: Fleet, indexes: list[int], image: Image) -> list[Path]:
+    with concurrent.futures.ThreadPoolExecutor(len(indexes)) as pool:
+        futures = [pool.submit(fleet.pull, i, image) for i in indexes]
+        return [f.result(timeout=280) for f in futures]
+
+
+def logs(fleet: Fleet) -> str:
+    out = [a.log() for a in fleet.agents.values()]
+    if fleet.tracker is not None:
+        out.append(fleet.tracker.log_tail(60))
+    return "\n".join(out)
+
+
+def test_one_region_fetches_each_layer_from_upstream_once(fleet: FleetFactory) -> None:
+    f = fleet(3, upstream_rate="80mbit")
+    image = f.push_image([6 * MiB, 3 * MiB])
+    for i in (1, 2, 3):
+        f.start_agent(i, extra=SEGMENT)
+    dests = pull_all(f, [1, 2, 3], image)
+    for d in dests:
+        compare_dir_with_image(d, image)
+    assert f.registry is not None
+    for layer in image.layers:
+        assert f.registry.blob_fetches(layer.digest) == 1, logs(f)
+    peer_bytes = [f.metric(i, "layerswarm_peer_bytes_total") for i in (1, 2, 3)]
+    # Two of the three agents got (most of) the layers from peers, not the upstream.
+    assert sum(1 for b in peer_bytes if b >= 6 * MiB) >= 2, (peer_bytes, logs(f))
+
+
+def test_second_region_fetches_once_more_and_restart_keeps_seeding(fleet: FleetFactory) -> None:
+    f = fleet(3, upstream_rate="80mbit")
+    image = f.push_image([4 * MiB])
+    layer = image.layers[0].digest
+    f.start_agent(1, region="east", extra=SEGMENT)
+    f.start_agent(2, region="west", extra=SEGMENT)
+    pull_all(f, [1, 2], image)
+    assert f.registry is not None
+    assert f.registry.blob_fetches(layer) == 2, logs(f)
+    # Agent 1 restarts; agent 3 (east) still gets the layer from it, not the upstream.
+    f.agents[1].stop()
+    f.start_agent(1, region="east", extra=SEGMENT)
+    f.start_agent(3, region="east", extra=SEGMENT)
+    compare_dir_with_image(f.pull(3, image), image)
+    assert f.registry.blob_fetches(layer) == 2, logs(f)
+    assert f.metric(3, "layerswarm_peer_bytes_total") >= 4 * MiB
+
+
+def test_pulls_succeed_with_the_tracker_down(fleet: FleetFactory) -> None:
+    f = fleet(2)
+    image = f.push_image([2 * MiB])
+    for i in (1, 2):
+        f.start_agent(i, extra=SEGMENT)
+    assert f.tracker is not None
+    f.tracker.stop()
+    for d in pull_all(f, [1, 2], image):
+        compare_dir_with_image(d, image)
