@@ -159,7 +159,8 @@ class Fleet:
                 sys.executable,
                 "-c",
                 "import sys,urllib.request;"
-                "r=urllib.request.Request(sys.argv[1],headers={'Authorization':'Bearer '+sys.argv[2]});"
+                "h={'Authorization':'Bearer '+sys.argv[2]};"
+                "r=urllib.request.Request(sys.argv[1],headers=h);"
                 "sys.stdout.write(urllib.request.urlopen(r,timeout=10).read().decode())",
                 f"{self.tracker_url}{path}",
                 self.token,
