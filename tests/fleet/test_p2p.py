@@ -7,6 +7,9 @@ from the upstream. Clients are real skopeo processes inside the agents' namespac
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -78,3 +81,38 @@ def test_pulls_succeed_with_the_tracker_down(fleet: FleetFactory) -> None:
     f.tracker.stop()
     for d in pull_all(f, [1, 2], image):
         compare_dir_with_image(d, image)
+
+
+def test_fetching_agent_killed_mid_layer(fleet: FleetFactory) -> None:
+    """The agent fetching a layer from upstream dies after publishing its first segments;
+    the agents following it still complete, with the right bytes."""
+    f = fleet(3, upstream_rate="24mbit")
+    image = f.push_image([12 * MiB])
+    layer = image.layers[0].digest
+    opts = (*SEGMENT, "--peer-wait", "3s")
+    for i in (1, 2, 3):
+        f.start_agent(i, extra=opts)
+    first = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        first.submit(f.pull, 1, image, check=False)
+        deadline = time.monotonic() + 60
+        while True:
+            meta = f.tracker_get(f"/v1/metainfo/{layer}", check=False)
+            if isinstance(meta, dict) and len(meta.get("segments", [])) >= 1:
+                break
+            assert time.monotonic() < deadline, logs(f)
+            time.sleep(0.1)
+        others = concurrent.futures.ThreadPoolExecutor(2)
+        futures = [others.submit(f.pull, i, image) for i in (2, 3)]
+        time.sleep(0.5)
+        agent1 = f.agents[1].proc
+        assert agent1 is not None and agent1.pid is not None
+        os.killpg(agent1.pid, signal.SIGKILL)  # a crash, not a shutdown
+        for fut in futures:
+            compare_dir_with_image(fut.result(timeout=240), image)
+        others.shutdown()
+    finally:
+        first.shutdown(wait=True)
+    for i in (2, 3):
+        blobs = f.agents[i].data_dir / "blobs" / "sha256"
+        assert (blobs / layer.split(":")[1]).read_bytes() == image.blob(layer)

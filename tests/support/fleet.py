@@ -152,7 +152,8 @@ class Fleet:
                 return float(value)
         return 0.0
 
-    def tracker_get(self, path: str) -> object:
+    def tracker_get(self, path: str, *, check: bool = True) -> object:
+        """A tracker path as JSON, fetched inside its host; None on error unless check."""
         host = self.upstream_host
         res = host.run(
             [
@@ -165,7 +166,10 @@ class Fleet:
                 f"{self.tracker_url}{path}",
                 self.token,
             ],
+            check=check,
         )
+        if res.returncode != 0:
+            return None
         return json.loads(res.stdout)
 
     def stop(self) -> None:
