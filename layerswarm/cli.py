@@ -30,6 +30,7 @@ class Command(Protocol):
 COMMANDS: dict[str, str] = {
     "agent": "agent.command",
     "tracker": "tracker.command",
+    "pki": "layerswarm.pki_cmd",
     "configure": "layerswarm.configure",
 }
 

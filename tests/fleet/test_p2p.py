@@ -116,3 +116,24 @@ def test_fetching_agent_killed_mid_layer(fleet: FleetFactory) -> None:
     for i in (2, 3):
         blobs = f.agents[i].data_dir / "blobs" / "sha256"
         assert (blobs / layer.split(":")[1]).read_bytes() == image.blob(layer)
+
+
+def test_fleet_tls_swarm_excludes_outsiders(fleet: FleetFactory, tmp_path: Path) -> None:
+    """With fleet TLS, members share layers over mutually authenticated TLS; an agent whose
+    cert comes from another CA gets no bytes from the swarm (and still pulls, from upstream)."""
+    f = fleet(3, upstream_rate="80mbit")
+    image = f.push_image([4 * MiB])
+    layer = image.layers[0].digest
+    fleet_ca, other_ca = tmp_path / "fleet-ca", tmp_path / "other-ca"
+    f.start_agent(1, extra=(*SEGMENT, *f.issue_certs(1, fleet_ca)))
+    compare_dir_with_image(f.pull(1, image), image)
+    f.start_agent(2, extra=(*SEGMENT, *f.issue_certs(2, fleet_ca)))
+    compare_dir_with_image(f.pull(2, image), image)
+    assert f.registry is not None
+    assert f.registry.blob_fetches(layer) == 1, logs(f)
+    assert f.metric(2, "layerswarm_peer_bytes_total") >= 4 * MiB
+    outsider = (*SEGMENT, "--peer-wait", "3s", *f.issue_certs(3, other_ca))
+    f.start_agent(3, extra=outsider)
+    compare_dir_with_image(f.pull(3, image), image)
+    assert f.metric(3, "layerswarm_peer_bytes_total") == 0
+    assert f.registry.blob_fetches(layer) == 2

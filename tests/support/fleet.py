@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,6 +172,26 @@ class Fleet:
         if res.returncode != 0:
             return None
         return json.loads(res.stdout)
+
+    def issue_certs(self, index: int, ca_dir: Path) -> tuple[str, ...]:
+        """Agent flags for fleet TLS with a cert from the CA in ``ca_dir`` (made if absent)."""
+        run = [sys.executable, "-m", "layerswarm", "pki"]
+        if not (ca_dir / "ca.pem").exists():
+            subprocess.run([*run, "init", "--dir", str(ca_dir)], check=True, timeout=60)
+        out = self.workdir / f"certs{index}-{ca_dir.name}"
+        subprocess.run(
+            [*run, "issue", "--dir", str(ca_dir), "--name", f"agent{index}", "--out", str(out)],
+            check=True,
+            timeout=60,
+        )
+        return (
+            "--peer-ca-file",
+            str(out / "ca.pem"),
+            "--peer-cert-file",
+            str(out / "agent.pem"),
+            "--peer-key-file",
+            str(out / "agent-key.pem"),
+        )
 
     def stop(self) -> None:
         for agent in self.agents.values():
