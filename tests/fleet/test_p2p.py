@@ -9,12 +9,14 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.fleet.conftest import FleetFactory
+from tests.support import ALICE, HTPASSWD_USERS, PUSHER
 from tests.support.clients import compare_dir_with_image
 from tests.support.fleet import Fleet
 from tests.support.images import Image
@@ -137,3 +139,33 @@ def test_fleet_tls_swarm_excludes_outsiders(fleet: FleetFactory, tmp_path: Path)
     compare_dir_with_image(f.pull(3, image), image)
     assert f.metric(3, "layerswarm_peer_bytes_total") == 0
     assert f.registry.blob_fetches(layer) == 2
+
+
+def test_private_layer_from_peers_only_for_allowed_clients(fleet: FleetFactory) -> None:
+    """A layer a peer holds is served only after the upstream said yes to *this* client."""
+    f = fleet(2)
+    registry = f.start_registry(htpasswd=HTPASSWD_USERS)
+    image = f.push_image([3 * MiB], repo="team/private", creds=PUSHER)
+    layer = image.layers[0].digest
+    for i in (1, 2):
+        f.start_agent(i, extra=SEGMENT)
+    compare_dir_with_image(f.pull(1, image, mirror_creds=ALICE), image)
+    assert registry.blob_fetches(layer) == 1
+    # On host 2 a client without credentials asks its agent for the layer agent 1 holds.
+    host = f.topo.hosts[2]
+    res = host.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys,urllib.request,urllib.error\n"
+            "try:\n urllib.request.urlopen(sys.argv[1], timeout=30); print(200)\n"
+            "except urllib.error.HTTPError as e:\n print(e.code)",
+            f"{f.agents[2].url}/v2/team/private/blobs/{layer}",
+        ],
+    )
+    assert res.stdout.strip() == "401"
+    assert f.metric(2, "layerswarm_peer_bytes_total") == 0
+    # With alice's credentials the same request is served, from the peer.
+    compare_dir_with_image(f.pull(2, image, mirror_creds=ALICE), image)
+    assert registry.blob_fetches(layer) == 1, logs(f)
+    assert f.metric(2, "layerswarm_peer_bytes_total") >= 3 * MiB

@@ -8,6 +8,7 @@ to a namespace address from the root namespace: probes and clients run inside.
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import subprocess
@@ -19,7 +20,7 @@ from tests.support.agent import AgentProc
 from tests.support.clients import skopeo_copy, write_registries_conf
 from tests.support.images import Image, build_image, push
 from tests.support.netns import Host, Topology
-from tests.support.procs import Proc, wait_for_port
+from tests.support.procs import Proc, run_checked, wait_for_port
 from tests.support.registry import Registry
 
 TRACKER_PORT = 7070
@@ -52,16 +53,28 @@ class Fleet:
             path.chmod(0o600)
         return path
 
-    def start_registry(self) -> Registry:
+    def start_registry(self, *, htpasswd: dict[str, str] | None = None) -> Registry:
+        if self.registry is not None:
+            self.registry.stop()
         self.registry = Registry(
-            self.workdir / "upstream", host=self.upstream_host.ip, netns=self.upstream_host.name
+            self.workdir / f"upstream{'-auth' if htpasswd else ''}",
+            host=self.upstream_host.ip,
+            netns=self.upstream_host.name,
+            htpasswd=htpasswd,
         ).start()
         return self.registry
 
-    def push_image(self, layers: list[int], *, repo: str = "team/app", seed: int = 1) -> Image:
+    def push_image(
+        self,
+        layers: list[int],
+        *,
+        repo: str = "team/app",
+        seed: int = 1,
+        creds: tuple[str, str] | None = None,
+    ) -> Image:
         assert self.registry is not None
         layout = build_image(self.workdir / "images" / repo.replace("/", "_"), layers, seed=seed)
-        return push(layout, self.registry, repo, "v1")
+        return push(layout, self.registry, repo, "v1", creds)
 
     def start_tracker(self, *extra: str) -> Proc:
         host = self.upstream_host
@@ -123,12 +136,42 @@ class Fleet:
         wait_for_port(host.ip, AGENT_PORT, 30, netns=host.name, proc=agent.proc)
         return agent
 
-    def pull(self, index: int, image: Image, *, check: bool = True) -> Path:
+    def pull(
+        self,
+        index: int,
+        image: Image,
+        *,
+        check: bool = True,
+        mirror_creds: tuple[str, str] | None = None,
+    ) -> Path:
+        """skopeo pull on host ``index`` through its agent; ``mirror_creds`` go in an auth
+        file for the agent's host (containers/image looks mirror credentials up by host)."""
         host = self.topo.hosts[index]
         agent = self.agents[index]
         conf = write_registries_conf(self.workdir / f"reg{index}.conf", image.host, agent.host_port)
         dest = self.workdir / f"pull{index}-{secrets.token_hex(3)}"
-        skopeo_copy(image.ref, dest, conf, netns=host.name, check=check, timeout=300)
+        if mirror_creds is None:
+            skopeo_copy(image.ref, dest, conf, netns=host.name, check=check, timeout=300)
+            return dest
+        auth = self.workdir / f"auth{index}.json"
+        token = base64.b64encode(f"{mirror_creds[0]}:{mirror_creds[1]}".encode()).decode()
+        auth.write_text(json.dumps({"auths": {agent.host_port: {"auth": token}}}))
+        dest.mkdir(parents=True)
+        run_checked(
+            [
+                "skopeo",
+                "--registries-conf",
+                str(conf),
+                "copy",
+                "--quiet",
+                f"docker://{image.ref}",
+                f"dir:{dest}",
+            ],
+            env={"REGISTRY_AUTH_FILE": str(auth)},
+            netns=host.name,
+            check=check,
+            timeout=300,
+        )
         return dest
 
     def agent_metrics(self, index: int) -> str:
