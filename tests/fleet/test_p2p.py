@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -169,3 +170,45 @@ def test_private_layer_from_peers_only_for_allowed_clients(fleet: FleetFactory) 
     compare_dir_with_image(f.pull(2, image, mirror_creds=ALICE), image)
     assert registry.blob_fetches(layer) == 1, logs(f)
     assert f.metric(2, "layerswarm_peer_bytes_total") >= 3 * MiB
+
+
+def test_corrupt_peer_never_breaks_a_pull(fleet: FleetFactory) -> None:
+    """A member serving garbage for every segment: pulls still get the right bytes, the bad
+    peer is banned and reported, and no bad byte reaches a cache."""
+    f = fleet(3)
+    image = f.push_image([6 * MiB])
+    layer = image.layers[0].digest
+    # Agent 1 seeds slowly, so the downloader also asks the bad peer for pieces.
+    f.start_agent(1, extra=(*SEGMENT, "--upload-rate", "1M"))
+    compare_dir_with_image(f.pull(1, image), image)
+    meta = f.tracker_get(f"/v1/metainfo/{layer}")
+    assert isinstance(meta, dict)
+    specs = [f"{s['info_hash']}:{-(-s['length'] // (256 << 10))}" for s in meta["segments"]]
+    evil_host = f.topo.hosts[3]
+    evil = evil_host.popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.fleet.evil_peer",
+            evil_host.ip,
+            "6881",
+            f.tracker_url,
+            str(f.token_file),
+            layer,
+            *specs,
+        ],
+        stdout=subprocess.PIPE,
+        cwd=str(Path(__file__).resolve().parents[2]),
+    )
+    assert evil.stdout is not None
+    assert evil.stdout.readline().strip() == b"ready"
+    f.start_agent(2, extra=(*SEGMENT, "--peer-wait", "5s"))
+    compare_dir_with_image(f.pull(2, image), image)
+    evil.send_signal(signal.SIGTERM)
+    out, _ = evil.communicate(timeout=30)
+    sent = int(out.decode().split("blocks_sent=")[1])
+    assert sent > 0, "the bad peer was never asked for data: the test proved nothing"
+    blob = f.agents[2].data_dir / "blobs" / "sha256" / layer.split(":")[1]
+    assert blob.read_bytes() == image.blob(layer)
+    assert f.tracker is not None
+    assert "bad peer reported" in f.tracker.log_tail(200), logs(f)

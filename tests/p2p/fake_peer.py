@@ -19,9 +19,20 @@ _MAX_MESSAGE = 1 << 20
 
 
 class CorruptPeer:
-    def __init__(self, info_hash_hex: str, num_pieces: int) -> None:
-        self.info_hash = bytes.fromhex(info_hash_hex)
-        self.num_pieces = num_pieces
+    def __init__(
+        self,
+        info_hash_hex: str,
+        num_pieces: int,
+        *,
+        more: dict[str, int] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        """Serve ``info_hash_hex`` (and the hashes in ``more``: hash -> pieces) badly."""
+        self.pieces = {bytes.fromhex(info_hash_hex): num_pieces}
+        self.pieces.update({bytes.fromhex(h): n for h, n in (more or {}).items()})
+        self.host = host
+        self.port = port
         self.blocks_sent = 0
         self.connections = 0
         self._server: asyncio.Server | None = None
@@ -34,7 +45,7 @@ class CorruptPeer:
         return str(host), int(port)
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._on_connect, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._on_connect, self.host, self.port)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -61,11 +72,13 @@ class CorruptPeer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         handshake = await reader.readexactly(68)
-        if handshake[:20] != _PROTOCOL or handshake[28:48] != self.info_hash:
+        info_hash = handshake[28:48]
+        if handshake[:20] != _PROTOCOL or info_hash not in self.pieces:
             return
-        writer.write(_PROTOCOL + bytes(8) + self.info_hash + b"-FAKE0-" + os.urandom(13))
-        bits = bytearray(-(-self.num_pieces // 8))
-        for i in range(self.num_pieces):
+        num_pieces = self.pieces[info_hash]
+        writer.write(_PROTOCOL + bytes(8) + info_hash + b"-FAKE0-" + os.urandom(13))
+        bits = bytearray(-(-num_pieces // 8))
+        for i in range(num_pieces):
             bits[i // 8] |= 0x80 >> (i % 8)
         writer.write(_message(_BITFIELD, bytes(bits)))
         writer.write(_message(_UNCHOKE, b""))
