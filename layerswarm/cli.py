@@ -31,6 +31,9 @@ COMMANDS: dict[str, str] = {
     "agent": "agent.command",
     "tracker": "tracker.command",
     "configure": "layerswarm.configure",
+    "preheat": "layerswarm.preheat_cmd",
+    "status": "layerswarm.status_cmd",
+    "doctor": "layerswarm.doctor",
 }
 
 
