@@ -78,7 +78,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="a Docker-compatible API to ask for its mirrors (default: $DOCKER_HOST, then "
         + ", ".join(DEFAULT_DOCKER_SOCKETS)
-        + " when present)",
+        + " when present); none: skip the API and read the config files",
     )
     parser.add_argument(
         "--daemon-json",
@@ -352,6 +352,8 @@ def check_disk(config: AgentConfig, health: dict[str, Any] | None) -> Check:
 
 
 def docker_host(arg: str | None) -> str | None:
+    if arg == "none":
+        return None
     if arg:
         return arg
     env = os.environ.get("DOCKER_HOST")
@@ -535,7 +537,7 @@ def run_checks(config: AgentConfig, args: argparse.Namespace, timeout: float) ->
     if api_check is not None:
         checks.append(api_check)
     else:
-        if args.docker_host:
+        if args.docker_host and args.docker_host != "none":
             checks.append(
                 Check(
                     "runtime",
