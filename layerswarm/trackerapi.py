@@ -178,6 +178,10 @@ class TrackerAPI:
             except (OSError, ValueError) as exc:
                 failures.append(f"{base}: {getattr(exc, 'reason', None) or exc}")
                 continue
+            if resp.status >= 500 and base != self.urls[-1]:
+                # Like the agent's client: a replica whose store is down is skipped.
+                failures.append(f"{base}: HTTP {resp.status}")
+                continue
             if resp.status >= 400:
                 raise TrackerRefused(resp.status, _error_message(resp), base)
             try:
