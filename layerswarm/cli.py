@@ -32,6 +32,9 @@ COMMANDS: dict[str, str] = {
     "tracker": "tracker.command",
     "pki": "layerswarm.pki_cmd",
     "configure": "layerswarm.configure",
+    "preheat": "layerswarm.preheat_cmd",
+    "status": "layerswarm.status_cmd",
+    "doctor": "layerswarm.doctor",
 }
 
 

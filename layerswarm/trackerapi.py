@@ -1,0 +1,243 @@
+"""A small blocking client of the tracker's operator API, for the day-2 commands.
+
+The commands (``preheat``, ``status``, ``doctor``) are short-lived and sequential, so a
+blocking client with a timeout on every call is simpler than an event loop. Errors keep
+their HTTP status (never collapsed into ``None``):
+
+    TrackerAPIError          base
+    ├── TrackerUnreachable   no replica answered (connection refused, timeout, DNS)
+    └── TrackerRefused       a replica answered with an error status (``status``, ``message``)
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from layerswarm.settings import ConfigError, parse_duration, setting
+
+MIN_TOKEN = 16
+
+
+class TrackerAPIError(Exception):
+    """Base of the errors below; the message is one line for operators."""
+
+
+class TrackerUnreachable(TrackerAPIError):
+    """No tracker URL gave an HTTP answer in time."""
+
+
+class TrackerRefused(TrackerAPIError):
+    def __init__(self, status: int, message: str, url: str) -> None:
+        super().__init__(f"{url}: HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+        self.url = url
+
+
+def _parse_trackers(raw: str) -> str:
+    urls = [u.strip().rstrip("/") for u in raw.split(",") if u.strip()]
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"tracker URL must be http(s)://host:port, got {url!r}")
+    return ",".join(urls)
+
+
+@dataclass(frozen=True)
+class TrackerAccess:
+    """Where the tracker is and how to prove we belong to the fleet.
+
+    The setting names are the agent's (``LAYERSWARM_TRACKER``,
+    ``LAYERSWARM_TRACKER_TOKEN_FILE``), so on a node the commands work with the agent's env.
+    """
+
+    tracker: str = field(
+        default="",
+        metadata=setting(
+            "tracker URL(s), comma-separated replicas (tried in order)",
+            parse=_parse_trackers,
+            metavar="URL[,URL...]",
+        ),
+    )
+    tracker_token_file: Path | None = field(
+        default=None,
+        metadata=setting(
+            "file holding the fleet's shared tracker token", parse=Path, metavar="FILE"
+        ),
+    )
+    http_timeout: float = field(
+        default=5.0,
+        metadata=setting(
+            "timeout of each request to the tracker", parse=parse_duration, metavar="DURATION"
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        if not self.tracker:
+            raise ConfigError("tracker is required: --tracker URL or LAYERSWARM_TRACKER")
+        if self.tracker_token_file is None:
+            raise ConfigError(
+                "tracker-token-file is required: --tracker-token-file FILE or "
+                "LAYERSWARM_TRACKER_TOKEN_FILE"
+            )
+        if self.http_timeout <= 0:
+            raise ConfigError("http-timeout must be positive")
+
+    def client(self) -> TrackerAPI:
+        assert self.tracker_token_file is not None
+        return TrackerAPI(
+            self.tracker.split(","), read_token(self.tracker_token_file), self.http_timeout
+        )
+
+
+def read_token(path: Path) -> str:
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"tracker-token-file {path}: {exc.strerror}") from None
+    if len(token) < MIN_TOKEN:
+        raise ConfigError(
+            f"tracker-token-file {path}: token must be at least {MIN_TOKEN} characters"
+        )
+    return token
+
+
+def _no_proxy_opener() -> urllib.request.OpenerDirector:
+    # Fleet-internal traffic goes direct, as the agent's own client does: an http_proxy in an
+    # operator's shell must not receive the fleet token.
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def http_request(
+    url: str,
+    *,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    timeout: float = 5.0,
+    max_body: int = 16 << 20,
+) -> Response:
+    """One request; any HTTP status is a ``Response``, only no answer at all raises OSError."""
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    # The scheme was checked just above, so no file: or custom scheme reaches urllib.
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})  # noqa: S310
+    try:
+        with _no_proxy_opener().open(req, timeout=timeout) as resp:
+            return Response(resp.status, resp.read(max_body), dict(resp.headers.items()))
+    except urllib.error.HTTPError as exc:
+        with exc:
+            data = exc.read(max_body)
+            return Response(exc.code, data, dict(exc.headers.items()))
+
+
+class TrackerAPI:
+    """The operator endpoints: preheat jobs, the fleet view, health."""
+
+    def __init__(self, urls: list[str], token: str, timeout: float = 5.0) -> None:
+        if not urls:
+            raise ValueError("at least one tracker URL")
+        self.urls = urls
+        self._token = token
+        self.timeout = timeout
+
+    def _call(
+        self, method: str, path: str, payload: Any = None, *, auth: bool = True
+    ) -> tuple[Any, str]:
+        """(decoded JSON, the replica's URL); replicas are tried in order while unreachable."""
+        headers = {"Accept": "application/json"}
+        if auth:
+            headers["Authorization"] = f"Bearer {self._token}"
+        body = None
+        if payload is not None:
+            body = json.dumps(payload).encode()
+            headers["Content-Type"] = "application/json"
+        failures = []
+        for base in self.urls:
+            url = base + path
+            try:
+                resp = http_request(
+                    url, method=method, headers=headers, body=body, timeout=self.timeout
+                )
+            except (OSError, ValueError) as exc:
+                failures.append(f"{base}: {getattr(exc, 'reason', None) or exc}")
+                continue
+            if resp.status >= 500 and base != self.urls[-1]:
+                # Like the agent's client: a replica whose store is down is skipped.
+                failures.append(f"{base}: HTTP {resp.status}")
+                continue
+            if resp.status >= 400:
+                raise TrackerRefused(resp.status, _error_message(resp), base)
+            try:
+                return resp.json(), base
+            except ValueError:
+                raise TrackerRefused(resp.status, "answer is not JSON", base) from None
+        raise TrackerUnreachable("no tracker answered: " + "; ".join(failures))
+
+    def create_preheat(
+        self, image: str, scope: str, zone: str | None = None, region: str | None = None
+    ) -> str:
+        payload: dict[str, str] = {"image": image, "scope": scope}
+        if zone:
+            payload["zone"] = zone
+        if region:
+            payload["region"] = region
+        data, base = self._call("POST", "/preheat", payload)
+        job_id = data.get("id") if isinstance(data, dict) else None
+        if not isinstance(job_id, str):
+            raise TrackerRefused(201, "answer has no job id", base)
+        return job_id
+
+    def preheat_status(self, job_id: str) -> dict[str, Any]:
+        data, base = self._call("GET", f"/preheat/{job_id}")
+        if not isinstance(data, dict):
+            raise TrackerRefused(200, "job status is not an object", base)
+        return data
+
+    def fleet(self) -> dict[str, Any]:
+        data, base = self._call("GET", "/v1/fleet")
+        if not isinstance(data, dict):
+            raise TrackerRefused(200, "fleet is not an object", base)
+        return data
+
+    def healthz(self) -> dict[str, Any]:
+        data, _ = self._call("GET", "/healthz", auth=False)
+        return data if isinstance(data, dict) else {}
+
+    def check_token(self) -> None:
+        """Raises TrackerRefused(401) when the token is wrong.
+
+        ``GET /v1/fleet`` answers without a token, so it proves nothing; asking for a preheat
+        job that cannot exist does: 401 for a wrong token, 404 once the token is accepted.
+        """
+        try:
+            self._call("GET", "/preheat/layerswarm-doctor-probe")
+        except TrackerRefused as exc:
+            if exc.status != 404:
+                raise
+
+
+def _error_message(resp: Response) -> str:
+    try:
+        data = resp.json()
+    except ValueError:
+        return resp.body[:200].decode("utf-8", "replace").strip() or "no message"
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        return str(data["error"])
+    return "no message"
