@@ -248,21 +248,25 @@ def render(
     lines = [
         "## Tracker load",
         "",
-        f"Command: `.venv/bin/python -m bench.tracker_load --agents {args.agents} --lookups {args.lookups}`",
+        "Command: `.venv/bin/python -m bench.tracker_load "
+        f"--agents {args.agents} --lookups {args.lookups} --redis-lookups {args.redis_lookups}`",
         "",
-        f"{args.agents} simulated agents in {REGIONS} regions x {ZONES_PER_REGION} zones (5% seeds), "
-        f"{DIGESTS_PER_AGENT} digests each from a pool of {DIGEST_POOL} (about "
-        f"{args.agents * DIGESTS_PER_AGENT // DIGEST_POOL} holders per digest), then {args.lookups} "
-        f"lookups of random digests by random agents, {CONCURRENCY} in flight, one aiohttp client "
+        f"{args.agents} simulated agents in {REGIONS} regions x {ZONES_PER_REGION} zones "
+        f"(5% seeds), {DIGESTS_PER_AGENT} digests each from a pool of {DIGEST_POOL} (about "
+        f"{args.agents * DIGESTS_PER_AGENT // DIGEST_POOL} holders per digest), then "
+        f"{args.lookups} (memory) or {args.redis_lookups} (Redis) lookups of random digests "
+        f"by random agents, {CONCURRENCY} in flight, "
+        "one aiohttp client "
         f"process. Machine: {os.cpu_count()} cores shared by client, tracker(s) and Redis. "
         f"Total run {seconds:.0f}s.",
         "",
-        "| setup | lookups/s | p50 ms | p99 ms | tracker CPU per lookup | tracker RSS |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| setup | lookups | lookups/s | p50 ms | p99 ms | tracker CPU per lookup | tracker RSS |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in results:
         lines.append(
-            f"| {name} | {r['rate']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+            f"| {name} | {r['lookups']} | {r['rate']:.0f} | {r['p50_ms']:.1f} | "
+            f"{r['p99_ms']:.1f} | "
             f"{r['cpu_per_lookup_us']:.0f} us | {r['rss_mib']:.0f} MiB |"
         )
     return "\n".join(lines) + "\n"
@@ -271,7 +275,10 @@ def render(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, default=10_000)
-    parser.add_argument("--lookups", type=int, default=40_000)
+    parser.add_argument("--lookups", type=int, default=40_000, help="lookups against memory")
+    parser.add_argument(
+        "--redis-lookups", type=int, default=5_000, help="lookups per Redis setup (slower)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the Markdown table here")
     args = parser.parse_args()
     t0 = time.perf_counter()

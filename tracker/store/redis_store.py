@@ -72,7 +72,13 @@ return status
 # lookup's CPU time, json.loads of one string is C. (cjson encodes an empty table as {}.)
 _VIEW = """
 if ARGV[3] == '1' then redis.call('ZINCRBY', KEYS[3], 1, ARGV[2]) end
-local h = redis.call('HGETALL', KEYS[1])
+local limit = tonumber(ARGV[4])
+local h
+if redis.call('HLEN', KEYS[1]) > limit then
+  h = redis.call('HRANDFIELD', KEYS[1], limit, 'WITHVALUES')
+else
+  h = redis.call('HGETALL', KEYS[1])
+end
 local out = {}
 for i = 1, #h, 2 do
   local a = redis.call('HMGET', ARGV[1] .. 'agent:' .. h[i], 'key', 'info', 'last_seen', 'expires')
@@ -319,7 +325,7 @@ class RedisStore:
             await pipe.execute()
 
     @_translated
-    async def peer_view(self, digest: str, *, count_lookup: bool) -> PeerView:
+    async def peer_view(self, digest: str, *, count_lookup: bool, limit: int = 1 << 30) -> PeerView:
         raw = await self._view(
             keys=[
                 self._k("holders", digest),
@@ -327,7 +333,7 @@ class RedisStore:
                 self._k("hot"),
                 self._k("meta", digest),
             ],
-            args=[self._p, digest, "1" if count_lookup else "0"],
+            args=[self._p, digest, "1" if count_lookup else "0", str(limit)],
         )
         view = json.loads(raw)
         holders: list[tuple[Holding, AgentRecord | None]] = []
