@@ -74,6 +74,13 @@ class TrackerConfig:
         ),
     )
     max_peers: int = field(default=8, metadata=setting("peers handed out per lookup", metavar="N"))
+    max_candidates: int = field(
+        default=64,
+        metadata=setting(
+            "holders of a layer considered per lookup; more popular layers are sampled at random",
+            metavar="N",
+        ),
+    )
     max_body: int = field(
         default=1 << 20,
         metadata=setting("largest request body accepted", parse=parse_size, metavar="SIZE"),
@@ -119,6 +126,8 @@ class TrackerConfig:
             raise ConfigError("shutdown-timeout must not be negative")
         if not 1 <= self.max_peers <= 200:
             raise ConfigError("max-peers must be between 1 and 200")
+        if self.max_candidates < self.max_peers:
+            raise ConfigError("max-candidates must be at least max-peers")
         if self.max_body < 4096:
             raise ConfigError("max-body must be at least 4K")
         if not 1 <= self.max_announce <= 100_000:

@@ -179,7 +179,12 @@ class Tracker:
         check_digest(digest)
         rec = await self.authenticate(agent_id, key)
         now = self.clock.now()
-        view = await self.store.peer_view(digest, count_lookup=True)
+        # Bounded sample: a layer held by thousands costs a lookup no more than one held by 64.
+        # The price is that a region's only holder may be missed among many elsewhere, which
+        # costs one extra upstream fetch at worst, never a wrong answer.
+        view = await self.store.peer_view(
+            digest, count_lookup=True, limit=self.config.max_candidates
+        )
         candidates = [
             (r.info, h)
             for h, r in view.holders

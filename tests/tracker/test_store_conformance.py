@@ -211,3 +211,17 @@ async def test_preheat_jobs_and_reports(store: TrackerStore) -> None:
 
 async def test_ping(store: TrackerStore) -> None:
     await store.ping()
+
+
+async def test_peer_view_samples_popular_digests(store: TrackerStore, clock: ManualClock) -> None:
+    for i in range(30):
+        await bind(store, clock, f"a{i}", "k" * 20)
+        await store.put_holdings(f"a{i}", [(D1, holding(f"a{i}"))])
+    assert len((await store.peer_view(D1, count_lookup=False)).holders) == 30
+    seen: set[str] = set()
+    for _ in range(20):
+        view = await store.peer_view(D1, count_lookup=False, limit=5)
+        ids = [h.agent_id for h, _ in view.holders]
+        assert len(ids) == len(set(ids)) == 5
+        seen.update(ids)
+    assert len(seen) > 10  # a random sample each time, not the same five

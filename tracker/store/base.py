@@ -66,6 +66,9 @@ class TrackerStore(Protocol):
     index: ``"stored"`` the first time, ``"same"`` for an identical repeat, ``"conflict"``
     (nothing written) when the index or the total size was published differently.
 
+    ``peer_view`` returns every holder of the digest, or a uniform random sample of ``limit``
+    of them when there are more (so a lookup's cost is bounded however popular a layer is).
+
     Lookup statistics and bad peers: ``peer_view(count_lookup=True)`` also counts a lookup for
     ``hottest``; ``add_bad_peer`` excludes a peer from one digest's answers and counts it.
 
@@ -96,7 +99,9 @@ class TrackerStore(Protocol):
 
     async def remove_holding(self, agent_id: str, digest: str) -> None: ...
 
-    async def peer_view(self, digest: str, *, count_lookup: bool) -> PeerView: ...
+    async def peer_view(
+        self, digest: str, *, count_lookup: bool, limit: int = 1 << 30
+    ) -> PeerView: ...
 
     async def hottest(self, limit: int) -> list[tuple[str, int]]: ...
 

@@ -7,6 +7,7 @@ on the event loop, which is what the contract's atomicity asks for.
 from __future__ import annotations
 
 import hashlib
+import random
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 
@@ -42,6 +43,8 @@ class MemoryStore:
         self._meta: dict[str, tuple[int, dict[int, SegmentMeta]]] = {}
         self._jobs: dict[str, PreheatJob] = {}
         self._reports: dict[str, dict[str, PreheatReport]] = defaultdict(dict)
+        # Sampling holders needs spread, not unpredictability.
+        self._rng = random.Random()  # noqa: S311
 
     async def close(self) -> None:
         return None
@@ -103,12 +106,15 @@ class MemoryStore:
                 del self._holders[digest]
         self._agent_digests.get(agent_id, set()).discard(digest)
 
-    async def peer_view(self, digest: str, *, count_lookup: bool) -> PeerView:
+    async def peer_view(self, digest: str, *, count_lookup: bool, limit: int = 1 << 30) -> PeerView:
         if count_lookup:
             self._lookups[digest] += 1
         holders = self._holders.get(digest, {})
+        chosen = list(holders.items())
+        if len(chosen) > limit:
+            chosen = self._rng.sample(chosen, limit)
         return PeerView(
-            holders=tuple((h, self._agents.get(aid)) for aid, h in holders.items()),
+            holders=tuple((h, self._agents.get(aid)) for aid, h in chosen),
             bad_peers=frozenset(self._bad.get(digest, ())),
             metainfo=self._metainfo(digest),
         )
