@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from typing import Any
 
 import aiohttp
@@ -77,7 +78,7 @@ async def test_auth(app: Client) -> None:
     assert resp.status == 403
     resp = await app.post("/v1/agents/a1/announce", json={"digest": D}, headers=headers(intruder))
     assert resp.status == 403
-    fleet = await (await app.get("/v1/fleet")).json()
+    fleet = await (await app.get("/v1/fleet", headers=headers())).json()
     assert [(a["agent_id"], a["zone"]) for a in fleet["agents"]] == [("a1", "")]
     resp = await app.post("/v1/agents/ghost/lookup", json={"digest": D}, headers=headers(key))
     assert resp.status == 404 and (await resp.json())["code"] == "unknown_agent"
@@ -114,12 +115,12 @@ async def test_auth(app: Client) -> None:
 async def test_bad_input_is_4xx_and_changes_nothing(app: Client, path: str, body: bytes) -> None:
     key = new_key()
     await register(app, "a1", key)
-    before = await (await app.get("/v1/fleet")).json()
+    before = await (await app.get("/v1/fleet", headers=headers())).json()
     resp = await app.post(path, data=body, headers=headers(key))
     assert 400 <= resp.status < 500
     payload = await resp.json()
     assert isinstance(payload["error"], str) and "Traceback" not in payload["error"]
-    after = await (await app.get("/v1/fleet")).json()
+    after = await (await app.get("/v1/fleet", headers=headers())).json()
     assert after == before
     reply = await lookup(app, "a1", key)
     assert reply["peers"] == []
@@ -314,7 +315,10 @@ async def test_metrics_and_page(app: Client) -> None:
         (("code", "200"), ("endpoint", "/v1/agents/{id}/lookup")),
     )
     assert values[key] == 1
-    page = await (await app.get("/")).text()
+    assert (await app.get("/")).status == 401
+    basic = "Basic " + base64.b64encode(f"ops:{TOKEN}".encode()).decode()
+    assert (await app.get("/", headers={"Authorization": "Basic b3BzOndyb25n"})).status == 401
+    page = await (await app.get("/", headers={"Authorization": basic})).text()
     assert (
         "<table" in page
         and "s1" in page

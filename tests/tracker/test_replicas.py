@@ -41,8 +41,12 @@ async def test_two_replicas_share_state_and_survive_one_stopping(
         watcher1 = HttpTrackerClient([u1], TOKEN, "w", new_key(), session)
         await watcher1.heartbeat(agent("w", region="eu"))
         on_r1 = await watcher1.lookup(D)
-        f1 = await (await session.get(u1 + "/v1/fleet")).json()
-        f2 = await (await session.get(u2 + "/v1/fleet")).json()
+        f1 = await (
+            await session.get(u1 + "/v1/fleet", headers={"Authorization": f"Bearer {TOKEN}"})
+        ).json()
+        f2 = await (
+            await session.get(u2 + "/v1/fleet", headers={"Authorization": f"Bearer {TOKEN}"})
+        ).json()
         assert f1["agents"] == f2["agents"] and len(f1["agents"]) == 61
 
         await r1.close()
@@ -50,5 +54,7 @@ async def test_two_replicas_share_state_and_survive_one_stopping(
         on_r2 = await watcher2.lookup(D)
         assert on_r1.action == on_r2.action == "peers"
         assert [p.agent_id for p in on_r1.peers] == [p.agent_id for p in on_r2.peers] == [holder]
-        f2_after = await (await session.get(u2 + "/v1/fleet")).json()
+        f2_after = await (
+            await session.get(u2 + "/v1/fleet", headers={"Authorization": f"Bearer {TOKEN}"})
+        ).json()
         assert f2_after["agents"] == f1["agents"]

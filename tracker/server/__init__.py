@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hmac
 import json
 from collections.abc import Mapping
@@ -20,12 +21,19 @@ AGENT_KEY_HEADER = "X-Layerswarm-Agent-Key"
 AGENT_ID_HEADER = "X-Layerswarm-Agent-Id"
 
 
-def require_token(request: web.Request) -> None:
+def require_token(request: web.Request, *, allow_basic: bool = False) -> None:
+    """The fleet token as ``Bearer TOKEN``; with ``allow_basic`` also as the password of
+    HTTP Basic, so a browser can open the fleet page (it prompts once)."""
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     token = request.app[TOKEN]
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        value.strip().encode(), token.encode()
-    ):
+    offered = value.strip()
+    if allow_basic and scheme.lower() == "basic":
+        try:
+            offered = base64.b64decode(offered, validate=True).decode().partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            offered = ""
+        scheme = "bearer"
+    if scheme.lower() != "bearer" or not hmac.compare_digest(offered.encode(), token.encode()):
         raise Unauthorized("missing or wrong fleet token")
 
 

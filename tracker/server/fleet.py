@@ -8,12 +8,16 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from tracker.server import METRICS, TRACKER, reply
+from tracker.errors import Unauthorized
+from tracker.server import METRICS, TRACKER, reply, require_token
 
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 
 
 async def fleet_json(request: web.Request) -> web.Response:
+    # Agent addresses and counters are for the fleet's operators, not for anyone who can
+    # reach the tracker; /metrics (aggregates only, no addresses) stays open for scrapers.
+    require_token(request)
     return reply(await request.app[TRACKER].fleet())
 
 
@@ -100,6 +104,14 @@ def render_page(fleet: dict[str, Any]) -> str:
 
 
 async def page(request: web.Request) -> web.Response:
+    try:
+        require_token(request, allow_basic=True)
+    except Unauthorized:
+        return web.Response(
+            status=401,
+            text="fleet token required (any user name, the token as password)",
+            headers={"WWW-Authenticate": 'Basic realm="layerswarm tracker"'},
+        )
     fleet = await request.app[TRACKER].fleet()
     return web.Response(text=render_page(fleet), content_type="text/html")
 
