@@ -16,10 +16,6 @@ from typing import Any
 
 import aiohttp
 from prometheus_client import CollectorRegistry
-from tracker.client import HttpTrackerClient, TrackerClient
-from tracker.embedded import embedded_tracker, local_client
-from tracker.model import AgentInfo, Announcement, Counters
-from tracker.service import Tracker
 
 from agent.blobstore import BlobStore
 from agent.config import AgentConfig
@@ -31,6 +27,10 @@ from agent.preheat import ProgressHook
 from agent.swarm import SegmentFiles, Swarm
 from agent.tracking import TrackerLink
 from layerswarm.settings import ConfigError
+from tracker.client import HttpTrackerClient, TrackerClient
+from tracker.embedded import embedded_tracker, local_client
+from tracker.model import AgentInfo, Announcement, Counters
+from tracker.service import Tracker
 
 log = logging.getLogger(__name__)
 

@@ -15,12 +15,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from agent import preheat
+from agent.swarm import CoordinatorUnavailable, Lookup, PeerRef, SegmentRef
 from tracker.client import TrackerClient
 from tracker.errors import StoreUnavailable, TrackerError, TrackerUnavailable, UnknownAgent
 from tracker.model import AgentInfo, Announcement, LayerProgress, PreheatJob, SegmentMeta
-
-from agent import preheat
-from agent.swarm import CoordinatorUnavailable, Lookup, PeerRef, SegmentRef
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +139,10 @@ class TrackerLink:
     async def _preheat(self, job: PreheatJob) -> None:
         assert self.run_preheat is not None
 
+        latest: list[preheat.LayerProgress] = []
+
         async def progress(items: list[preheat.LayerProgress]) -> None:
+            latest[:] = items
             await self._report(job, items, "running")
 
         try:
@@ -153,21 +155,27 @@ class TrackerLink:
             # The reason goes to the tracker for the operator; it never names a credential.
             reason = getattr(exc, "message", None) or type(exc).__name__
             log.warning("preheat job=%s image=%s failed: %s", job.id, job.image, reason)
+            # Keep the layers that did arrive in the job's status: a retry needs only the rest.
             with contextlib.suppress(TrackerError):
-                await self.client.report_preheat(job.id, [], "failed", error=str(reason)[:500])
+                await self.client.report_preheat(
+                    job.id, self._layers(latest), "failed", error=str(reason)[:500]
+                )
         finally:
             self._finished_jobs.add(job.id)
             self._jobs.pop(job.id, None)
 
-    async def _report(
-        self, job: PreheatJob, items: list[preheat.LayerProgress], state: str
-    ) -> None:
-        layers = [
+    @staticmethod
+    def _layers(items: list[preheat.LayerProgress]) -> list[LayerProgress]:
+        return [
             LayerProgress(i.digest, i.size, min(i.done_bytes, i.size) if i.size else i.done_bytes)
             for i in items
         ]
+
+    async def _report(
+        self, job: PreheatJob, items: list[preheat.LayerProgress], state: str
+    ) -> None:
         with contextlib.suppress(TrackerError):
-            await self.client.report_preheat(job.id, layers, state)
+            await self.client.report_preheat(job.id, self._layers(items), state)
 
     async def close(self) -> None:
         for task in list(self._jobs.values()):
