@@ -395,14 +395,12 @@ class PeerSource:
             # This agent holds the region's lease: it fetches upstream and shares as it goes.
             sw.attach_publisher(download)
             raise SourceUnavailable("lease holder fetches from upstream")
-        t0 = sw.clock()
         try:
             await self._fetch_segments(job, download, lookup)
         except SourceUnavailable:
             # Whatever arrived stays; the upstream continues from here and we publish the rest.
             sw.attach_publisher(download)
             raise
-        sw.metrics.first_byte_seconds.labels("peer").observe(sw.clock() - t0)
 
     async def _fetch_segments(self, job: FetchJob, download: Download, lookup: Lookup) -> None:
         sw = self._swarm

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -62,6 +63,7 @@ class RequestInfo:
     upstream: str = ""
     source: str = ""
     bytes: int = 0
+    started: float = field(default_factory=time.monotonic)
 
 
 _INFO_KEY = web.RequestKey("layerswarm_info", RequestInfo)
@@ -251,6 +253,7 @@ class RegistryHandlers:
         if request.method == "HEAD":
             headers["Content-Length"] = str(count)
             return web.Response(status=status, headers=headers)
+        self._metrics.first_byte_seconds.labels("cache").observe(time.monotonic() - ri.started)
         with self._store.pin(blob.digest):
             resp = SendfileResponse(blob.path, offset, count, status=status, headers=headers)
             await resp.prepare(request)
@@ -286,6 +289,10 @@ class RegistryHandlers:
         counter = self._metrics.served_bytes.labels(dl.source)
         try:
             async for chunk in dl.stream(start, end if end is not None else 1 << 62):
+                if not sent:
+                    self._metrics.first_byte_seconds.labels(dl.source).observe(
+                        time.monotonic() - ri.started
+                    )
                 await resp.write(chunk)
                 sent += len(chunk)
                 counter.inc(len(chunk))
