@@ -226,14 +226,14 @@ async def main_async(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]
                     results.append(
                         (
                             "redis, 1 process",
-                            await measure(session, servers, keys, args.lookups, rng),
+                            await measure(session, servers, keys, args.redis_lookups, rng),
                         )
                     )
                     servers.append(start_tracker(store, token_file))
                     results.append(
                         (
                             "redis, 2 replicas",
-                            await measure(session, servers, keys, args.lookups, rng),
+                            await measure(session, servers, keys, args.redis_lookups, rng),
                         )
                     )
                 finally:
@@ -277,7 +277,7 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=10_000)
     parser.add_argument("--lookups", type=int, default=40_000, help="lookups against memory")
     parser.add_argument(
-        "--redis-lookups", type=int, default=5_000, help="lookups per Redis setup (slower)"
+        "--redis-lookups", type=int, default=10_000, help="lookups per Redis setup (slower)"
     )
     parser.add_argument("--out", type=Path, default=None, help="also write the Markdown table here")
     args = parser.parse_args()
