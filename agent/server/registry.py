@@ -11,6 +11,7 @@ agent/server/middleware.py renders them as OCI error bodies.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -316,14 +317,16 @@ class RegistryHandlers:
         self, request: web.Request, upstream: Upstream, repo: str, auth: str | None
     ) -> web.StreamResponse:
         query: dict[str, str] = {}
-        n = request.query.get("n")
-        if n is not None:
-            if not n.isdigit() or int(n) > 10000:
+        n_raw = request.query.get("n")
+        n: int | None = None
+        if n_raw is not None:
+            if not n_raw.isdigit() or int(n_raw) > 10000:
                 raise RegistryError("n must be an integer up to 10000", status=400)
-            query["n"] = n
+            n = int(n_raw)
+            query["n"] = n_raw
         last = request.query.get("last")
-        if last is not None:
-            validate_reference(last) if last else None
+        if last:
+            validate_reference(last)
             query["last"] = last
         async with self._client.request(
             upstream, "GET", f"/v2/{repo}/tags/list", client_auth=auth, query=query
@@ -335,10 +338,33 @@ class RegistryHandlers:
             body = await read_limited(resp, _MAX_TAGS_BODY)
             headers = dict(_API_HEADERS)
             headers["Content-Type"] = "application/json"
-            if "Link" in resp.headers:
-                headers["Link"] = resp.headers["Link"]
+            link = resp.headers.get("Link")
         info(request).source = "upstream"
+        if link:
+            headers["Link"] = link
+        elif n is not None or last:
+            # Some upstreams (distribution 2.x) ignore n and last on tag lists; page here,
+            # in the lexical order the spec asks for.
+            body, next_link = _paginate(body, request.path, n, last)
+            if next_link:
+                headers["Link"] = next_link
         return web.Response(body=body if request.method == "GET" else None, headers=headers)
+
+
+def _paginate(body: bytes, path: str, n: int | None, last: str | None) -> tuple[bytes, str]:
+    try:
+        doc = json.loads(body)
+        tags = sorted(t for t in doc.get("tags") or [] if isinstance(t, str))
+    except (ValueError, AttributeError):
+        raise UpstreamError("upstream tag list is not JSON", status=502) from None
+    if last:
+        tags = [t for t in tags if t > last]
+    more = n is not None and len(tags) > n
+    if n is not None:
+        tags = tags[:n]
+    doc["tags"] = tags
+    link = f'<{path}?n={n}&last={tags[-1]}>; rel="next"' if more and tags else ""
+    return json.dumps(doc).encode(), link
 
 
 def _canonical_registry(name: str) -> str:
