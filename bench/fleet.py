@@ -28,7 +28,6 @@ import logging
 import os
 import secrets
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -99,7 +98,8 @@ class ScenarioResult:
     upstream_by_remote: dict[str, int]
     bound_seconds: float
     nodes: list[NodeResult]
-    cpu_busy: float  # busy fraction of all cores during the rollout
+    cpu_busy: float  # busy fraction of all cores during the rollout (whole machine)
+    cpu_bench_cores: float  # cores used by this scenario's processes (skopeo, servers, agents)
     wall_seconds: float
     preheat_seconds: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -153,6 +153,16 @@ class CpuMeter:
         total, idle = self._read()
         dt = total - self._t0[0]
         return (dt - (idle - self._t0[1])) / dt if dt > 0 else 0.0
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of a running process (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def mbit_to_bytes(mbit: float) -> float:
@@ -351,8 +361,17 @@ class ScenarioRun:
             mirror = f"{host.ip}:{AGENT_PORT}"
         return write_registries_conf(self.work / f"reg-{host.index}.conf", self.image.host, mirror)
 
-    def rollout(self) -> tuple[list[NodeResult], float, float]:
-        """Release every node's skopeo at once; (per-node results, CPU busy, wall seconds)."""
+    def server_pids(self) -> list[int]:
+        procs = [r.proc for r in (self.registry, self.cache) if r is not None]
+        procs += [p for p in (self.tracker, *(a.proc for a in self.agents)) if p is not None]
+        return [p.pid for p in procs if p.running]
+
+    def rollout(self) -> tuple[list[NodeResult], float, float, float]:
+        """Release every node's skopeo at once.
+
+        Returns (per-node results, machine busy fraction, cores used by the scenario's own
+        processes, wall seconds).
+        """
         assert self.image is not None
         go = self.work / "go"
         auth = self.work / "empty-auth.json"
@@ -379,18 +398,31 @@ class ScenarioRun:
             err.close()
         time.sleep(1.0)  # every gate is polling by now
         ends: dict[int, float] = {}
+        client_cpu: dict[int, float] = {}
         lock = threading.Lock()
 
         def wait(i: int, p: subprocess.Popen[bytes]) -> None:
-            try:
-                p.wait(timeout=self.p.timeout)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+            # wait4 rather than Popen.wait: its rusage is skopeo's own CPU (the gate and
+            # `ip netns exec` exec into it, so the PID is the same process).
+            deadline = time.monotonic() + self.p.timeout
+            while True:
+                pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+                if pid:
+                    p.returncode = os.waitstatus_to_exitcode(status)
+                    break
+                if time.monotonic() > deadline:
+                    p.kill()
+                    _, status, usage = os.wait4(p.pid, 0)
+                    p.returncode = os.waitstatus_to_exitcode(status)
+                    break
+                time.sleep(0.005)
             with lock:
                 ends[i] = time.monotonic()
+                client_cpu[i] = usage.ru_utime + usage.ru_stime
 
         meter = CpuMeter()
+        servers = self.server_pids()
+        server_cpu0 = sum(proc_cpu_seconds(pid) for pid in servers)
         with concurrent.futures.ThreadPoolExecutor(len(procs)) as pool:
             meter.start()
             t0 = time.monotonic()
@@ -400,6 +432,8 @@ class ScenarioRun:
                 f.result()
         cpu = meter.stop()
         wall = max(ends.values()) - t0
+        own = sum(proc_cpu_seconds(pid) for pid in servers) - server_cpu0
+        own += sum(client_cpu.values())
         results = []
         for i, (host, dest, p) in enumerate(procs):
             nr = NodeResult(host.index - 2, ends[i] - t0, p.returncode, verified=False)
@@ -415,7 +449,7 @@ class ScenarioRun:
                 ]
             shutil.rmtree(dest, ignore_errors=True)
             results.append(nr)
-        return results, cpu, wall
+        return results, cpu, own / wall if wall > 0 else 0.0, wall
 
     def upstream_blob_lines(self) -> list[tuple[str, int]]:
         assert self.registry is not None
@@ -446,7 +480,7 @@ def run_scenario(name: str, p: Params, layout: ImageLayout, work: Path) -> Scena
             log.info("scenario %s: preheat done in %.1fs", name, preheat_s)
         before = len(run.upstream_blob_lines())
         log.info("scenario %s: rollout", name)
-        nodes, cpu, wall = run.rollout()
+        nodes, cpu, own_cores, wall = run.rollout()
         lines = run.upstream_blob_lines()
         by_remote: dict[str, int] = defaultdict(int)
         for remote, size in lines:
@@ -465,6 +499,7 @@ def run_scenario(name: str, p: Params, layout: ImageLayout, work: Path) -> Scena
             bound_seconds=bound_seconds(name, p, image_bytes),
             nodes=nodes,
             cpu_busy=cpu,
+            cpu_bench_cores=own_cores,
             wall_seconds=wall,
             preheat_seconds=preheat_s,
             notes=run.notes,
