@@ -66,14 +66,18 @@ class Params:
     nodes: int = 8
     image_mib: float = 64
     layers: int = 4
-    upstream_mbit: float = 50
-    node_mbit: float = 80
+    # Chosen after measuring this 2-core machine: 8 x 40 Mbit/s = 38 MiB/s of peer traffic,
+    # under half of what the peer engine moves here (80-90 MiB/s), and U < B so the WAN is
+    # the bound of a cold rollout. The whole default run takes about 8 minutes.
+    upstream_mbit: float = 30
+    node_mbit: float = 40
     cache_mbit: float | None = None  # None: same link as a node
     segment_size: str = "4M"
     scenarios: tuple[str, ...] = SCENARIOS
     timeout: float = 300.0  # per rollout, per preheat
     capacity: bool = True  # measure the machine's capacity first
     seed: int = 7
+    agent_args: tuple[str, ...] = ()  # extra flags for every agent, e.g. ("--peer-wait", "60")
 
     @property
     def cache_rate_mbit(self) -> float:
@@ -310,6 +314,7 @@ class ScenarioRun:
                 "--zone", "z1", "--region", "r1",
                 "--role", role,
                 "--segment-size", self.p.segment_size,
+                *self.p.agent_args,
             ],
         )  # fmt: skip
         self.agents.append(agent)
@@ -468,7 +473,19 @@ def bound_seconds(name: str, p: Params, image_bytes: int) -> float:
     return max(image_bytes / mbit_to_bytes(p.upstream_mbit), node)
 
 
-def run_scenario(name: str, p: Params, layout: ImageLayout, work: Path) -> ScenarioResult:
+def _keep_logs(work: Path, dest: Path) -> None:
+    # Server, agent and client logs are small and are what explains a slow node.
+    for path in work.rglob("*.log"):
+        target = dest / path.relative_to(work)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    for path in work.glob("skopeo-*.err"):
+        shutil.copy2(path, dest / path.name)
+
+
+def run_scenario(
+    name: str, p: Params, layout: ImageLayout, work: Path, logs: Path | None = None
+) -> ScenarioResult:
     work.mkdir(parents=True, exist_ok=True)
     image_bytes = sum(len(layout.blob(d)) for d in layout.blob_digests)
     log.info("scenario %s: setting up %d nodes", name, p.nodes)
@@ -504,6 +521,8 @@ def run_scenario(name: str, p: Params, layout: ImageLayout, work: Path) -> Scena
             preheat_seconds=preheat_s,
             notes=run.notes,
         )
+    if logs is not None:
+        _keep_logs(work, logs)
     # The scenario's caches and registries go with it: the next one starts from nothing.
     shutil.rmtree(work, ignore_errors=True)
     return res
@@ -574,7 +593,7 @@ def run(p: Params, out: Path) -> dict[str, Any]:
         layout = build_image(work / "image", [layer_bytes] * p.layers, seed=p.seed, tag=TAG)
         results = []
         for name in p.scenarios:
-            res = run_scenario(name, p, layout, work / name)
+            res = run_scenario(name, p, layout, work / name, out / "logs" / name)
             log.info("scenario %s: %s", name, res.summary())
             results.append(res)
         doc = {
@@ -607,6 +626,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Params, Path]:
     ap.add_argument("--timeout", type=float, default=d.timeout)
     ap.add_argument("--no-capacity", action="store_true", help="skip the capacity check")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
+    ap.add_argument(
+        "--agent-args", default="", help='extra agent flags, space-separated: "--peer-wait 60"'
+    )
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
     p = Params(
@@ -620,6 +642,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Params, Path]:
         scenarios=tuple(s.strip() for s in a.scenarios.split(",") if s.strip()),
         timeout=a.timeout,
         capacity=not a.no_capacity,
+        agent_args=tuple(a.agent_args.split()),
     )
     out = a.out or Path("bench/out") / time.strftime("fleet-%Y%m%d-%H%M%S")
     return p, out
