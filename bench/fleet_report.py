@@ -1,0 +1,89 @@
+"""Render bench.fleet results: the Markdown table and the completion-time CDF plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def write_markdown(doc: dict[str, Any]) -> str:
+    p = doc["params"]
+    m = doc["machine"]
+    mib = doc["image_bytes"] / (1 << 20)
+    lines = [
+        f"Image {mib:.1f} MiB in {p['layers']} layers; {p['nodes']} nodes; upstream "
+        f"{p['upstream_mbit']:g} Mbit/s, node links {p['node_mbit']:g} Mbit/s, "
+        f"segment {p['segment_size']}; {m.get('cores')} cores.",
+        "",
+    ]
+    if "iperf3_mbit" in m:
+        lines += [
+            f"Machine capacity: iperf3 between two namespaces {m['iperf3_mbit']:.0f} Mbit/s; "
+            f"peer engine 1 seed -> 4 receivers {m['p2p_mib_s']:.0f} MiB/s delivered "
+            f"({m['p2p_cores']:.2f} cores).",
+            "",
+        ]
+    lines += [f"WARNING: {w}" for w in doc.get("warnings", [])]
+    lines += [
+        "| scenario | upstream bytes / image | (in rollout) | p50 s | p99 s | max s | bound s "
+        "| max / bound | machine CPU busy | scenario's processes, cores | all bytes right |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in doc["scenarios"]:
+        sm = s["summary"]
+        lines.append(
+            f"| {s['scenario']} | {sm['upstream_ratio']:.2f}x "
+            f"| {sm['upstream_ratio_rollout']:.2f}x | {sm['p50']:.1f} | {sm['p99']:.1f} "
+            f"| {sm['max']:.1f} | {s['bound_seconds']:.1f} "
+            f"| {sm['max_over_bound']:.2f} | {s['cpu_busy'] * 100:.0f}% "
+            f"| {s['cpu_bench_cores']:.2f} "
+            f"| {'yes' if sm['all_verified'] else 'NO'} |"
+        )
+    lines.append("")
+    for s in doc["scenarios"]:
+        if s.get("preheat_seconds") is not None:
+            lines.append(f"{s['scenario']}: preheat took {s['preheat_seconds']:.1f} s (untimed).")
+        for note in s.get("notes", []):
+            lines.append(f"{s['scenario']}: {note}")
+    return "\n".join(lines) + "\n"
+
+
+def write_cdf(doc: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=90)
+    bounds: dict[float, list[str]] = {}
+    for s in doc["scenarios"]:
+        times = s["times"]
+        n = len(times)
+        xs = [0.0]
+        ys = [0.0]
+        for i, t in enumerate(times):
+            xs += [t, t]
+            ys += [i / n, (i + 1) / n]
+        ax.plot(xs, ys, label=s["scenario"], linewidth=1.8)
+        bounds.setdefault(round(s["bound_seconds"], 2), []).append(s["scenario"])
+    for bound, names in bounds.items():
+        label = "bound max(S/U, S/B)" if "layerswarm-preheated" not in names else "bound S/B"
+        if len(names) > 1 and "layerswarm-preheated" in names:
+            label = "bound"
+        ax.axvline(bound, color="grey", linestyle="--", linewidth=1)
+        ax.text(bound, 1.02, f" {label}", fontsize=7, color="grey", rotation=0)
+    ax.set_xlabel("seconds from the barrier to skopeo's exit")
+    ax.set_ylabel("fraction of nodes done")
+    ax.set_ylim(0, 1.08)
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    p = doc["params"]
+    ax.set_title(
+        f"{p['nodes']} nodes, {doc['image_bytes'] / (1 << 20):.0f} MiB image, "
+        f"U={p['upstream_mbit']:g} Mbit/s, B={p['node_mbit']:g} Mbit/s",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
