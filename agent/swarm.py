@@ -42,7 +42,13 @@ log = logging.getLogger(__name__)
 # Segments fetched from peers at once: enough to keep several peers busy, few enough that
 # the download stays roughly in order for the client streaming it.
 FETCH_WINDOW = 3
+# Segment transfers one agent runs at once, over all blobs: more would split a seed's upload
+# among so many transfers that none finishes soon enough to be passed on.
+MAX_SEGMENT_FETCHES = 6
 _POLL = 0.2
+# Seconds between tracker lookups while waiting for segments, and once all are known.
+_LOOKUP_WAITING = 0.5
+_LOOKUP_PEERS = 5.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,7 @@ class PeerRef:
     agent_id: str
     host: str
     port: int
+    progress_bytes: int = 0  # for an agent still fetching; 0 when it holds the blob
 
 
 @dataclass(frozen=True)
@@ -175,6 +182,9 @@ class Swarm:
     # Digests whose peer copy failed verification: fetched from upstream for a while.
     _distrust: dict[Digest, float] = field(default_factory=dict)
     distrust_seconds: float = 600.0
+    fetch_slots: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(MAX_SEGMENT_FETCHES)
+    )
 
     def seeded(self) -> list[Digest]:
         return list(self._published)
@@ -408,7 +418,9 @@ class PeerSource:
         size = sw.segment_size
         next_index = download.written // size
         pending: dict[int, asyncio.Task[Path]] = {}
-        last_progress = sw.clock()
+        last_progress = last_lookup = sw.clock()
+        known = len(lookup.segments)
+        holder_bytes = _fetched_bytes(lookup)
         try:
             while True:
                 total = lookup.total_size
@@ -426,8 +438,6 @@ class PeerSource:
                     if seg.offset != index * size:
                         raise SourceUnavailable("segment layout does not match ours")
                     pending[index] = asyncio.create_task(self._fetch_one(job.digest, seg, peers))
-                for ih in {s.info_hash for s in by_index.values()}:
-                    sw.engine.add_peers(ih, peers)
                 head = pending.get(next_index)
                 if head is not None and head.done():
                     del pending[next_index]
@@ -440,20 +450,38 @@ class PeerSource:
                     with contextlib.suppress(CoordinatorUnavailable):
                         await sw.coordinator.announce(digest, "fetching", download.written, total)
                     continue
-                if sw.clock() - last_progress > sw.peer_wait:
+                # Running segment fetches guard themselves (the engine's stall timeout); this
+                # deadline is for waiting on segments nobody has published yet.
+                if not pending and sw.clock() - last_progress > sw.peer_wait:
                     raise SourceUnavailable(f"no progress from peers in {sw.peer_wait}s")
                 if head is not None:
                     await asyncio.wait({head}, timeout=_POLL)
                 else:
                     await asyncio.sleep(_POLL)
+                # Ask the tracker again only for something new: more segments while the
+                # metainfo is incomplete, or now and then for more peers to trade with.
+                since = sw.clock() - last_lookup
+                if since < (_LOOKUP_WAITING if not lookup.complete else _LOOKUP_PEERS):
+                    continue
+                last_lookup = sw.clock()
                 try:
                     lookup = await sw.coordinator.lookup(digest)
                 except CoordinatorUnavailable as exc:
                     if not pending:
                         raise SourceUnavailable("tracker unavailable") from exc
+                    continue
                 if lookup.action == "fetch" and not pending:
                     # The lease came back to us (its holder died): fetch the rest upstream.
                     raise SourceUnavailable("lease handed to this agent")
+                fetched = _fetched_bytes(lookup)
+                if len(lookup.segments) > known or fetched > holder_bytes:
+                    # The agent fetching upstream is still making progress: keep waiting.
+                    last_progress = sw.clock()
+                known, holder_bytes = len(lookup.segments), max(holder_bytes, fetched)
+                new_peers = [(p.host, p.port) for p in lookup.peers]
+                for seg in lookup.segments:
+                    if seg.index >= next_index:
+                        sw.engine.add_peers(seg.info_hash, new_peers)
         finally:
             for t in pending.values():
                 t.cancel()
@@ -473,14 +501,20 @@ class PeerSource:
             sw._spawn(_report(sw.coordinator, str(digest), host, port))
 
         try:
-            await sw.engine.fetch(
-                seg.torrent, dest, peers, stall_timeout=sw.peer_wait, on_bad_peer=bad_peer
-            )
+            async with sw.fetch_slots:
+                await sw.engine.fetch(
+                    seg.torrent, dest, peers, stall_timeout=sw.peer_wait, on_bad_peer=bad_peer
+                )
         except PeerTransferError as exc:
             raise SourceUnavailable(f"segment {seg.index}: {exc}") from exc
         if dest.stat().st_size != seg.length:
             raise SourceUnavailable(f"segment {seg.index} has the wrong length")
         return dest
+
+
+def _fetched_bytes(lookup: Lookup) -> int:
+    """How far the agents still fetching this blob have got, together."""
+    return sum(p.progress_bytes for p in lookup.peers if p.progress_bytes)
 
 
 async def _report(coordinator: Coordinator, digest: str, host: str, port: int) -> None:

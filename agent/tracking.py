@@ -60,7 +60,8 @@ class TrackerLink:
         peers = []
         for p in reply.peers:
             self._peer_ids[(p.address, p.port)] = p.agent_id
-            peers.append(PeerRef(p.agent_id, p.address, p.port))
+            fetching = p.progress_bytes if p.state == "fetching" else 0
+            peers.append(PeerRef(p.agent_id, p.address, p.port, fetching))
         meta = reply.metainfo
         segments = (
             [SegmentRef(s.index, s.offset, s.length, s.info_hash, s.torrent) for s in meta.segments]
