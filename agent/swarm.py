@@ -405,6 +405,11 @@ class PeerSource:
             # This agent holds the region's lease: it fetches upstream and shares as it goes.
             sw.attach_publisher(download)
             raise SourceUnavailable("lease holder fetches from upstream")
+        # Say at once that we are fetching: the tracker then hands us out as a partner to
+        # the other agents fetching the same blob, so they trade pieces with us, not only
+        # with whoever holds it.
+        with contextlib.suppress(CoordinatorUnavailable):
+            await sw.coordinator.announce(digest, "fetching", download.written, lookup.total_size)
         try:
             await self._fetch_segments(job, download, lookup)
         except SourceUnavailable:

@@ -1,7 +1,7 @@
 """Segment metainfo: build it from a file, and validate it when it comes from the network.
 
 A segment torrent is a BitTorrent v1 torrent with exactly one file. Its info dictionary holds
-only ``name``, ``length``, ``piece length``, ``pieces``, ``private`` and, for fleet-only
+only ``name``, ``length``, ``piece length``, ``pieces`` and, for fleet-only
 swarms, ``ssl-cert`` (the fleet CA, which makes libtorrent demand mutual TLS for the swarm).
 Nothing else goes in, so the info-hash depends only on the name, the bytes, the piece size and
 the CA: two agents that cut the same segment get the same torrent.
@@ -80,7 +80,7 @@ def build_metainfo(
     pieces: bytes,
     ssl_cert: bytes | None = None,
 ) -> tuple[str, bytes]:
-    """Return (info_hash hex, bencoded metainfo) for a single-file, private v1 torrent."""
+    """Return (info_hash hex, bencoded metainfo) for a single-file v1 torrent."""
     check_name(name)
     if length <= 0:
         raise InvalidMetainfo("a segment must not be empty")
@@ -89,8 +89,10 @@ def build_metainfo(
         b"name": name.encode(),
         b"piece length": piece_length,
         b"pieces": pieces,
-        # Private: peers come only from our tracker, never from DHT, PEX or LSD.
-        b"private": 1,
+        # Not "private": that flag would also turn off peer exchange, and PEX is how the
+        # members of one swarm find each other between tracker lookups (a rollout where
+        # every node only knows the seed is no faster than pulling from the seed). DHT and
+        # LSD are off in the session, and with fleet TLS only certificate holders connect.
     }
     if ssl_cert is not None:
         info[b"ssl-cert"] = ssl_cert

@@ -53,7 +53,7 @@ def test_built_metainfo_matches_libtorrent(tmp_path: Path) -> None:
     assert pieces[:20] == hashlib.sha1(data[:plen]).digest()
     ti = lt.torrent_info(meta)
     assert str(ti.info_hashes().v1) == info_hash
-    assert ti.priv()
+    assert not ti.priv()  # PEX stays on within a swarm (see build_metainfo)
 
 
 @pytest.mark.parametrize(
