@@ -185,17 +185,20 @@ class Tracker:
         view = await self.store.peer_view(
             digest, count_lookup=True, limit=self.config.max_candidates
         )
-        candidates = [
-            (r.info, h)
-            for h, r in view.holders
-            if r is not None
-            and r.alive(now)
-            and h.agent_id != agent_id
-            and h.agent_id not in view.bad_peers
-        ]
         region = rec.info.region
+        bad = view.bad_peers
+        candidates = []
+        region_holds = False
+        for h, r in view.holders:
+            # AgentRecord.alive inlined: this loop runs for every sampled holder of every lookup.
+            if r is None or r.expires <= now or h.agent_id == agent_id or h.agent_id in bad:
+                continue
+            info = r.info
+            candidates.append((info, h))
+            if not region_holds and info.region == region and h.state == "holding":
+                region_holds = True
         lease_holder: str | None = None
-        if any(info.region == region and h.state == "holding" for info, h in candidates):
+        if region_holds:
             action = "peers"
         else:
             lease = await self.store.acquire_lease(

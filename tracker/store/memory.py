@@ -43,6 +43,9 @@ class MemoryStore:
         self._meta: dict[str, tuple[int, dict[int, SegmentMeta]]] = {}
         self._jobs: dict[str, PreheatJob] = {}
         self._reports: dict[str, dict[str, PreheatReport]] = defaultdict(dict)
+        # Per digest, its holders as a sequence to sample from; dropped on any change to that
+        # digest's holders (rare next to lookups), rebuilt by the next lookup.
+        self._holder_seq: dict[str, tuple[tuple[str, Holding], ...]] = {}
         # Sampling holders needs spread, not unpredictability.
         self._rng = random.Random()  # noqa: S311
 
@@ -68,6 +71,7 @@ class MemoryStore:
 
     def _forget_holdings(self, agent_id: str) -> None:
         for digest in self._agent_digests.pop(agent_id, set()):
+            self._holder_seq.pop(digest, None)
             holders = self._holders.get(digest)
             if holders is not None:
                 holders.pop(agent_id, None)
@@ -95,10 +99,12 @@ class MemoryStore:
 
     async def put_holdings(self, agent_id: str, holdings: Sequence[tuple[str, Holding]]) -> None:
         for digest, holding in holdings:
+            self._holder_seq.pop(digest, None)
             self._holders[digest][agent_id] = holding
             self._agent_digests[agent_id].add(digest)
 
     async def remove_holding(self, agent_id: str, digest: str) -> None:
+        self._holder_seq.pop(digest, None)
         holders = self._holders.get(digest)
         if holders is not None:
             holders.pop(agent_id, None)
@@ -109,12 +115,16 @@ class MemoryStore:
     async def peer_view(self, digest: str, *, count_lookup: bool, limit: int = 1 << 30) -> PeerView:
         if count_lookup:
             self._lookups[digest] += 1
-        holders = self._holders.get(digest, {})
-        chosen = list(holders.items())
-        if len(chosen) > limit:
-            chosen = self._rng.sample(chosen, limit)
+        seq = self._holder_seq.get(digest)
+        if seq is None:
+            holders = self._holders.get(digest)
+            if not holders:
+                return PeerView((), frozenset(self._bad.get(digest, ())), self._metainfo(digest))
+            seq = self._holder_seq[digest] = tuple(holders.items())
+        chosen = self._rng.sample(seq, limit) if len(seq) > limit else seq
+        agents = self._agents
         return PeerView(
-            holders=tuple((h, self._agents.get(aid)) for aid, h in chosen),
+            holders=tuple([(h, agents.get(aid)) for aid, h in chosen]),
             bad_peers=frozenset(self._bad.get(digest, ())),
             metainfo=self._metainfo(digest),
         )
