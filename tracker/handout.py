@@ -17,6 +17,13 @@ from collections.abc import Sequence
 from tracker.model import AgentInfo, Holding
 
 SAME_ZONE, SAME_REGION, SEED, OTHER = range(4)
+# Candidates split by locality class, indexed by the constants above.
+Classes = tuple[
+    list[tuple[AgentInfo, Holding]],
+    list[tuple[AgentInfo, Holding]],
+    list[tuple[AgentInfo, Holding]],
+    list[tuple[AgentInfo, Holding]],
+]
 
 
 def locality(asker: AgentInfo, peer: AgentInfo) -> int:
@@ -51,7 +58,7 @@ def order_peers(
     needed to fill ``limit`` are ordered within (usually the first one or two of four).
     """
     zone, region = asker.zone, asker.region
-    classes: tuple[list[tuple[AgentInfo, Holding]], ...] = ([], [], [], [])
+    classes: Classes = ([], [], [], [])
     for pair in candidates:
         # locality() inlined: this loop runs for every candidate of every lookup.
         info = pair[0]
@@ -63,6 +70,13 @@ def order_peers(
                 classes[SAME_REGION].append(pair)
                 continue
         classes[SEED if info.role == "seed" else OTHER].append(pair)
+    return select_peers(classes, limit, rng)
+
+
+def select_peers(
+    classes: Classes, limit: int, rng: random.Random
+) -> list[tuple[AgentInfo, Holding]]:
+    """The best ``limit`` of candidates already split by locality class (see order_peers)."""
     out: list[tuple[AgentInfo, Holding]] = []
     rand = rng.random
     for group in classes:

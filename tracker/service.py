@@ -28,7 +28,7 @@ from tracker.errors import (
     StoreUnavailable,
     UnknownAgent,
 )
-from tracker.handout import order_peers
+from tracker.handout import OTHER, SAME_REGION, SAME_ZONE, SEED, Classes, select_peers
 from tracker.model import (
     AgentInfo,
     AgentRecord,
@@ -185,18 +185,29 @@ class Tracker:
         view = await self.store.peer_view(
             digest, count_lookup=True, limit=self.config.max_candidates
         )
-        region = rec.info.region
+        zone, region = rec.info.zone, rec.info.region
         bad = view.bad_peers
-        candidates = []
+        # One pass filters the sample and splits it by locality (handout.order_peers's rule,
+        # inlined: this loop runs for every sampled holder of every lookup).
+        classes: Classes = ([], [], [], [])
         region_holds = False
         for h, r in view.holders:
-            # AgentRecord.alive inlined: this loop runs for every sampled holder of every lookup.
-            if r is None or r.expires <= now or h.agent_id == agent_id or h.agent_id in bad:
+            if r is None or r.expires <= now:
+                continue
+            aid = h.agent_id
+            if aid == agent_id or aid in bad:
                 continue
             info = r.info
-            candidates.append((info, h))
-            if not region_holds and info.region == region and h.state == "holding":
-                region_holds = True
+            if info.region == region:
+                if h.state == "holding":
+                    region_holds = True
+                if zone and info.zone == zone:
+                    classes[SAME_ZONE].append((info, h))
+                    continue
+                if region:
+                    classes[SAME_REGION].append((info, h))
+                    continue
+            classes[SEED if info.role == "seed" else OTHER].append((info, h))
         lease_holder: str | None = None
         if region_holds:
             action = "peers"
@@ -208,7 +219,7 @@ class Tracker:
             action = "fetch" if lease.granted else "wait"
             if lease.took_over:
                 log.info("lease taken over digest=%s region=%s agent=%s", digest, region, agent_id)
-        chosen = order_peers(rec.info, candidates, self.config.max_peers, self._rng)
+        chosen = select_peers(classes, self.config.max_peers, self._rng)
         peers = tuple(
             Peer(
                 agent_id=info.agent_id,
