@@ -62,9 +62,11 @@ class MemoryStore:
         self._meta: dict[str, tuple[int, dict[int, SegmentMeta]]] = {}
         self._jobs: dict[str, PreheatJob] = {}
         self._reports: dict[str, dict[str, PreheatReport]] = defaultdict(dict)
-        # Per digest, its holders as a sequence to sample from; dropped on any change to that
-        # digest's holders (rare next to lookups), rebuilt by the next lookup.
-        self._holder_seq: dict[str, tuple[tuple[str, Holding], ...]] = {}
+        # Per digest, its holders' ids as a sequence to sample from; dropped on any change to
+        # that digest's holders (rare next to lookups), rebuilt by the next lookup. Ids only:
+        # strings are not tracked by the garbage collector, pairs would add 500k objects to
+        # every full collection (long pauses, seen as p99 latency).
+        self._holder_seq: dict[str, tuple[str, ...]] = {}
         # Sampling holders needs spread, not unpredictability.
         self._rng = random.Random()  # noqa: S311
 
@@ -134,16 +136,16 @@ class MemoryStore:
     async def peer_view(self, digest: str, *, count_lookup: bool, limit: int = 1 << 30) -> PeerView:
         if count_lookup:
             self._lookups[digest] += 1
+        holders = self._holders.get(digest)
+        if not holders:
+            return PeerView((), frozenset(self._bad.get(digest, ())), self._metainfo(digest))
         seq = self._holder_seq.get(digest)
         if seq is None:
-            holders = self._holders.get(digest)
-            if not holders:
-                return PeerView((), frozenset(self._bad.get(digest, ())), self._metainfo(digest))
-            seq = self._holder_seq[digest] = tuple(holders.items())
+            seq = self._holder_seq[digest] = tuple(holders)
         chosen = sample(self._rng, seq, limit) if len(seq) > limit else seq
         agents = self._agents
         return PeerView(
-            holders=tuple([(h, agents.get(aid)) for aid, h in chosen]),
+            holders=tuple([(holders[aid], agents.get(aid)) for aid in chosen]),
             bad_peers=frozenset(self._bad.get(digest, ())),
             metainfo=self._metainfo(digest),
         )
