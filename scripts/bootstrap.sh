@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 # prometheus: only for promtool, which checks deploy/prometheus; its service is disabled below.
 DEBS=(python3 python3-venv python3-pip docker-registry skopeo umoci podman containerd
-      redis-server iproute2 iperf3 systemd prometheus make git ca-certificates)
+      redis-server iproute2 iperf3 systemd prometheus make git ca-certificates
+      wrk)  # wrk: load generator for bench/tracker_load.py
 missing=()
 for p in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

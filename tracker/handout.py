@@ -9,6 +9,7 @@ tie-breaks spread askers over the holders and the swarm forms a sparse graph.
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 from collections.abc import Sequence
@@ -16,6 +17,13 @@ from collections.abc import Sequence
 from tracker.model import AgentInfo, Holding
 
 SAME_ZONE, SAME_REGION, SEED, OTHER = range(4)
+# Candidates split by locality class, indexed by the constants above.
+Classes = tuple[
+    list[tuple[AgentInfo, Holding]],
+    list[tuple[AgentInfo, Holding]],
+    list[tuple[AgentInfo, Holding]],
+    list[tuple[AgentInfo, Holding]],
+]
 
 
 def locality(asker: AgentInfo, peer: AgentInfo) -> int:
@@ -44,10 +52,46 @@ def order_peers(
     limit: int,
     rng: random.Random,
 ) -> list[tuple[AgentInfo, Holding]]:
-    """The best ``limit`` candidates for ``asker``; candidates must already exclude the asker."""
-    keyed = [
-        ((locality(asker, info), *_within_class(info, holding), rng.random()), info, holding)
-        for info, holding in candidates
-    ]
-    keyed.sort(key=lambda t: t[0])
-    return [(info, holding) for _, info, holding in keyed[:limit]]
+    """The best ``limit`` candidates for ``asker``; candidates must already exclude the asker.
+
+    Partial selection: candidates are split by locality class in one pass, and only the classes
+    needed to fill ``limit`` are ordered within (usually the first one or two of four).
+    """
+    zone, region = asker.zone, asker.region
+    classes: Classes = ([], [], [], [])
+    for pair in candidates:
+        # locality() inlined: this loop runs for every candidate of every lookup.
+        info = pair[0]
+        if info.region == region:
+            if zone and info.zone == zone:
+                classes[SAME_ZONE].append(pair)
+                continue
+            if region:
+                classes[SAME_REGION].append(pair)
+                continue
+        classes[SEED if info.role == "seed" else OTHER].append(pair)
+    return select_peers(classes, limit, rng)
+
+
+def select_peers(
+    classes: Classes, limit: int, rng: random.Random
+) -> list[tuple[AgentInfo, Holding]]:
+    """The best ``limit`` of candidates already split by locality class (see order_peers)."""
+    out: list[tuple[AgentInfo, Holding]] = []
+    rand = rng.random
+    for group in classes:
+        if not group:
+            continue
+        keyed = [(*_within_class(info, holding), rand(), info, holding) for info, holding in group]
+        want = limit - len(out)
+        best = heapq.nsmallest(want, keyed, key=_rank) if want < len(keyed) else keyed
+        if best is keyed:
+            keyed.sort(key=_rank)
+        out.extend((k[3], k[4]) for k in best)
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _rank(k: tuple[int, float, float, AgentInfo, Holding]) -> tuple[int, float, float]:
+    return (k[0], k[1], k[2])

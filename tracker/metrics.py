@@ -7,6 +7,7 @@ digest or agent id ever becomes a label.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -99,3 +100,25 @@ class TrackerMetrics:
         )
         self.fleet = FleetCollector()
         registry.register(self.fleet)
+        # labels() takes a lock and builds a key on every call; the label sets are bounded
+        # (route patterns x status codes), so the children are looked up once each.
+        self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._lookup_children: dict[str, Any] = {}
+
+    def request_done(self, endpoint: str, status: int, seconds: float) -> None:
+        """Count one finished request and observe its latency."""
+        children = self._request_children.get((endpoint, status))
+        if children is None:
+            children = (
+                self.requests.labels(endpoint, str(status)),
+                self.latency.labels(endpoint),
+            )
+            self._request_children[(endpoint, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def lookup_done(self, action: str) -> None:
+        child = self._lookup_children.get(action)
+        if child is None:
+            child = self._lookup_children[action] = self.lookups.labels(action)
+        child.inc()

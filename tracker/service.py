@@ -28,7 +28,7 @@ from tracker.errors import (
     StoreUnavailable,
     UnknownAgent,
 )
-from tracker.handout import order_peers
+from tracker.handout import OTHER, SAME_REGION, SAME_ZONE, SEED, Classes, select_peers
 from tracker.model import (
     AgentInfo,
     AgentRecord,
@@ -47,7 +47,7 @@ from tracker.model import (
     check_digest,
     check_key,
 )
-from tracker.store.base import TrackerStore
+from tracker.store.base import AuthenticatedLookup, PeerView, TrackerStore
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +90,15 @@ class Tracker:
         # Peer shuffling needs no cryptographic strength, only spread across holders.
         self._rng = rng or random.Random()  # noqa: S311
         self._seed_cache: tuple[float, list[AgentInfo]] | None = None
+        # Checked once: a runtime Protocol check costs microseconds on every lookup.
+        self._one_step = store if isinstance(store, AuthenticatedLookup) else None
 
     # -- agents ---------------------------------------------------------------------------
 
     async def authenticate(self, agent_id: str, key: str) -> AgentRecord:
         check_agent_id(agent_id)
         rec = await self.store.get_agent(agent_id)
-        if rec is None or not rec.alive(self.clock.now()):
-            raise UnknownAgent(f"agent {agent_id} is not registered: send a heartbeat first")
-        if not hmac.compare_digest(rec.key.encode(), key.encode()):
-            raise Forbidden(f"agent {agent_id} is registered under another key")
-        return rec
+        return self._check(agent_id, key, rec, self.clock.now())
 
     async def heartbeat(self, agent: AgentInfo, key: str) -> HeartbeatReply:
         check_key(key)
@@ -175,27 +173,55 @@ class Tracker:
         await self.store.remove_holding(agent_id, digest)
         await self.store.release_leases(rec.info.region, [digest], agent_id)
 
+    def _check(self, agent_id: str, key: str, rec: AgentRecord | None, now: float) -> AgentRecord:
+        if rec is None or not rec.alive(now):
+            raise UnknownAgent(f"agent {agent_id} is not registered: send a heartbeat first")
+        if not hmac.compare_digest(rec.key.encode(), key.encode()):
+            raise Forbidden(f"agent {agent_id} is registered under another key")
+        return rec
+
     async def lookup(self, agent_id: str, key: str, digest: str) -> LookupReply:
         check_digest(digest)
-        rec = await self.authenticate(agent_id, key)
         now = self.clock.now()
         # Bounded sample: a layer held by thousands costs a lookup no more than one held by 64.
         # The price is that a region's only holder may be missed among many elsewhere, which
         # costs one extra upstream fetch at worst, never a wrong answer.
-        view = await self.store.peer_view(
-            digest, count_lookup=True, limit=self.config.max_candidates
-        )
-        candidates = [
-            (r.info, h)
-            for h, r in view.holders
-            if r is not None
-            and r.alive(now)
-            and h.agent_id != agent_id
-            and h.agent_id not in view.bad_peers
-        ]
-        region = rec.info.region
+        limit = self.config.max_candidates
+        view: PeerView | None = None
+        if self._one_step is not None:
+            check_agent_id(agent_id)
+            found, view = await self._one_step.lookup_view(agent_id, key, digest, now, limit)
+            rec = self._check(agent_id, key, found, now)
+        else:
+            rec = await self.authenticate(agent_id, key)
+        if view is None:
+            # Only after a race with a re-registration on the fast path, or for plain stores.
+            view = await self.store.peer_view(digest, count_lookup=True, limit=limit)
+        zone, region = rec.info.zone, rec.info.region
+        bad = view.bad_peers
+        # One pass filters the sample and splits it by locality (handout.order_peers's rule,
+        # inlined: this loop runs for every sampled holder of every lookup).
+        classes: Classes = ([], [], [], [])
+        region_holds = False
+        for h, r in view.holders:
+            if r is None or r.expires <= now:
+                continue
+            aid = h.agent_id
+            if aid == agent_id or aid in bad:
+                continue
+            info = r.info
+            if info.region == region:
+                if h.state == "holding":
+                    region_holds = True
+                if zone and info.zone == zone:
+                    classes[SAME_ZONE].append((info, h))
+                    continue
+                if region:
+                    classes[SAME_REGION].append((info, h))
+                    continue
+            classes[SEED if info.role == "seed" else OTHER].append((info, h))
         lease_holder: str | None = None
-        if any(info.region == region and h.state == "holding" for info, h in candidates):
+        if region_holds:
             action = "peers"
         else:
             lease = await self.store.acquire_lease(
@@ -205,7 +231,7 @@ class Tracker:
             action = "fetch" if lease.granted else "wait"
             if lease.took_over:
                 log.info("lease taken over digest=%s region=%s agent=%s", digest, region, agent_id)
-        chosen = order_peers(rec.info, candidates, self.config.max_peers, self._rng)
+        chosen = select_peers(classes, self.config.max_peers, self._rng)
         peers = tuple(
             Peer(
                 agent_id=info.agent_id,

@@ -56,6 +56,4 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = response.status
         return response
     finally:
-        metrics = request.app[METRICS]
-        metrics.requests.labels(endpoint, str(status)).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+        request.app[METRICS].request_done(endpoint, status, time.perf_counter() - started)

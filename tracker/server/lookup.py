@@ -13,7 +13,7 @@ async def lookup(request: web.Request) -> web.Response:
     body = await read_json(request)
     digest = check_digest(field_str(body, "digest"))
     result = await request.app[TRACKER].lookup(agent_id, key, digest)
-    request.app[METRICS].lookups.labels(result.action).inc()
+    request.app[METRICS].lookup_done(result.action)
     return reply(result.to_json())
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from tracker.model import (
     AgentInfo,
@@ -136,3 +136,19 @@ class TrackerStore(Protocol):
     async def put_report(self, job_id: str, report: PreheatReport) -> None: ...
 
     async def reports(self, job_id: str) -> list[PreheatReport]: ...
+
+
+@runtime_checkable
+class AuthenticatedLookup(Protocol):
+    """An optional capability beside ``TrackerStore``: a lookup's reads in one step.
+
+    ``lookup_view`` returns the asker's record (None when absent) and, only when that agent is
+    alive at ``now`` and registered under ``key``, ``peer_view(digest, count_lookup=True,
+    limit=limit)``; otherwise the view is None and no lookup is counted. The caller still
+    checks the record itself. A store that can do this in one round trip (Redis) offers it;
+    the tracker falls back to ``get_agent`` then ``peer_view`` for stores that do not.
+    """
+
+    async def lookup_view(
+        self, agent_id: str, key: str, digest: str, now: float, limit: int
+    ) -> tuple[AgentRecord | None, PeerView | None]: ...

@@ -10,6 +10,7 @@ import hashlib
 import random
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from typing import TypeVar
 
 from tracker.model import (
     AgentInfo,
@@ -24,10 +25,28 @@ from tracker.model import (
 )
 from tracker.store.base import BindStatus, PeerView, PutStatus
 
+T = TypeVar("T")
+
 
 def incarnation(agent_id: str, key: str) -> str:
     """Names one run of an agent without exposing its key."""
     return f"{agent_id}/{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def sample(rng: random.Random, seq: Sequence[T], k: int) -> list[T]:
+    """A uniform random ``k``-subset of ``seq`` (in no particular order), ``k <= len(seq)``.
+
+    ``random.sample`` draws each index through Python-level ``_randbelow``; for a small ``k``
+    against a few hundred holders, rejecting repeats of ``int(random() * n)`` costs a third.
+    """
+    n = len(seq)
+    if 2 * k > n:
+        return rng.sample(seq, k)
+    rand = rng.random
+    picked: set[int] = set()
+    while len(picked) < k:
+        picked.add(int(rand() * n))
+    return [seq[i] for i in picked]
 
 
 class MemoryStore:
@@ -43,6 +62,11 @@ class MemoryStore:
         self._meta: dict[str, tuple[int, dict[int, SegmentMeta]]] = {}
         self._jobs: dict[str, PreheatJob] = {}
         self._reports: dict[str, dict[str, PreheatReport]] = defaultdict(dict)
+        # Per digest, its holders' ids as a sequence to sample from; dropped on any change to
+        # that digest's holders (rare next to lookups), rebuilt by the next lookup. Ids only:
+        # strings are not tracked by the garbage collector, pairs would add 500k objects to
+        # every full collection (long pauses, seen as p99 latency).
+        self._holder_seq: dict[str, tuple[str, ...]] = {}
         # Sampling holders needs spread, not unpredictability.
         self._rng = random.Random()  # noqa: S311
 
@@ -68,6 +92,7 @@ class MemoryStore:
 
     def _forget_holdings(self, agent_id: str) -> None:
         for digest in self._agent_digests.pop(agent_id, set()):
+            self._holder_seq.pop(digest, None)
             holders = self._holders.get(digest)
             if holders is not None:
                 holders.pop(agent_id, None)
@@ -95,10 +120,12 @@ class MemoryStore:
 
     async def put_holdings(self, agent_id: str, holdings: Sequence[tuple[str, Holding]]) -> None:
         for digest, holding in holdings:
+            self._holder_seq.pop(digest, None)
             self._holders[digest][agent_id] = holding
             self._agent_digests[agent_id].add(digest)
 
     async def remove_holding(self, agent_id: str, digest: str) -> None:
+        self._holder_seq.pop(digest, None)
         holders = self._holders.get(digest)
         if holders is not None:
             holders.pop(agent_id, None)
@@ -109,12 +136,16 @@ class MemoryStore:
     async def peer_view(self, digest: str, *, count_lookup: bool, limit: int = 1 << 30) -> PeerView:
         if count_lookup:
             self._lookups[digest] += 1
-        holders = self._holders.get(digest, {})
-        chosen = list(holders.items())
-        if len(chosen) > limit:
-            chosen = self._rng.sample(chosen, limit)
+        holders = self._holders.get(digest)
+        if not holders:
+            return PeerView((), frozenset(self._bad.get(digest, ())), self._metainfo(digest))
+        seq = self._holder_seq.get(digest)
+        if seq is None:
+            seq = self._holder_seq[digest] = tuple(holders)
+        chosen = sample(self._rng, seq, limit) if len(seq) > limit else seq
+        agents = self._agents
         return PeerView(
-            holders=tuple((h, self._agents.get(aid)) for aid, h in chosen),
+            holders=tuple([(holders[aid], agents.get(aid)) for aid in chosen]),
             bad_peers=frozenset(self._bad.get(digest, ())),
             metainfo=self._metainfo(digest),
         )

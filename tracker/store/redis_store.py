@@ -1,7 +1,8 @@
 """The shared store for tracker replicas: Redis, with every check-then-write done in one Lua script.
 
 Key layout (``P`` is the prefix, ``layerswarm:`` by default):
-    P agent:<id>            hash  key, info (JSON AgentInfo), last_seen, expires
+    P agent:<id>            hash  key, info (JSON AgentInfo), last_seen, expires, ver (a hash
+                                  of the other four: names the record's content exactly)
     P agents                zset  id -> expires, for listing and pruning
     P adig:<id>             set   digests the agent announced, to forget them when it goes
     P holders:<digest>      hash  agent id -> JSON Holding
@@ -20,6 +21,7 @@ single Redis (or a primary with replicas) allows; Redis Cluster is not supported
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar, cast
@@ -62,31 +64,61 @@ if cur[1] then
   end
 end
 redis.call('HSET', KEYS[1], 'key', ARGV[2], 'info', ARGV[3],
-           'last_seen', ARGV[4], 'expires', ARGV[5])
+           'last_seen', ARGV[4], 'expires', ARGV[5], 'ver', ARGV[9])
 redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
 redis.call('HSET', KEYS[4], ARGV[7], ARGV[8])
 return status
 """
 
-# One JSON string back instead of hundreds of RESP items: parsing RESP in Python dominated the
-# lookup's CPU time, json.loads of one string is C. (cjson encodes an empty table as {}.)
-_VIEW = """
-if ARGV[3] == '1' then redis.call('ZINCRBY', KEYS[3], 1, ARGV[2]) end
-local limit = tonumber(ARGV[4])
+# The holders part of a lookup, shared by the two scripts below. Per sampled holder one line
+# "id TAB ver TAB holding-JSON" ('' for ver when the record is gone or predates versions): the
+# replica keeps parsed records by ver (RedisStore._records), so a lookup moves a short hash per
+# holder instead of its whole record, and one string instead of hundreds of RESP items. Agent
+# ids and compact JSON hold no TAB or newline.
+_VIEW_BODY = """
+local limit = tonumber(ARGV[3])
 local h
-if redis.call('HLEN', KEYS[1]) > limit then
-  h = redis.call('HRANDFIELD', KEYS[1], limit, 'WITHVALUES')
+if redis.call('HLEN', KEYS[2]) > limit then
+  h = redis.call('HRANDFIELD', KEYS[2], limit, 'WITHVALUES')
 else
-  h = redis.call('HGETALL', KEYS[1])
+  h = redis.call('HGETALL', KEYS[2])
 end
 local out = {}
 for i = 1, #h, 2 do
-  local a = redis.call('HMGET', ARGV[1] .. 'agent:' .. h[i], 'key', 'info', 'last_seen', 'expires')
-  out[#out + 1] = {h[i + 1], a[1] or '', a[2] or '', a[3] or '0', a[4] or '0'}
+  local v = redis.call('HGET', ARGV[1] .. 'agent:' .. h[i], 'ver')
+  out[#out + 1] = h[i] .. '\\t' .. (v or '') .. '\\t' .. h[i + 1]
 end
-local bad = redis.call('SMEMBERS', KEYS[2])
-return cjson.encode({h = out, b = bad, m = redis.call('HGETALL', KEYS[4])})
+local view = {table.concat(out, '\\n'), redis.call('SMEMBERS', KEYS[3]),
+              redis.call('HGETALL', KEYS[5])}
 """
+
+# KEYS: agent (unused), holders, bad, hot, meta; ARGV: prefix, digest, limit, count.
+_VIEW = (
+    """
+if ARGV[4] == '1' then redis.call('ZINCRBY', KEYS[4], 1, ARGV[2]) end
+"""
+    + _VIEW_BODY
+    + """
+return view
+"""
+)
+
+# A lookup's authentication and peer view in one round trip. The asker must be alive at ARGV[4]
+# and its key's SHA-1 must equal ARGV[5] (comparing digests, not keys, so the comparison's
+# timing says nothing about the key); otherwise nothing is counted or read. The replica checks
+# the returned record again (expiry, constant-time key comparison) before answering.
+_LOOKUP = (
+    """
+local me = redis.call('HMGET', KEYS[1], 'key', 'expires', 'ver')
+if not me[1] or not me[2] or tonumber(me[2]) <= tonumber(ARGV[4]) then return {'unknown'} end
+if redis.sha1hex(me[1]) ~= ARGV[5] then return {'forbidden'} end
+redis.call('ZINCRBY', KEYS[4], 1, ARGV[2])
+"""
+    + _VIEW_BODY
+    + """
+return {'ok', me[3] or '', view[1], view[2], view[3]}
+"""
+)
 
 _ACQUIRE = """
 local cur = redis.call('HMGET', KEYS[1], 'holder', 'expires')
@@ -186,6 +218,26 @@ def _info_from(raw: str) -> AgentInfo:
     return AgentInfo(**d)
 
 
+# A holding's text changes only when its agent announces again; lookups read the same ones.
+@functools.lru_cache(maxsize=1 << 18)
+def _holding_from(raw: str) -> Holding:
+    return Holding.from_stored(json.loads(raw))
+
+
+def record_version(key: str, info: str, last_seen: str, expires: str) -> str:
+    """Names an agent record's stored content: equal versions mean equal records."""
+    h = hashlib.blake2b(digest_size=12)
+    for part in (key, info, last_seen, expires):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+# Parsed records kept per replica; past this many the cache starts over (agents come and go).
+MAX_CACHED_RECORDS = 1 << 18
+_FIELDS = ["key", "info", "last_seen", "expires", "ver"]
+
+
 class RedisStore:
     def __init__(
         self, client: aioredis.Redis, pool: aioredis.ConnectionPool, *, prefix: str = "layerswarm:"
@@ -195,6 +247,11 @@ class RedisStore:
         self._p = prefix
         self._bind = client.register_script(_BIND)
         self._view = client.register_script(_VIEW)
+        self._lookup = client.register_script(_LOOKUP)
+        # agent id -> (ver, record). Content-addressed by ver, which every lookup reads afresh
+        # from Redis, so an entry is either exactly the stored record or not used: a cached
+        # record can never outlive a heartbeat, a re-registration or a prune on any replica.
+        self._records: dict[str, tuple[str, AgentRecord]] = {}
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
@@ -236,6 +293,7 @@ class RedisStore:
     @_translated
     async def bind_agent(self, info: AgentInfo, key: str, now: float, expires: float) -> BindStatus:
         aid = info.agent_id
+        info_json, seen, until = _dumps(info.to_json()), _num(now), _num(expires)
         status = await self._bind(
             keys=[
                 self._k("agent", aid),
@@ -246,12 +304,13 @@ class RedisStore:
             args=[
                 aid,
                 key,
-                _dumps(info.to_json()),
-                _num(now),
-                _num(expires),
+                info_json,
+                seen,
+                until,
                 self._p,
                 incarnation(aid, key),
                 _dumps(info.counters.to_json()),
+                record_version(key, info_json, seen, until),
             ],
         )
         return cast(BindStatus, status)
@@ -324,25 +383,89 @@ class RedisStore:
             pipe.srem(self._k("adig", agent_id), digest)
             await pipe.execute()
 
+    def _view_keys(self, agent_id: str, digest: str) -> list[str]:
+        return [
+            self._k("agent", agent_id),
+            self._k("holders", digest),
+            self._k("bad", digest),
+            self._k("hot"),
+            self._k("meta", digest),
+        ]
+
     @_translated
     async def peer_view(self, digest: str, *, count_lookup: bool, limit: int = 1 << 30) -> PeerView:
-        raw = await self._view(
-            keys=[
-                self._k("holders", digest),
-                self._k("bad", digest),
-                self._k("hot"),
-                self._k("meta", digest),
-            ],
-            args=[self._p, digest, "1" if count_lookup else "0", str(limit)],
+        holders, bad, meta = await self._view(
+            keys=self._view_keys("", digest),
+            args=[self._p, digest, str(limit), "1" if count_lookup else "0"],
         )
-        view = json.loads(raw)
-        holders: list[tuple[Holding, AgentRecord | None]] = []
-        for stored, key, info, last_seen, expires in view["h"] or ():
-            rec = self._record(key, info, last_seen, expires) if info else None
-            holders.append((Holding.from_stored(json.loads(stored)), rec))
-        return PeerView(
-            tuple(holders), frozenset(view["b"] or ()), self._meta_from(digest, view["m"] or [])
+        return await self._peer_view(digest, holders, bad, meta)
+
+    @_translated
+    async def lookup_view(
+        self, agent_id: str, key: str, digest: str, now: float, limit: int
+    ) -> tuple[AgentRecord | None, PeerView | None]:
+        """The asker's record and, when it is alive under ``key``, the counted peer view.
+
+        One round trip for what a lookup reads (see ``AuthenticatedLookup``).
+        """
+        offered = hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()
+        reply = await self._lookup(
+            keys=self._view_keys(agent_id, digest),
+            args=[self._p, digest, str(limit), _num(now), offered],
         )
+        if reply[0] == "unknown":
+            return None, None
+        rec = await self.get_agent(agent_id) if reply[0] == "forbidden" else None
+        if reply[0] != "ok":
+            return rec, None
+        _, ver, holders, bad, meta = reply
+        view = await self._peer_view(digest, holders, bad, meta, extra=(agent_id, ver))
+        asker = self._records.get(agent_id)
+        if asker is None or asker[0] != ver:
+            return await self.get_agent(agent_id), view
+        return asker[1], view
+
+    async def _peer_view(
+        self,
+        digest: str,
+        holders: str,
+        bad: list[str],
+        meta: list[str],
+        *,
+        extra: tuple[str, str] | None = None,
+    ) -> PeerView:
+        rows = [line.split("\t", 2) for line in holders.split("\n")] if holders else []
+        cache = self._records
+        wanted = [(aid, ver) for aid, ver, _ in rows]
+        if extra is not None:
+            wanted.append(extra)
+        missing = [aid for aid, ver in wanted if not ver or cache.get(aid, ("",))[0] != ver]
+        # Versions that moved on between the script and this reload get the reloaded (newer)
+        # record, whose own expiry still decides whether it is used.
+        loaded = await self._load_records(missing) if missing else {}
+        out: list[tuple[Holding, AgentRecord | None]] = []
+        for aid, _, raw in rows:
+            rec = loaded[aid] if aid in loaded else cache[aid][1]
+            out.append((_holding_from(raw), rec))
+        return PeerView(tuple(out), frozenset(bad), self._meta_from(digest, meta))
+
+    async def _load_records(self, agent_ids: list[str]) -> dict[str, AgentRecord | None]:
+        async with self._r.pipeline(transaction=False) as pipe:
+            for aid in agent_ids:
+                pipe.hmget(self._k("agent", aid), _FIELDS)
+            rows = await pipe.execute()
+        if len(self._records) + len(agent_ids) > MAX_CACHED_RECORDS:
+            self._records.clear()
+        out: dict[str, AgentRecord | None] = {}
+        for aid, (key, info, last_seen, expires, ver) in zip(agent_ids, rows, strict=True):
+            if key is None or info is None:
+                self._records.pop(aid, None)
+                out[aid] = None
+                continue
+            rec = out[aid] = self._record(key, info, last_seen or "0", expires or "0")
+            if ver:
+                self._records[aid] = (ver, rec)
+        return out
 
     @_translated
     async def hottest(self, limit: int) -> list[tuple[str, int]]:
