@@ -182,7 +182,6 @@ def build_peering(
         embedded = embedded_tracker()
         client = local_client(embedded, identity.agent_id, identity.key)
     engine: LibtorrentEngine | None = None
-    swarm: Swarm | None = None
     if config.p2p and config.tracker:
         tls = read_fleet_tls(config)
         if tls is None:
@@ -201,27 +200,21 @@ def build_peering(
             ),
             tls=tls,
         )
-        swarm = Swarm(
+    peering = Peering(
+        config, client, None, engine, embedded, store, metrics, identity, inflight, run_preheat
+    )
+    if engine is not None:
+        # The swarm asks the tracker through the peering's link, which in turn reports what
+        # the swarm seeds: so the swarm is attached once the link exists.
+        peering.swarm = Swarm(
             engine=engine,
-            coordinator=_LinkProxy(),
+            coordinator=peering.link,
             files=SegmentFiles(config.data_dir),
             metrics=metrics,
             segment_size=config.segment_size,
             peer_wait=config.peer_wait,
         )
-    peering = Peering(
-        config, client, swarm, engine, embedded, store, metrics, identity, inflight, run_preheat
-    )
-    if swarm is not None:
-        swarm.coordinator = peering.link
     return peering
-
-
-class _LinkProxy:
-    """Placeholder until the link exists (the link needs the peering, which needs the swarm)."""
-
-    def __getattr__(self, name: str) -> Any:
-        raise RuntimeError("swarm used before its tracker link was set")
 
 
 def _counters(registry: CollectorRegistry) -> Counters:
