@@ -17,6 +17,7 @@ from agent.config import valid_registry_name
 from layerswarm.runtimeconf import containerd, docker, files, podman
 from layerswarm.runtimeconf.files import ConfigureError, FileChange
 from layerswarm.runtimeconf.mirror import DEFAULT_MIRROR, Mirror, parse_mirror
+from layerswarm.runtimeconf.paths import add_path_arguments
 
 HELP = "point docker, containerd or podman/CRI-O at the local layerswarm agent"
 
@@ -70,20 +71,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help=f"do not keep FILE{files.BACKUP_INFIX}<timestamp> before changing FILE",
     )
-    parser.add_argument(
-        "--daemon-json",
-        type=Path,
-        default=Path(docker.DEFAULT_DAEMON_JSON),
-        metavar="PATH",
-        help=f"docker's config (default: {docker.DEFAULT_DAEMON_JSON})",
-    )
-    parser.add_argument(
-        "--certs-dir",
-        type=Path,
-        default=Path(containerd.DEFAULT_CERTS_DIR),
-        metavar="PATH",
-        help=f"containerd's hosts directory (default: {containerd.DEFAULT_CERTS_DIR})",
-    )
+    add_path_arguments(parser)
     parser.add_argument(
         "--containerd-config",
         type=Path,
@@ -91,13 +79,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="containerd's config, only read to check config_path "
         f"(default: {containerd.DEFAULT_CONTAINERD_CONFIG})",
-    )
-    parser.add_argument(
-        "--registries-conf",
-        type=Path,
-        default=Path(podman.DEFAULT_REGISTRIES_CONF),
-        metavar="PATH",
-        help=f"containers-registries.conf drop-in (default: {podman.DEFAULT_REGISTRIES_CONF})",
     )
 
 

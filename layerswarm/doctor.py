@@ -32,7 +32,8 @@ from urllib.parse import urlsplit
 from agent.config import AgentConfig, Upstream
 from layerswarm import settings
 from layerswarm.preheat_cmd import human_bytes
-from layerswarm.runtimeconf import containerd, docker, podman
+from layerswarm.runtimeconf import containerd
+from layerswarm.runtimeconf.paths import add_path_arguments
 from layerswarm.settings import ConfigError, parse_duration
 from layerswarm.trackerapi import (
     TrackerAPI,
@@ -80,27 +81,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         + ", ".join(DEFAULT_DOCKER_SOCKETS)
         + " when present); none: skip the API and read the config files",
     )
-    parser.add_argument(
-        "--daemon-json",
-        type=Path,
-        default=Path(docker.DEFAULT_DAEMON_JSON),
-        metavar="PATH",
-        help=f"docker's config (default: {docker.DEFAULT_DAEMON_JSON})",
-    )
-    parser.add_argument(
-        "--certs-dir",
-        type=Path,
-        default=Path(containerd.DEFAULT_CERTS_DIR),
-        metavar="PATH",
-        help=f"containerd's hosts directory (default: {containerd.DEFAULT_CERTS_DIR})",
-    )
-    parser.add_argument(
-        "--registries-conf",
-        type=Path,
-        default=Path(podman.DEFAULT_REGISTRIES_CONF),
-        metavar="PATH",
-        help=f"containers-registries.conf drop-in (default: {podman.DEFAULT_REGISTRIES_CONF})",
-    )
+    add_path_arguments(parser)
     parser.add_argument(
         "--timeout",
         default="3s",
