@@ -22,7 +22,7 @@ from pathlib import Path
 
 from agent.config import Upstream
 from agent.errors import DigestInvalid, UpstreamError
-from agent.oci import Digest, parse_digest
+from agent.oci import DEFAULT_ACCEPT, Digest, parse_digest
 from agent.upstream import UpstreamClient, relay_error, upstream_failure
 
 log = logging.getLogger(__name__)
@@ -121,14 +121,44 @@ class AccessChecker:
         return (upstream, repo, digest) in self._repo_digests
 
     async def check_blob(
-        self, upstream: Upstream, repo: str, digest: Digest, auth: str | None
+        self,
+        upstream: Upstream,
+        repo: str,
+        digest: Digest,
+        auth: str | None,
+        *,
+        internal: bool = False,
     ) -> None:
-        """Return if the client may read ``digest`` from ``repo``; else raise its answer."""
+        """Return if the client may read blob ``digest`` from ``repo``; else raise its answer."""
+        await self.check(upstream, repo, "blobs", digest, auth, internal=internal)
+
+    async def check(
+        self,
+        upstream: Upstream,
+        repo: str,
+        kind: str,
+        digest: Digest,
+        auth: str | None,
+        *,
+        internal: bool = False,
+    ) -> None:
+        """May this client read ``digest`` (a blob or a manifest, by ``kind``) from ``repo``?
+
+        Answered from a fresh grant when the digest is linked to the repository, else by a
+        HEAD upstream with the client's credentials (``internal``: the agent's own request,
+        which may run its own token flow). The upstream's refusal is raised as its answer.
+        """
         if self.is_linked(upstream.name, repo, digest) and self.granted(auth, upstream.name, repo):
             return
+        headers = {"Accept": DEFAULT_ACCEPT} if kind == "manifests" else {}
         try:
             async with self._client.request(
-                upstream, "HEAD", f"/v2/{repo}/blobs/{digest}", client_auth=auth
+                upstream,
+                "HEAD",
+                f"/v2/{repo}/{kind}/{digest}",
+                client_auth=auth,
+                own_auth=internal,
+                headers=headers,
             ) as resp:
                 if resp.status == 200:
                     self.remember(auth, upstream.name, repo)

@@ -17,7 +17,7 @@ from agent.errors import DigestInvalid, ManifestInvalid, UpstreamError
 from agent.fetch import BlobFetcher, Download, FetchJob
 from agent.manifests import ManifestStore, StoredManifest
 from agent.metrics import AgentMetrics
-from agent.oci import DEFAULT_ACCEPT, MANIFEST_TYPES, Digest, digest_of, parse_digest
+from agent.oci import MANIFEST_TYPES, Digest, digest_of, parse_digest
 from agent.upstream import RelayedError, UpstreamClient, read_limited, relay_error, upstream_failure
 
 log = logging.getLogger(__name__)
@@ -76,46 +76,11 @@ class Mirror:
     ) -> StoredManifest:
         stored = self._manifests.get(digest)
         if stored is not None:
-            await self._check_manifest_access(upstream, repo, digest, auth, internal)
+            await self._access.check(upstream, repo, "manifests", digest, auth, internal=internal)
             return stored
         return await self._fetch_manifest(
             upstream, repo, str(digest), accept, auth, expect=digest, internal=internal
         )
-
-    async def _check_manifest_access(
-        self,
-        upstream: Upstream,
-        repo: str,
-        digest: Digest,
-        auth: str | None,
-        internal: bool = False,
-    ) -> None:
-        if self._access.granted(auth, upstream.name, repo) and self._access.is_linked(
-            upstream.name, repo, digest
-        ):
-            return
-        try:
-            async with self._client.request(
-                upstream,
-                "HEAD",
-                f"/v2/{repo}/manifests/{digest}",
-                client_auth=auth,
-                own_auth=internal,
-                headers={"Accept": DEFAULT_ACCEPT},
-            ) as resp:
-                if resp.status == 200:
-                    self._access.remember(auth, upstream.name, repo)
-                    self._access.link(upstream.name, repo, [digest])
-                    return
-                if resp.status in (401, 403, 404, 429):
-                    raise await relay_error(resp)
-                raise upstream_failure(upstream.name, resp.status)
-        except UpstreamError:
-            if self._access.granted(
-                auth, upstream.name, repo, stale=True
-            ) and self._access.is_linked(upstream.name, repo, digest):
-                return
-            raise
 
     async def manifest_by_tag(
         self,
@@ -260,7 +225,7 @@ class Mirror:
                 or digest in self._store
                 or self._fetcher.inflight(digest) is not None
             ):
-                await self._access.check_blob(upstream, repo, digest, auth)
+                await self._access.check_blob(upstream, repo, digest, auth, internal=internal)
             cached = self._store.get(digest)
             if cached is not None:
                 return cached
