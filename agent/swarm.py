@@ -96,6 +96,7 @@ class Lookup:
     segments: list[SegmentRef]
     total_size: int | None
     complete: bool
+    lease_holder: str | None = None
 
 
 class Coordinator(Protocol):
@@ -115,6 +116,10 @@ class Coordinator(Protocol):
     async def withdraw(self, digest: str) -> None: ...
 
     async def report_bad_peer(self, digest: str, host: str, port: int) -> None: ...
+
+    async def report_unresponsive(self, digest: str, agent_id: str) -> None:
+        """The agent fetching ``digest`` (the lease holder) stopped delivering."""
+        ...
 
 
 class CoordinatorUnavailable(Exception):
@@ -426,8 +431,15 @@ class PeerSource:
         last_progress = last_lookup = sw.clock()
         known = len(lookup.segments)
         holder_bytes = _fetched_bytes(lookup)
+        took_over = False
+        # Who holds the lease, and since when: a new holder gets a full peer_wait before
+        # anyone may call it stalled (two followers must not void each other's takeover).
+        holder, holder_since = lookup.lease_holder, sw.clock()
         try:
             while True:
+                if lookup.lease_holder != holder:
+                    holder, holder_since = lookup.lease_holder, sw.clock()
+                    last_progress = holder_since
                 total = lookup.total_size
                 if total is not None:
                     download.set_started(total)
@@ -446,7 +458,19 @@ class PeerSource:
                 head = pending.get(next_index)
                 if head is not None and head.done():
                     del pending[next_index]
-                    path = head.result()  # raises SourceUnavailable on a failed segment
+                    try:
+                        path = head.result()
+                    except SourceUnavailable as exc:
+                        if sw.clock() - holder_since < sw.peer_wait:
+                            continue  # the lease just changed hands: ask the new holder
+                        if took_over:
+                            raise
+                        took_over = True
+                        # Nobody delivered this segment: claim the lease, or keep waiting
+                        # on whoever the tracker hands it to instead.
+                        lookup = await self._claim_lease(digest, lookup, str(exc))
+                        last_progress = sw.clock()
+                        continue
                     await _append_file(download, path)
                     sw.metrics.peer_bytes.inc(by_index[next_index].length)
                     sw._published.setdefault(job.digest, []).append(by_index[next_index])
@@ -458,7 +482,13 @@ class PeerSource:
                 # Running segment fetches guard themselves (the engine's stall timeout); this
                 # deadline is for waiting on segments nobody has published yet.
                 if not pending and sw.clock() - last_progress > sw.peer_wait:
-                    raise SourceUnavailable(f"no progress from peers in {sw.peer_wait}s")
+                    reason = f"no progress from peers in {sw.peer_wait}s"
+                    if took_over:
+                        raise SourceUnavailable(reason)
+                    took_over = True
+                    lookup = await self._claim_lease(digest, lookup, reason)
+                    last_progress = sw.clock()
+                    continue
                 if head is not None:
                     await asyncio.wait({head}, timeout=_POLL)
                 else:
@@ -493,6 +523,26 @@ class PeerSource:
             for t in pending.values():
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
+
+    async def _claim_lease(self, digest: str, lookup: Lookup, reason: str) -> Lookup:
+        """The agent fetching this blob upstream stopped delivering: report it (the tracker
+        voids its lease) and ask again. One follower gets the lease and fetches upstream;
+        the others follow that one, so a region still fetches the blob about once."""
+        sw = self._swarm
+        holder = lookup.lease_holder
+        if not holder:
+            raise SourceUnavailable(reason)
+        log.warning(
+            "lease holder %s stalled on %s (%s); asking for its lease", holder, digest, reason
+        )
+        try:
+            await sw.coordinator.report_unresponsive(digest, holder)
+            fresh = await sw.coordinator.lookup(digest)
+        except CoordinatorUnavailable as exc:
+            raise SourceUnavailable("tracker unavailable") from exc
+        if fresh.action == "fetch":
+            raise SourceUnavailable(f"took over the lease of {holder}")
+        return fresh
 
     async def _fetch_one(
         self, digest: Digest, seg: SegmentRef, peers: list[tuple[str, int]]

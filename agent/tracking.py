@@ -74,6 +74,7 @@ class TrackerLink:
             segments=segments,
             total_size=meta.total_size if meta is not None and meta.total_size else None,
             complete=bool(meta is not None and meta.complete),
+            lease_holder=reply.lease_holder,
         )
 
     async def publish_segment(
@@ -99,6 +100,9 @@ class TrackerLink:
 
     async def withdraw(self, digest: str) -> None:
         await self._call(lambda: self.client.withdraw(digest))
+
+    async def report_unresponsive(self, digest: str, agent_id: str) -> None:
+        await self._call(lambda: self.client.report_bad_peer(agent_id, digest))
 
     async def report_bad_peer(self, digest: str, host: str, port: int) -> None:
         peer_id = self._peer_ids.get((host, port))

@@ -257,11 +257,14 @@ class Tracker:
     async def report_bad_peer(self, agent_id: str, key: str, peer_id: str, digest: str) -> None:
         check_digest(digest)
         check_agent_id(peer_id)
-        await self.authenticate(agent_id, key)
+        rec = await self.authenticate(agent_id, key)
         if peer_id == agent_id:
             raise InvalidRequest("an agent cannot report itself")
         log.warning("bad peer reported digest=%s peer=%s by=%s", digest, peer_id, agent_id)
         await self.store.add_bad_peer(digest, peer_id)
+        # A lease held by a peer that sends bad data or stopped answering is void: the next
+        # asker in the region gets it, instead of every follower going upstream on its own.
+        await self.store.release_leases(rec.info.region, [digest], peer_id)
 
     # -- metainfo ---------------------------------------------------------------------------
 

@@ -246,3 +246,19 @@ async def test_embedded_local_client() -> None:
     assert await c2.get_metainfo(D) is None
     with pytest.raises(InvalidRequest):
         await c1.heartbeat(agent("a2"))
+
+
+async def test_reporting_the_lease_holder_hands_its_lease_on(tracker: Tracker) -> None:
+    """Followers of a holder that stopped delivering: the first to report it gets the lease,
+    the others are told to wait for that one (not to go upstream each)."""
+    keys = {a: await join(tracker, a, region="r1") for a in ("holder", "f1", "f2")}
+    assert (await tracker.lookup("holder", keys["holder"], D)).action == "fetch"
+    await tracker.announce("holder", keys["holder"], D, "fetching", progress_bytes=1, total_bytes=9)
+    assert (await tracker.lookup("f1", keys["f1"], D)).action == "wait"
+    await tracker.report_bad_peer("f1", keys["f1"], "holder", D)
+    assert (await tracker.lookup("f1", keys["f1"], D)).action == "fetch"
+    reply = await tracker.lookup("f2", keys["f2"], D)
+    assert reply.action == "wait" and reply.lease_holder == "f1"
+    # The reported holder is not handed out for this layer any more.
+    await tracker.announce("f1", keys["f1"], D, "fetching", progress_bytes=1, total_bytes=9)
+    assert "holder" not in {p.agent_id for p in (await tracker.lookup("f2", keys["f2"], D)).peers}
