@@ -23,7 +23,7 @@ from pathlib import Path
 from agent.config import Upstream
 from agent.errors import DigestInvalid, UpstreamError
 from agent.oci import DEFAULT_ACCEPT, Digest, parse_digest
-from agent.upstream import UpstreamClient, relay_error, upstream_failure
+from agent.upstream import UpstreamClient, ensure_ok
 
 log = logging.getLogger(__name__)
 
@@ -160,13 +160,10 @@ class AccessChecker:
                 own_auth=internal,
                 headers=headers,
             ) as resp:
-                if resp.status == 200:
-                    self.remember(auth, upstream.name, repo)
-                    self.link(upstream.name, repo, [digest])
-                    return
-                if resp.status in (401, 403, 404, 429):
-                    raise await relay_error(resp)
-                raise upstream_failure(upstream.name, resp.status)
+                await ensure_ok(resp, upstream.name)
+            self.remember(auth, upstream.name, repo)
+            self.link(upstream.name, repo, [digest])
+            return
         except UpstreamError:
             if self.is_linked(upstream.name, repo, digest) and self.granted(
                 auth, upstream.name, repo, stale=True

@@ -32,7 +32,7 @@ from agent.config import Upstream
 from agent.errors import BlobIntegrityError, RegistryError, UpstreamError
 from agent.metrics import AgentMetrics
 from agent.oci import Digest
-from agent.upstream import UpstreamClient, relay_error, upstream_failure
+from agent.upstream import UpstreamClient, ensure_ok
 
 log = logging.getLogger(__name__)
 
@@ -283,10 +283,8 @@ class UpstreamSource:
                 # The upstream ignored our Range: discard what we already have.
                 skip = offset
                 size = resp.content_length
-            elif resp.status in (401, 403, 404, 429):
-                raise await relay_error(resp)
             else:
-                raise upstream_failure(job.upstream.name, resp.status)
+                await ensure_ok(resp, job.upstream.name)  # raises: not 200 here
             download.set_started(size)
             async for chunk in resp.content.iter_chunked(READ_CHUNK):
                 self._metrics.upstream_bytes.labels(job.upstream.name).inc(len(chunk))
@@ -402,10 +400,7 @@ class BlobFetcher:
             dl.fail(UpstreamError("agent shutting down", status=503))
             raise
         except RegistryError as exc:
-            if not dl.started.done() or isinstance(exc, UpstreamError):
-                # Nothing useful was written for this request's answer; a later request
-                # may have other credentials. Keep partial bytes only when some arrived.
-                pass
+            # Partial bytes stay in partial/ for a later request (maybe with other credentials).
             dl.fail(exc)
         except BlobIntegrityError as exc:
             log.error("discarded digest=%s: %s", job.digest, exc)

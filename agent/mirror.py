@@ -18,7 +18,7 @@ from agent.fetch import BlobFetcher, Download, FetchJob
 from agent.manifests import ManifestStore, StoredManifest
 from agent.metrics import AgentMetrics
 from agent.oci import MANIFEST_TYPES, Digest, digest_of, parse_digest
-from agent.upstream import RelayedError, UpstreamClient, read_limited, relay_error, upstream_failure
+from agent.upstream import RelayedError, UpstreamClient, ensure_ok, read_limited
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +113,7 @@ class Mirror:
                 own_auth=internal,
                 headers={"Accept": accept},
             ) as resp:
-                if resp.status in (401, 403, 404, 429):
-                    raise await relay_error(resp)
-                if resp.status != 200:
-                    raise upstream_failure(upstream.name, resp.status)
+                await ensure_ok(resp, upstream.name)
                 head_digest = resp.headers.get("Docker-Content-Digest")
             self._access.remember(auth, upstream.name, repo)
             if head_digest:
@@ -171,10 +168,7 @@ class Mirror:
             own_auth=internal,
             headers={"Accept": accept},
         ) as resp:
-            if resp.status in (401, 403, 404, 429):
-                raise await relay_error(resp)
-            if resp.status != 200:
-                raise upstream_failure(upstream.name, resp.status)
+            await ensure_ok(resp, upstream.name)
             try:
                 body = await read_limited(resp, self._config.max_manifest_size)
             except UpstreamError as exc:

@@ -292,3 +292,17 @@ async def relay_error(resp: aiohttp.ClientResponse) -> RelayedError:
 
 def upstream_failure(upstream: str, status: int) -> UpstreamError:
     return UpstreamError(f"upstream {upstream} answered {status}", status=502)
+
+
+# Upstream answers that are the client's business (auth, absence, rate limit): relayed as is.
+RELAYED_STATUSES = (401, 403, 404, 429)
+
+
+async def ensure_ok(resp: aiohttp.ClientResponse, upstream: str) -> None:
+    """Return on 200; otherwise raise what the client should see: the upstream's own
+    401/403/404/429 answer unchanged, or a 502 for anything else."""
+    if resp.status == 200:
+        return
+    if resp.status in RELAYED_STATUSES:
+        raise await relay_error(resp)
+    raise upstream_failure(upstream, resp.status)

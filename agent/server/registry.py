@@ -43,7 +43,7 @@ from agent.oci import (
     validate_reference,
 )
 from agent.server.sendfile import SendfileResponse
-from agent.upstream import UpstreamClient, read_limited, relay_error, upstream_failure
+from agent.upstream import UpstreamClient, ensure_ok, read_limited, relay_error
 
 log = logging.getLogger(__name__)
 
@@ -331,10 +331,7 @@ class RegistryHandlers:
         async with self._client.request(
             upstream, "GET", f"/v2/{repo}/tags/list", client_auth=auth, query=query
         ) as resp:
-            if resp.status in (401, 403, 404, 429):
-                raise await relay_error(resp)
-            if resp.status != 200:
-                raise upstream_failure(upstream.name, resp.status)
+            await ensure_ok(resp, upstream.name)
             body = await read_limited(resp, _MAX_TAGS_BODY)
             headers = dict(_API_HEADERS)
             headers["Content-Type"] = "application/json"
