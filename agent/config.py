@@ -12,6 +12,7 @@ from layerswarm.settings import (
     parse_duration,
     parse_hostport,
     parse_size,
+    parse_url_list,
     setting,
 )
 
@@ -26,6 +27,18 @@ _REGISTRY_NAME = re.compile(
 
 def valid_registry_name(name: str) -> bool:
     return len(name) <= 255 and bool(_REGISTRY_NAME.match(name))
+
+
+def mirror_prefix(registry: str) -> str:
+    """The path component naming ``registry`` in a podman/CRI-O mirror location
+    (``node:5050/ghcr.io``); a reference path may not hold a colon, so a port is ``_port``."""
+    return registry.replace(":", "_")
+
+
+def registry_from_prefix(component: str) -> str:
+    """Undo ``mirror_prefix`` (a component without ``_port`` is returned as it is)."""
+    host, sep, port = component.rpartition("_")
+    return f"{host}:{port}" if sep and port.isdigit() else component
 
 
 @dataclass(frozen=True)
@@ -55,14 +68,6 @@ def _parse_role(raw: str) -> str:
     if raw not in ("peer", "seed"):
         raise ConfigError(f"role must be peer or seed, got {raw!r}")
     return raw
-
-
-def _parse_trackers(raw: str) -> str:
-    for url in (u.strip() for u in raw.split(",")):
-        parts = urlsplit(url)
-        if url and (parts.scheme not in ("http", "https") or not parts.netloc):
-            raise ConfigError(f"tracker URL must be http(s)://host:port, got {url!r}")
-    return ",".join(u.strip().rstrip("/") for u in raw.split(",") if u.strip())
 
 
 def _parse_hostport_str(raw: str) -> str:
@@ -163,7 +168,7 @@ class AgentConfig:
         default="",
         metadata=setting(
             "tracker URL(s), comma-separated replicas; empty runs an embedded tracker",
-            parse=_parse_trackers,
+            parse=parse_url_list,
             metavar="URL[,URL...]",
         ),
     )

@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -254,6 +255,16 @@ def parse_hostport(raw: str) -> tuple[str, int]:
     if p > 65535:
         raise ConfigError(f"port out of range in {raw!r}")
     return host, p
+
+
+def parse_url_list(raw: str) -> str:
+    """Comma-separated ``http(s)://host[:port]`` URLs (tracker replicas), normalised."""
+    urls = [u.strip().rstrip("/") for u in raw.split(",") if u.strip()]
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"tracker URL must be http(s)://host:port, got {url!r}")
+    return ",".join(urls)
 
 
 def describe(cls: type[Any]) -> Sequence[tuple[str, str, str, str]]:

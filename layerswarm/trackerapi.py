@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from layerswarm.settings import ConfigError, parse_duration, setting
+from layerswarm.settings import ConfigError, parse_duration, parse_url_list, setting
 
 MIN_TOKEN = 16
 
@@ -40,15 +40,6 @@ class TrackerRefused(TrackerAPIError):
         self.url = url
 
 
-def _parse_trackers(raw: str) -> str:
-    urls = [u.strip().rstrip("/") for u in raw.split(",") if u.strip()]
-    for url in urls:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(f"tracker URL must be http(s)://host:port, got {url!r}")
-    return ",".join(urls)
-
-
 @dataclass(frozen=True)
 class TrackerAccess:
     """Where the tracker is and how to prove we belong to the fleet.
@@ -61,7 +52,7 @@ class TrackerAccess:
         default="",
         metadata=setting(
             "tracker URL(s), comma-separated replicas (tried in order)",
-            parse=_parse_trackers,
+            parse=parse_url_list,
             metavar="URL[,URL...]",
         ),
     )

@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from agent.blobstore import BlobStore, CachedBlob
-from agent.config import DOCKER_HUB, AgentConfig, Upstream, valid_registry_name
+from agent.config import (
+    DOCKER_HUB,
+    AgentConfig,
+    Upstream,
+    registry_from_prefix,
+    valid_registry_name,
+)
 from agent.errors import (
     NameInvalid,
     NameUnknown,
@@ -167,7 +173,7 @@ class RegistryHandlers:
             first, sep, rest = name.partition("/")
             if sep and rest and ("." in first or first == "localhost"):
                 host = _canonical_registry(first)
-                up = self._upstreams.get(host) or self._upstreams.get(_decode_prefix(host))
+                up = self._upstreams.get(host) or self._upstreams.get(registry_from_prefix(host))
                 if up is not None:
                     return up, rest
         ns = ns_values[0] if ns_values else self._config.default_upstream
@@ -366,13 +372,3 @@ def _paginate(body: bytes, path: str, n: int | None, last: str | None) -> tuple[
 
 def _canonical_registry(name: str) -> str:
     return DOCKER_HUB if name in ("index.docker.io", "registry-1.docker.io") else name
-
-
-def _decode_prefix(component: str) -> str:
-    host, sep, port = component.rpartition("_")
-    return f"{host}:{port}" if sep and port.isdigit() else component
-
-
-def mirror_prefix(registry: str) -> str:
-    """The path prefix naming ``registry`` in a podman/CRI-O mirror location."""
-    return registry.replace(":", "_")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from agent.config import mirror_prefix
 from layerswarm.runtimeconf.files import ConfigureError
 from layerswarm.runtimeconf.mirror import Mirror
 
@@ -48,7 +49,7 @@ def desired_registries_conf(
         # These clients send no ?ns=, so the mirror location carries the registry as a path
         # prefix ("node:5050/ghcr.io", a port as "_5000": references allow no colon there);
         # the agent routes on it (agent.server.registry._upstream_for).
-        location = f"{mirror.netloc}/{registry.replace(':', '_')}"
+        location = f"{mirror.netloc}/{mirror_prefix(registry)}"
         mine = (mirror.netloc, location)
         before: dict[str, Any] = next((m for m in mirrors if m.get("location") in mine), {})
         # Keep the operator's extra keys on our mirror (e.g. pull-from-mirror = "digest-only").

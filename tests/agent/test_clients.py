@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.config import mirror_prefix
 from tests.agent.conftest import AgentProcFactory
 from tests.conftest import ImageFactory
 from tests.support.clients import (
@@ -32,7 +33,7 @@ def test_skopeo_through_path_prefix_mirror(
     image = image_factory(layers=(3 * MiB, 1 * MiB))
     agent = agent_proc(registry, default=False)
     # The podman/CRI-O/skopeo way: the registry named as a path prefix of the mirror.
-    prefix = registry.host_port.replace(":", "_")
+    prefix = mirror_prefix(registry.host_port)
     conf = write_registries_conf(
         tmp_path / "r.conf", registry.host_port, f"{agent.host_port}/{prefix}"
     )
