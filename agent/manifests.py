@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from pathlib import Path
 from agent.oci import Digest, parse_digest
 
 log = logging.getLogger(__name__)
+
+_RECENT_MANIFESTS = 1024
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,8 @@ class ManifestStore:
         self._tmp = root / "tmp"
         self._clock = clock
         self._tags: dict[str, TagEntry] = {}
+        # Recently served manifests, so a busy tag is not two file reads per request.
+        self._recent: OrderedDict[Digest, StoredManifest] = OrderedDict()
 
     def open(self) -> None:
         for d in (self._mdir, self._tdir, self._tmp):
@@ -57,13 +62,25 @@ class ManifestStore:
         return self._mdir / digest.algorithm / digest.hex
 
     def get(self, digest: Digest) -> StoredManifest | None:
+        hit = self._recent.get(digest)
+        if hit is not None:
+            self._recent.move_to_end(digest)
+            return hit
         path = self._path(digest)
         try:
             body = path.read_bytes()
             media_type = path.with_name(path.name + ".type").read_text().strip()
         except FileNotFoundError:
             return None
-        return StoredManifest(digest, media_type, body)
+        stored = StoredManifest(digest, media_type, body)
+        self._remember(stored)
+        return stored
+
+    def _remember(self, stored: StoredManifest) -> None:
+        self._recent[stored.digest] = stored
+        self._recent.move_to_end(stored.digest)
+        while len(self._recent) > _RECENT_MANIFESTS:
+            self._recent.popitem(last=False)
 
     def put(self, digest: Digest, media_type: str, body: bytes) -> None:
         """Store bytes already verified to hash to ``digest``."""
@@ -72,6 +89,7 @@ class ManifestStore:
         # The type file goes first: a manifest file without its type is never read as present.
         self._atomic_write(path.with_name(path.name + ".type"), media_type.encode())
         self._atomic_write(path, body)
+        self._remember(StoredManifest(digest, media_type, body))
 
     def _atomic_write(self, path: Path, data: bytes) -> None:
         tmp = self._tmp / f"{path.name}.{os.getpid()}.{time.monotonic_ns()}"
@@ -102,8 +120,13 @@ class ManifestStore:
 
     def set_tag(self, upstream: str, repo: str, tag: str, digest: Digest, media_type: str) -> None:
         key = self._tag_key(upstream, repo, tag)
+        old = self._tags.get(key)
         entry = TagEntry(digest, media_type, self._clock())
         self._tags[key] = entry
+        if old is not None and (old.digest, old.media_type) == (digest, media_type):
+            # Only the freshness moved: that lives in memory. On disk the record keeps its
+            # older time, so after a restart the tag is simply revalidated first.
+            return
         doc = {"digest": str(digest), "media_type": media_type, "fetched_at": entry.fetched_at}
         self._atomic_write(self._tdir / f"{key}.json", json.dumps(doc).encode())
 
