@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,8 +14,12 @@ import pytest
 from tests.agent.conftest import AgentProcFactory
 from tests.conftest import ImageFactory
 from tests.support import ALICE, BOB
-from tests.support.clients import compare_dir_with_image, skopeo_copy, write_registries_conf
-from tests.support.procs import run_checked
+from tests.support.clients import (
+    compare_dir_with_image,
+    skopeo_copy,
+    skopeo_copy_logged_in,
+    write_registries_conf,
+)
 from tests.support.registry import Registry
 from tests.support.tokenissuer import TokenIssuer
 
@@ -36,40 +39,6 @@ def basic(user: str, pw: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()
 
 
-def pull_as(
-    ref: str,
-    dest: Path,
-    conf: Path,
-    creds: tuple[str, str],
-    hosts: list[str],
-    *,
-    check: bool = True,
-) -> subprocess.CompletedProcess[str]:
-    """skopeo copy with a logged-in auth file, the way a user who ran `podman login` pulls.
-
-    containers/image looks up a mirror's credentials by the mirror's own host name (its
-    --src-creds apply to the primary registry only), so the file names every host.
-    """
-    auth = dest.parent / f"{dest.name}-auth.json"
-    token = base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
-    auth.write_text(json.dumps({"auths": {h: {"auth": token} for h in hosts}}))
-    dest.mkdir(parents=True, exist_ok=True)
-    return run_checked(
-        [
-            "skopeo",
-            "--registries-conf",
-            str(conf),
-            "copy",
-            "--quiet",
-            f"docker://{ref}",
-            f"dir:{dest}",
-        ],
-        env={"REGISTRY_AUTH_FILE": str(auth)},
-        check=check,
-        timeout=300,
-    )
-
-
 def test_htpasswd_upstream(
     tmp_path: Path,
     htpasswd_registry: Registry,
@@ -79,7 +48,7 @@ def test_htpasswd_upstream(
     image = image_factory("team/secret", registry=htpasswd_registry, layers=(1 << 20,))
     agent = agent_proc(htpasswd_registry)
     conf = write_registries_conf(tmp_path / "r.conf", htpasswd_registry.host_port, agent.host_port)
-    pull_as(image.ref, tmp_path / "alice", conf, ALICE, [agent.host_port])
+    skopeo_copy_logged_in(image.ref, tmp_path / "alice", conf, ALICE, [agent.host_port])
     compare_dir_with_image(tmp_path / "alice", image)
     layer = image.layers[0].digest
     assert htpasswd_registry.blob_fetches(layer) == 1
@@ -115,7 +84,7 @@ def test_token_upstream_private_layer_not_leaked(
     image = image_factory("private/app", registry=token_registry, layers=(1 << 20,))
     agent = agent_proc(token_registry)
     conf = write_registries_conf(tmp_path / "r.conf", token_registry.host_port, agent.host_port)
-    pull_as(image.ref, tmp_path / "alice", conf, ALICE, [agent.host_port])
+    skopeo_copy_logged_in(image.ref, tmp_path / "alice", conf, ALICE, [agent.host_port])
     compare_dir_with_image(tmp_path / "alice", image)
     layer = image.layers[0].digest
     assert token_registry.blob_fetches(layer) == 1
@@ -124,7 +93,9 @@ def test_token_upstream_private_layer_not_leaked(
 
     # bob has a valid login but no grant on private/*: refused though the layer is cached.
     # bob may not fall back to the registry itself: only the agent can answer him here.
-    bob = pull_as(image.ref, tmp_path / "bob", conf, BOB, [agent.host_port], check=False)
+    bob = skopeo_copy_logged_in(
+        image.ref, tmp_path / "bob", conf, BOB, [agent.host_port], check=False
+    )
     assert bob.returncode != 0
     assert not (tmp_path / "bob" / layer.split(":")[1]).exists()
     # Anonymous: the registry's own bearer challenge comes back through the agent.

@@ -16,6 +16,7 @@ only when every blob matches ``Image.blob(digest)`` byte for byte.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -107,6 +108,43 @@ def skopeo_copy(
     argv += [f"docker://{ref}", f"dir:{dest_dir}"]
     env = {"REGISTRY_AUTH_FILE": str(_empty_auth(dest_dir.parent / ".auth"))}
     return run_checked(argv, env=env, timeout=timeout, check=check, netns=netns)
+
+
+def skopeo_copy_logged_in(
+    ref: str,
+    dest: Path,
+    conf: Path,
+    creds: tuple[str, str],
+    hosts: list[str],
+    *,
+    check: bool = True,
+    netns: str | None = None,
+    timeout: float = 300.0,
+) -> subprocess.CompletedProcess[str]:
+    """skopeo copy with a logged-in auth file, the way a user who ran `podman login` pulls.
+
+    containers/image looks up a mirror's credentials by the mirror's own host name (its
+    --src-creds apply to the primary registry only), so the file names every host.
+    """
+    auth = dest.parent / f"{dest.name}-auth.json"
+    token = base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
+    auth.write_text(json.dumps({"auths": {h: {"auth": token} for h in hosts}}))
+    dest.mkdir(parents=True, exist_ok=True)
+    return run_checked(
+        [
+            "skopeo",
+            "--registries-conf",
+            str(conf),
+            "copy",
+            "--quiet",
+            f"docker://{ref}",
+            f"dir:{dest}",
+        ],
+        env={"REGISTRY_AUTH_FILE": str(auth)},
+        check=check,
+        timeout=timeout,
+        netns=netns,
+    )
 
 
 def compare_dir_with_image(dest_dir: Path, image: Image) -> None:

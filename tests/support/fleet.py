@@ -8,7 +8,6 @@ to a namespace address from the root namespace: probes and clients run inside.
 
 from __future__ import annotations
 
-import base64
 import json
 import secrets
 import subprocess
@@ -17,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.agent import AgentProc
-from tests.support.clients import skopeo_copy, write_registries_conf
+from tests.support.clients import skopeo_copy, skopeo_copy_logged_in, write_registries_conf
 from tests.support.images import Image, build_image, push
 from tests.support.netns import Host, Topology
-from tests.support.procs import Proc, run_checked, wait_for_port
+from tests.support.procs import Proc, wait_for_port
 from tests.support.registry import Registry
 
 TRACKER_PORT = 7070
@@ -153,24 +152,8 @@ class Fleet:
         if mirror_creds is None:
             skopeo_copy(image.ref, dest, conf, netns=host.name, check=check, timeout=300)
             return dest
-        auth = self.workdir / f"auth{index}.json"
-        token = base64.b64encode(f"{mirror_creds[0]}:{mirror_creds[1]}".encode()).decode()
-        auth.write_text(json.dumps({"auths": {agent.host_port: {"auth": token}}}))
-        dest.mkdir(parents=True)
-        run_checked(
-            [
-                "skopeo",
-                "--registries-conf",
-                str(conf),
-                "copy",
-                "--quiet",
-                f"docker://{image.ref}",
-                f"dir:{dest}",
-            ],
-            env={"REGISTRY_AUTH_FILE": str(auth)},
-            netns=host.name,
-            check=check,
-            timeout=300,
+        skopeo_copy_logged_in(
+            image.ref, dest, conf, mirror_creds, [agent.host_port], netns=host.name, check=check
         )
         return dest
 

@@ -375,15 +375,20 @@ def _write_dir_view(
 
 def _skopeo_push(
     local: ImageLayout | IndexLayout,
-    *,
-    host_port: str,
+    registry: _HasRegistry,
     repo: str,
     tag: str,
     creds: tuple[str, str] | None,
-    digest_file: Path,
+    *,
     all_platforms: bool,
     netns: str | None,
 ) -> None:
+    """Push with skopeo (in ``netns``, by default the registry's own namespace, since a
+    registry inside a namespace must never be reached from the root namespace) and check
+    that the registry stored exactly the digest that was built."""
+    host_port = registry.host_port
+    netns = netns or getattr(registry, "netns", None)
+    digest_file = local.layout / f"pushed-{repo.replace('/', '_')}-{tag}.digest"
     argv = ["skopeo", "copy", "--quiet", "--dest-tls-verify=false", "--preserve-digests"]
     if all_platforms:
         argv.append("--all")
@@ -403,6 +408,11 @@ def _skopeo_push(
     auth = digest_file.parent / "empty-auth.json"
     auth.write_text("{}")
     run_checked(argv, env={"REGISTRY_AUTH_FILE": str(auth)}, timeout=300, netns=netns)
+    pushed = digest_file.read_text().strip()
+    if pushed != local.manifest_digest:
+        raise AssertionError(
+            f"registry stored {pushed}, built {local.manifest_digest}: skopeo rewrote it"
+        )
 
 
 def push(
@@ -420,22 +430,7 @@ def push(
     since a registry inside a namespace must never be reached from the root namespace.
     """
     tag = tag or local.tag
-    digest_file = local.layout / f"pushed-{repo.replace('/', '_')}-{tag}.digest"
-    _skopeo_push(
-        local,
-        host_port=registry.host_port,
-        repo=repo,
-        tag=tag,
-        creds=creds,
-        digest_file=digest_file,
-        all_platforms=False,
-        netns=netns or getattr(registry, "netns", None),
-    )
-    pushed = digest_file.read_text().strip()
-    if pushed != local.manifest_digest:
-        raise AssertionError(
-            f"registry stored manifest {pushed}, built {local.manifest_digest}: skopeo rewrote it"
-        )
+    _skopeo_push(local, registry, repo, tag, creds, all_platforms=False, netns=netns)
     return Image(registry.host_port, repo, tag, local)
 
 
@@ -449,20 +444,5 @@ def push_index(
     netns: str | None = None,
 ) -> IndexImage:
     tag = tag or local.tag
-    digest_file = local.layout / f"pushed-{repo.replace('/', '_')}-{tag}.digest"
-    _skopeo_push(
-        local,
-        host_port=registry.host_port,
-        repo=repo,
-        tag=tag,
-        creds=creds,
-        digest_file=digest_file,
-        all_platforms=True,
-        netns=netns or getattr(registry, "netns", None),
-    )
-    pushed = digest_file.read_text().strip()
-    if pushed != local.manifest_digest:
-        raise AssertionError(
-            f"registry stored index {pushed}, built {local.manifest_digest}: skopeo rewrote it"
-        )
+    _skopeo_push(local, registry, repo, tag, creds, all_platforms=True, netns=netns)
     return IndexImage(registry.host_port, repo, tag, local)

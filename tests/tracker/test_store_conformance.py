@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from tests.support.procs import free_port
 from tests.tracker.helpers import agent, digest_of, segment
 from tracker.clock import ManualClock
+from tracker.errors import StoreUnavailable
 from tracker.model import Counters, Holding, LayerProgress, PreheatJob, PreheatReport
 from tracker.store import TrackerStore
+from tracker.store.redis_store import RedisStore
 
 TTL = 30.0
 D1 = digest_of("one")
@@ -210,7 +215,18 @@ async def test_preheat_jobs_and_reports(store: TrackerStore) -> None:
 
 
 async def test_ping(store: TrackerStore) -> None:
-    await store.ping()
+    # A live store answers within a bound (a hung ping would hang /healthz).
+    await asyncio.wait_for(store.ping(), timeout=5)
+
+
+async def test_ping_reports_an_unreachable_redis() -> None:
+    """What /healthz relies on: a store that can't be reached says so as StoreUnavailable."""
+    dead = RedisStore.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        with pytest.raises(StoreUnavailable):
+            await dead.ping()
+    finally:
+        await dead.close()
 
 
 async def test_peer_view_samples_popular_digests(store: TrackerStore, clock: ManualClock) -> None:
