@@ -1,8 +1,12 @@
 """Talking to upstream registries: auth pass-through, redirects, timeouts, error translation.
 
 Credentials stay on their request's path: a client's ``Authorization`` header is sent only to
-the upstream it was meant for (and dropped when a redirect leaves that host); configured
-credentials are used only when a client sends none, and are never logged.
+the upstream it was meant for (same scheme, host and port; dropped when a redirect leaves it,
+so storage back-ends behind signed URLs never see it); configured credentials are used only
+when a client sends none, and are never logged. Configured credentials answer a challenge
+only when the upstream itself sent it (never a redirect target's), and go to a token realm
+only if it is the realm the upstream's own ``/v2/`` challenge names and, when that realm is
+plain http, only on the upstream's own host name.
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ log = logging.getLogger(__name__)
 MAX_ERROR_BODY = 64 << 10
 _REDIRECTS = (301, 302, 303, 307, 308)
 _MAX_REDIRECTS = 5
+# How long the realm named by an upstream's /v2/ challenge is trusted before it is asked again.
+_REALM_TTL = 300.0
+# A challenge naming another realm re-reads /v2/ at most this often (the realm may have moved).
+_REALM_RECHECK = 30.0
 # Headers of an upstream's error answer that a client needs to act on it.
 _RELAYED_HEADERS = (
     "WWW-Authenticate",
@@ -114,6 +122,17 @@ class _Token:
     expires: float
 
 
+@dataclass
+class _Realm:
+    url: str | None
+    fetched: float
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
 class UpstreamClient:
     """One aiohttp session for all upstreams, with per-upstream configured credentials."""
 
@@ -140,6 +159,8 @@ class UpstreamClient:
         # Tokens obtained with *configured* credentials (or anonymously for our own requests);
         # clients' tokens are never stored.
         self._tokens: dict[tuple[str, str], _Token] = {}
+        # The token realm each upstream's own /v2/ challenge names (None: it names none).
+        self._realms: dict[str, _Realm] = {}
 
     def has_credentials(self, upstream: str) -> bool:
         return upstream in self._credentials
@@ -179,11 +200,22 @@ class UpstreamClient:
                 resp.status == 401
                 and client_auth is None
                 and (upstream.name in self._credentials or own_auth)
+                # Only the upstream's own challenge is answered: a 401 from a host a redirect
+                # led to must not choose where our credentials go.
+                and _origin(str(resp.url)) == _origin(upstream.url)
             ):
                 new_auth = await self._answer_challenge(upstream, resp, scope)
                 if new_auth is not None:
                     resp.release()
                     resp = await self._send(upstream, method, url, hdrs, new_auth)
+            if resp.status >= 400 and _origin(str(resp.url)) != _origin(upstream.url):
+                # A storage host a redirect led to refused (an expired signed URL, or a host
+                # asking for credentials): that is the upstream failing, and relaying its
+                # challenge would send our client's credentials to that host.
+                raise UpstreamError(
+                    f"upstream {upstream.name}: redirect target answered {resp.status}",
+                    status=502,
+                )
             yield resp
         finally:
             resp.release()
@@ -191,12 +223,13 @@ class UpstreamClient:
     async def _send(
         self, upstream: Upstream, method: str, url: str, headers: dict[str, str], auth: str | None
     ) -> aiohttp.ClientResponse:
-        origin = urlsplit(upstream.url).netloc
+        origin = _origin(upstream.url)
         for _ in range(_MAX_REDIRECTS + 1):
             hdrs = dict(headers)
-            # Credentials go only to the upstream's own host, never to a redirect target
-            # (blob storage back-ends use signed URLs and must not see the client's token).
-            if auth is not None and urlsplit(url).netloc == origin:
+            # Credentials go only to the upstream's own scheme, host and port, never to a
+            # redirect target (blob storage back-ends use signed URLs and must not see the
+            # client's token), nor over plain http after an https upstream redirected there.
+            if auth is not None and _origin(url) == origin:
                 hdrs["Authorization"] = auth
             try:
                 resp = await self._session.request(
@@ -229,6 +262,8 @@ class UpstreamClient:
             return creds.basic() if creds else None
         if scheme != "bearer" or "realm" not in params:
             return None
+        if not await self._realm_trusted(upstream, params["realm"]):
+            return None
         query = {"service": params["service"]} if "service" in params else {}
         want_scope = params.get("scope") or scope
         if want_scope:
@@ -257,6 +292,59 @@ class UpstreamClient:
         # Refresh a little early so a token never expires between check and use.
         self._tokens[(upstream.name, scope)] = _Token(token, self._clock() + max(ttl - 10, 1))
         return f"Bearer {token}"
+
+    async def _realm_trusted(self, upstream: Upstream, realm: str) -> bool:
+        """Is ``realm`` the token service the upstream's own ``/v2/`` challenge names?
+
+        A challenge on a repository path could come from a compromised or confused route; the
+        ``/v2/`` answer of the configured upstream URL is the one statement of where its
+        tokens come from. A plain-http realm on another host would carry credentials in the
+        clear to a third party, so it is refused even when named.
+        """
+        known = self._realms.get(upstream.name)
+        now = self._clock()
+        if (
+            known is None
+            or now - known.fetched > _REALM_TTL
+            or (known.url != realm and now - known.fetched > _REALM_RECHECK)
+        ):
+            known = _Realm(await self._fetch_realm(upstream), now)
+            self._realms[upstream.name] = known
+        if known.url != realm:
+            log.warning(
+                "not answering a challenge from upstream=%s: its realm is not the one /v2/ names",
+                upstream.name,
+            )
+            return False
+        realm_parts = urlsplit(realm)
+        if realm_parts.scheme.lower() != "https" and (
+            realm_parts.scheme.lower() != "http"
+            or (realm_parts.hostname or "") != (urlsplit(upstream.url).hostname or "")
+        ):
+            log.warning(
+                "not answering a challenge from upstream=%s: plain-http token realm on another"
+                " host",
+                upstream.name,
+            )
+            return False
+        return True
+
+    async def _fetch_realm(self, upstream: Upstream) -> str | None:
+        try:
+            async with self._session.get(
+                upstream.url + "/v2/", allow_redirects=False, timeout=self._timeout
+            ) as resp:
+                if resp.status != 401:
+                    return None
+                scheme, params = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning(
+                "could not read /v2/ challenge of upstream=%s: %s",
+                upstream.name,
+                type(exc).__name__,
+            )
+            return None
+        return params.get("realm") if scheme == "bearer" else None
 
 
 def _scope_for(method: str, path: str) -> str:

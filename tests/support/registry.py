@@ -103,6 +103,7 @@ class Registry:
         proxy_remoteurl: str | None = None,
         proxy_username: str | None = None,
         proxy_password: str | None = None,
+        redirect_baseurl: str | None = None,
         name: str = "registry",
     ) -> None:
         if htpasswd is not None and token_issuer is not None:
@@ -118,6 +119,9 @@ class Registry:
         self.token_issuer = token_issuer
         self.service = service
         self.proxy_remoteurl = proxy_remoteurl
+        # distribution's "redirect" storage middleware: blob GETs answer 307 to this base URL
+        # plus the storage path, the way S3/CDN-backed registries (Docker Hub, ghcr.io) do.
+        self.redirect_baseurl = redirect_baseurl
         self.data_dir = workdir / "data"
         self.config_path = workdir / "config.yml"
         workdir.mkdir(parents=True, exist_ok=True)
@@ -163,6 +167,10 @@ class Registry:
                     "issuer": self.token_issuer.issuer,
                     "rootcertbundle": str(self.token_issuer.cert_path),
                 }
+            }
+        if self.redirect_baseurl is not None:
+            config["middleware"] = {
+                "storage": [{"name": "redirect", "options": {"baseurl": self.redirect_baseurl}}]
             }
         if self.proxy_remoteurl is not None:
             proxy: dict[str, str] = {"remoteurl": self.proxy_remoteurl}
