@@ -11,6 +11,7 @@ agent/server/middleware.py renders them as OCI error bodies.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import re
@@ -111,22 +112,38 @@ class RegistryHandlers:
         Clients (skopeo, podman, Docker) decide from this answer whether and how to send
         credentials to the mirror; a bare 200 would make them never send any. When the
         upstream can't be reached we still answer 200, so cached images keep pulling.
+
+        A ping carries no repository, so a mirror location with a path prefix
+        (``node:5050/ghcr.io``) pings plain ``/v2/``: with several upstreams and no ``?ns=``,
+        credentials on a ping (a ``login``) could be meant for any of them, and are sent to
+        none; they are checked by the upstream on the first real request instead.
         """
         ri = info(request)
         ri.kind = "ping"
         if request.method not in ("GET", "HEAD"):
             raise Unsupported("this mirror is read-only", headers={"Allow": "GET, HEAD"})
-        upstream, _ = self._upstream_for(request, "")
+        auth = request.headers.get("Authorization")
+        upstream = self._ping_target(request, auth)
+        if upstream is None:
+            log.info("ping with credentials names no registry; not forwarding them anywhere")
+            return web.json_response({}, headers=_API_HEADERS)
         ri.upstream = upstream.name
         try:
-            async with self._client.request(
-                upstream, "GET", "/v2/", client_auth=request.headers.get("Authorization")
-            ) as resp:
+            async with self._client.request(upstream, "GET", "/v2/", client_auth=auth) as resp:
                 if resp.status == 401:
                     raise await relay_error(resp)
         except UpstreamError as exc:
             log.info("upstream %s not answering /v2/: %s", upstream.name, exc.message)
         return web.json_response({}, headers=_API_HEADERS)
+
+    def _ping_target(self, request: web.Request, auth: str | None) -> Upstream | None:
+        """The upstream a ``/v2/`` ping is for, or None when it can't be told and the ping
+        carries credentials (which must then go nowhere)."""
+        ns_values = request.query.getall("ns", [])
+        if ns_values or len(self._upstreams) == 1 or auth is None:
+            upstream, _ = self._upstream_for(request, "")
+            return upstream
+        return None
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         ri = info(request)
@@ -176,6 +193,13 @@ class RegistryHandlers:
                 up = self._upstreams.get(host) or self._upstreams.get(registry_from_prefix(host))
                 if up is not None:
                     return up, rest
+                if self._names_a_registry(first):
+                    # Sending it to the default upstream would fail there as a 404, and a
+                    # client would silently fall back to pulling direct.
+                    raise NameUnknown(
+                        f"registry {registry_from_prefix(first)[:100]} is not mirrored here;"
+                        f" this agent mirrors {', '.join(sorted(self._upstreams))}"
+                    )
         ns = ns_values[0] if ns_values else self._config.default_upstream
         ns = _canonical_registry(ns)
         if not valid_registry_name(ns):
@@ -184,6 +208,22 @@ class RegistryHandlers:
         if up is None:
             raise NameUnknown(f"registry {ns} is not mirrored here")
         return up, name
+
+    def _names_a_registry(self, component: str) -> bool:
+        """Is this first path component surely a registry prefix, not a repository part?
+
+        A ``_port`` suffix, an IP address or ``localhost`` can't be a namespace a client means
+        on the default upstream; nor can a dotted name when that upstream is Docker Hub, whose
+        namespaces never hold dots. Other dotted names may be a namespace elsewhere.
+        """
+        host = registry_from_prefix(component)
+        if host != component or component == "localhost":
+            return True
+        try:
+            ipaddress.ip_address(component)
+            return True
+        except ValueError:
+            return self._config.default_upstream == DOCKER_HUB
 
     # -- manifests ----------------------------------------------------------------
 

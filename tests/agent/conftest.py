@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,19 @@ async def agent_factory(tmp_path: Path) -> AsyncIterator[AgentFactory]:
     clients: list[TestClient[Any, Any]] = []
 
     async def make(
-        upstream_url: str, name: str = "up.test:5000", **overrides: Any
+        upstream_url: str,
+        name: str = "up.test:5000",
+        *,
+        more_upstreams: Sequence[str] = (),
+        **overrides: Any,
     ) -> tuple[TestClient[Any, Any], AgentRuntime]:
+        """``more_upstreams``: further ``NAME=URL`` upstreams, reached by ``?ns=`` or prefix."""
         cfg = AgentConfig(
             data_dir=overrides.pop("data_dir", tmp_path / f"agent{len(clients)}"),
-            upstream=(parse_upstream(f"{name}={upstream_url}"),),
+            upstream=(
+                parse_upstream(f"{name}={upstream_url}"),
+                *(parse_upstream(u) for u in more_upstreams),
+            ),
             default_upstream=name,
             **overrides,
         )
