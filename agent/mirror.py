@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
+from collections import OrderedDict
 
 from agent.access import AccessChecker
 from agent.blobstore import BlobStore, CachedBlob
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 
 # A joiner whose initiator's credentials were refused retries as initiator this many times.
 _MAX_JOIN_RETRIES = 3
+# Repositories whose anonymous readability was asked recently (bounded like the grants).
+_MAX_ANONYMOUS_PROBES = 10_000
 
 
 class Mirror:
@@ -47,6 +51,7 @@ class Mirror:
         # With peers as a source, the upstream's GET is no longer the access check, so it
         # is made first (usually answered from the grants the manifest request left).
         self.check_access_first = False
+        self._anonymous_probed: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     async def manifest(
         self,
@@ -116,6 +121,8 @@ class Mirror:
                 await ensure_ok(resp, upstream.name)
                 head_digest = resp.headers.get("Docker-Content-Digest")
             self._access.remember(auth, upstream.name, repo)
+            if auth is not None and not internal:
+                await self._learn_anonymous(upstream, repo, tag, accept)
             if head_digest:
                 try:
                     d = parse_digest(head_digest)
@@ -148,6 +155,44 @@ class Mirror:
                 )
                 return cached
             raise
+
+    async def _learn_anonymous(self, upstream: Upstream, repo: str, tag: str, accept: str) -> None:
+        """Ask once in a while whether anyone may read ``repo``, and remember a yes.
+
+        Docker Hub and other token registries give every client a token, anonymous ones too,
+        and a token says nothing about who holds it. Without this, a repository read only
+        with tokens never earns an anonymous grant, so while the upstream is down (dockerd
+        then sends no credentials at all) even a public image in the cache is refused. The
+        question is a HEAD with an anonymous token, answered by the upstream itself; it is
+        skipped where configured credentials would answer instead of nobody.
+        """
+        if self._client.has_credentials(upstream.name):
+            return
+        if self._access.granted(None, upstream.name, repo):
+            return
+        key = (upstream.name, repo)
+        now = time.monotonic()
+        asked = self._anonymous_probed.get(key)
+        if asked is not None and now - asked < max(self._config.auth_ttl, 60.0):
+            return
+        self._anonymous_probed[key] = now
+        self._anonymous_probed.move_to_end(key)
+        while len(self._anonymous_probed) > _MAX_ANONYMOUS_PROBES:
+            self._anonymous_probed.popitem(last=False)
+        try:
+            async with self._client.request(
+                upstream,
+                "HEAD",
+                f"/v2/{repo}/manifests/{tag}",
+                client_auth=None,
+                own_auth=True,
+                headers={"Accept": accept},
+            ) as resp:
+                if resp.status != 200:
+                    return
+        except UpstreamError:
+            return
+        self._access.remember(None, upstream.name, repo)
 
     async def _fetch_manifest(
         self,

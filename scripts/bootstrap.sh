@@ -5,9 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # prometheus: only for promtool, which checks deploy/prometheus; its service is disabled below.
+# docker.io: dockerd and the docker CLI for tests/runtime, which start their own daemon (own
+# socket and data root); the packaged service is disabled below like prometheus's.
 DEBS=(python3 python3-venv python3-pip docker-registry skopeo umoci podman containerd
       redis-server iproute2 iperf3 systemd prometheus make git ca-certificates
-      wrk)  # wrk: load generator for bench/tracker_load.py
+      wrk docker.io)  # wrk: load generator for bench/tracker_load.py; docker.io: tests/runtime
 missing=()
 for p in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,6 +22,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
   # On a host booted with systemd the package starts a Prometheus server; we need none.
   if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
     $SUDO systemctl disable --now prometheus.service || true
+  fi
+  if [[ " ${missing[*]} " == *" docker.io "* ]] && [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now docker.service docker.socket || true
   fi
 fi
 

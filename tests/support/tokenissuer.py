@@ -6,8 +6,9 @@ Basic credentials against a user table with per-repository grants and answers
 ``{"token": T, "access_token": T, "expires_in": 300}`` where T is an RS256 JWT whose ``x5c``
 header carries the self-signed certificate the registry trusts (``rootcertbundle``).
 
-Anonymous callers (no Authorization header) get a token with empty ``access``, so the
-registry denies them with its own error; wrong passwords get 401 from the issuer.
+Anonymous callers (no Authorization header) get a token with the ``anonymous`` grants (none by
+default), so the registry denies them with its own error, or serves public repositories the
+way Docker Hub does; wrong passwords get 401 from the issuer.
 """
 
 from __future__ import annotations
@@ -76,10 +77,13 @@ class TokenIssuer:
         workdir: Path,
         *,
         users: Mapping[str, User] | None = None,
+        anonymous: Mapping[str, frozenset[str]] | None = None,
         issuer: str = "layerswarm-test-issuer",
         expires_in: int = 300,
     ) -> None:
         self.users = dict(users) if users is not None else default_users()
+        # Repository glob -> actions anyone may take without credentials.
+        self.anonymous = User("", dict(anonymous or {}))
         self.issuer = issuer
         self.expires_in = expires_in
         self.issued: list[Issued] = []
@@ -175,16 +179,15 @@ class TokenIssuer:
         service = request.query.get("service", "")
         scopes = tuple(request.query.getall("scope", []))
         granted: list[tuple[str, str, tuple[str, ...]]] = []
-        if name is not None:
-            user = self.users[name]
-            for scope in scopes:
-                parsed = _parse_scope(scope)
-                if parsed is None:
-                    continue
-                typ, repo, actions = parsed
-                allowed = user.allowed(repo, actions) if typ == "repository" else []
-                if allowed:
-                    granted.append((typ, repo, tuple(allowed)))
+        user = self.users[name] if name is not None else self.anonymous
+        for scope in scopes:
+            parsed = _parse_scope(scope)
+            if parsed is None:
+                continue
+            typ, repo, actions = parsed
+            allowed = user.allowed(repo, actions) if typ == "repository" else []
+            if allowed:
+                granted.append((typ, repo, tuple(allowed)))
         access = [{"type": t, "name": n, "actions": list(a)} for t, n, a in granted]
         now = dt.datetime.now(dt.UTC)
         claims = {
