@@ -75,6 +75,8 @@ class AccessChecker:
             tmp.write_text(json.dumps(self._anonymous))
             os.replace(tmp, self._state_file)
         except OSError as exc:
+            # A half-written .tmp beside the state file would only hold room the disk lacks.
+            tmp.unlink(missing_ok=True)
             log.warning("could not save anonymous grants: %s", exc)
 
     def remember(self, auth: str | None, upstream: str, repo: str) -> None:

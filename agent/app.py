@@ -87,7 +87,13 @@ async def build_app(
         raise ConfigError(f"credentials-file names unknown upstream {sorted(unknown)[0]}")
     metrics = AgentMetrics.create(registry or CollectorRegistry())
 
-    store = BlobStore(config.data_dir, config.cache_size)
+    store = BlobStore(
+        config.data_dir,
+        config.cache_size,
+        reserve_bytes=config.disk_reserve,
+        # With peers, each cached blob is also kept as segment files for seeding.
+        copies=2 if config.p2p and config.tracker else 1,
+    )
     store.on_evict.append(lambda _d: metrics.evictions.inc())
     store.open()
     manifests = ManifestStore(config.data_dir)

@@ -10,6 +10,12 @@ client-supplied string)::
 A blob appears under blobs/ only by ``os.replace`` of a file whose hash was checked, so a
 reader can never see a half-written or wrong blob there. Eviction skips pinned blobs (those
 being read) so a client's response is never cut short by the cache making room.
+
+Two bounds apply: ``max_bytes`` of cached blobs (``--cache-size``) and a free-space reserve on
+the filesystem itself (``--disk-reserve``), since the disk may be smaller than the cache size
+or shared with other writers. A download claims the room for its blob before its first byte
+(``reserve``); when evicting every unpinned blob and idle partial would still not make room,
+it is refused with ``NoSpace`` instead of filling the disk and failing mid-blob.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.errors import NoSpace
 from agent.oci import ALGORITHMS, Digest
 
 log = logging.getLogger(__name__)
@@ -51,16 +58,42 @@ EvictHook = Callable[[Digest], None]
 
 
 @dataclass
+class SpaceClaim:
+    """Room on disk promised to one download: ``size`` bytes once known, ``written`` so far."""
+
+    digest: Digest
+    size: int | None = None
+    written: int = 0
+
+    def outstanding(self, copies: int) -> int:
+        if self.size is None:
+            return 0
+        return max(0, self.size - self.written) * copies
+
+
+def filesystem_free(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+@dataclass
 class BlobStore:
     root: Path
     max_bytes: int
     on_evict: list[EvictHook] = field(default_factory=list)
     clock: Callable[[], float] = time.time
+    # Bytes the filesystem must keep free after any write the cache makes.
+    reserve_bytes: int = 0
+    # How many bytes of disk one blob byte costs (2 with peer-to-peer: the segment copy).
+    copies: int = 1
+    free_space: Callable[[Path], int] = filesystem_free
 
     def __post_init__(self) -> None:
         self._index: OrderedDict[Digest, _Entry] = OrderedDict()
         self._total = 0
         self.evictions = 0
+        # Downloads writing into partial/ now: their files are not idle leftovers.
+        self._writing: dict[Digest, SpaceClaim] = {}
 
     # -- layout ---------------------------------------------------------------
 
@@ -177,25 +210,98 @@ class BlobStore:
             self._total -= entry.size
         self.path_for(digest).unlink(missing_ok=True)
 
-    def _evict(self, keep: Digest | None = None) -> None:
-        if self._total <= self.max_bytes:
-            return
+    # -- room on disk ---------------------------------------------------------------
+
+    def start_partial(self, digest: Digest) -> SpaceClaim:
+        """Mark ``partial/`` of ``digest`` as being written (not an idle leftover to collect)."""
+        claim = SpaceClaim(digest)
+        self._writing[digest] = claim
+        return claim
+
+    def end_partial(self, claim: SpaceClaim) -> None:
+        if self._writing.get(claim.digest) is claim:
+            del self._writing[claim.digest]
+
+    def reserve(self, claim: SpaceClaim, size: int) -> None:
+        """Promise room for the rest of a ``size``-byte blob, evicting to make it.
+
+        Raises NoSpace when even an empty cache would leave less than the reserve free.
+        """
+        claim.size = size
+        need = max(0, size - claim.written) * self.copies
+        if not self.make_room(need, exclude=claim):
+            claim.size = None
+            raise NoSpace(
+                f"no room to cache {claim.digest} ({size} bytes): "
+                f"{self.free_space(self.root)} bytes free, reserve {self.reserve_bytes}"
+            )
+
+    def room_left(self, exclude: SpaceClaim | None = None) -> int:
+        """Free bytes beyond the reserve, minus what running downloads have yet to write."""
+        promised = sum(
+            c.outstanding(self.copies) for c in self._writing.values() if c is not exclude
+        )
+        return self.free_space(self.root) - promised - self.reserve_bytes
+
+    def make_room(self, need: int, exclude: SpaceClaim | None = None) -> bool:
+        """Collect idle partials, then evict least recently used blobs, until ``need`` bytes
+        fit above the reserve; False when nothing more can go."""
+        if self.room_left(exclude) >= need:
+            return True
+        for partial in self._idle_partials():
+            log.info("collecting idle partial download %s to make room", partial.name)
+            _remove(partial)
+            if self.room_left(exclude) >= need:
+                return True
         for digest in list(self._index):
-            if self._total <= self.max_bytes:
-                break
-            entry = self._index[digest]
-            if entry.pins > 0 or digest == keep:
-                continue
-            del self._index[digest]
-            self._total -= entry.size
-            self.path_for(digest).unlink(missing_ok=True)
-            self.evictions += 1
-            log.info("evicted digest=%s bytes=%d", digest, entry.size)
-            for hook in self.on_evict:
-                try:
-                    hook(digest)
-                except Exception:
-                    log.exception("eviction hook failed for %s", digest)
+            if self.room_left(exclude) >= need:
+                return True
+            self._evict_one(digest, why="disk reserve")
+        return self.room_left(exclude) >= need
+
+    def _idle_partials(self) -> list[Path]:
+        busy = {self.partial_path(d).name for d in self._writing}
+        try:
+            found = [p for p in self.partial_dir.iterdir() if p.name not in busy]
+        except OSError:
+            return []
+
+        def age(p: Path) -> float:
+            try:
+                return p.stat().st_mtime
+            except OSError:
+                return 0.0
+
+        return sorted(found, key=age)
+
+    def _evict(self, keep: Digest | None = None) -> None:
+        if self._total > self.max_bytes:
+            for digest in list(self._index):
+                if self._total <= self.max_bytes:
+                    break
+                if digest != keep:
+                    self._evict_one(digest, why="cache size")
+        if self.reserve_bytes and self.room_left() < 0:
+            for digest in list(self._index):
+                if self.room_left() >= 0:
+                    break
+                if digest != keep:
+                    self._evict_one(digest, why="disk reserve")
+
+    def _evict_one(self, digest: Digest, *, why: str) -> None:
+        entry = self._index.get(digest)
+        if entry is None or entry.pins > 0:
+            return
+        del self._index[digest]
+        self._total -= entry.size
+        self.path_for(digest).unlink(missing_ok=True)
+        self.evictions += 1
+        log.info("evicted digest=%s bytes=%d reason=%s", digest, entry.size, why)
+        for hook in self.on_evict:
+            try:
+                hook(digest)
+            except Exception:
+                log.exception("eviction hook failed for %s", digest)
 
 
 def _remove(path: Path) -> None:

@@ -114,6 +114,15 @@ class AgentConfig:
             metavar="SIZE",
         ),
     )
+    disk_reserve: int = field(
+        default=1 << 30,
+        metadata=setting(
+            "bytes the data dir's filesystem keeps free: the cache evicts to keep them, and a "
+            "blob that would eat into them is refused (503) instead of filling the disk",
+            parse=parse_size,
+            metavar="SIZE",
+        ),
+    )
     credentials_file: Path | None = field(
         default=None,
         metadata=setting(
@@ -269,6 +278,8 @@ class AgentConfig:
             )
         if self.cache_size < 1 << 20:
             raise ConfigError("cache-size must be at least 1M")
+        if self.disk_reserve < 0:
+            raise ConfigError("disk-reserve must not be negative")
         for name in (
             "auth_ttl",
             "auth_grace",

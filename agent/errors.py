@@ -13,7 +13,8 @@ Hierarchy::
     ├── Unsupported               405 UNSUPPORTED    writes, catalog and other methods
     ├── Unauthorized / Denied     401 / 403, relayed from an upstream with its challenge
     ├── TooManyRequests           429 TOOMANYREQUESTS relayed from an upstream
-    └── UpstreamError             502/503/504 the upstream failed, timed out or is unreachable
+    ├── UpstreamError             502/503/504 the upstream failed, timed out or is unreachable
+    └── NoSpace                   503 UNAVAILABLE    no room on this node's disk to cache a blob
 
 Upstream client errors (aiohttp) are translated into UpstreamError at the boundary in
 agent/upstream.py; nothing else leaks out of a handler (see agent/server/middleware.py).
@@ -110,6 +111,14 @@ class UpstreamError(RegistryError):
     """The upstream could not answer: 502 bad answer, 503 unreachable, 504 timed out."""
 
     status = 502
+    code = "UNAVAILABLE"
+
+
+class NoSpace(RegistryError):
+    """This node's disk cannot take the blob (above its free-space reserve): refused before
+    any byte is sent, so the client's runtime can fall back to the registry itself."""
+
+    status = 503
     code = "UNAVAILABLE"
 
 

@@ -11,12 +11,18 @@ writing after its client leaves).
 
 Sources are tried in order (peers first when peer-to-peer is on, then the upstream); a
 source that fails mid-blob hands over to the next at the current offset.
+
+Disk space: once a source knows the blob's size (``set_started``), the download claims room
+for it in the store, evicting if needed; a blob that cannot fit is refused before the client
+gets any header (``NoSpace``, 503). A write that still hits ENOSPC (another writer filled the
+disk) makes room and retries once, then gives up and discards the partial file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import time
@@ -27,9 +33,9 @@ from typing import Protocol
 
 import aiohttp
 
-from agent.blobstore import BlobStore
+from agent.blobstore import BlobStore, SpaceClaim
 from agent.config import Upstream
-from agent.errors import BlobIntegrityError, RegistryError, UpstreamError
+from agent.errors import BlobIntegrityError, NoSpace, RegistryError, UpstreamError
 from agent.metrics import AgentMetrics
 from agent.oci import Digest
 from agent.upstream import UpstreamClient, ensure_ok
@@ -59,9 +65,11 @@ class FetchJob:
 class Download:
     """A blob on its way into the cache; readers follow it as it grows."""
 
-    def __init__(self, digest: Digest, path: Path) -> None:
+    def __init__(self, digest: Digest, path: Path, store: BlobStore | None = None) -> None:
         self.digest = digest
         self.path = path
+        self._store = store
+        self._claim: SpaceClaim | None = store.start_partial(digest) if store else None
         self.size: int | None = None
         self.written = 0
         self.source = "upstream"
@@ -104,19 +112,50 @@ class Download:
     def _write(self, chunk: bytes) -> None:
         assert self._fd is not None
         view = memoryview(chunk)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError:
+            # Part of the chunk may be on disk but not hashed: cut the file back to what the
+            # hash covers, so a retry (or a resume after restart) appends at the right place.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self.written)
+            raise
         self._hasher.update(chunk)
 
-    async def append(self, chunk: bytes) -> None:
-        if not chunk:
-            return
+    async def _write_any(self, chunk: bytes) -> None:
         if len(chunk) >= _THREAD_CHUNK:
             await asyncio.to_thread(self._write, chunk)
         else:
             self._write(chunk)
+
+    async def append(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        try:
+            await self._write_any(chunk)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC or self._store is None:
+                raise
+            # The disk filled under us (another writer, or a size we did not know): make
+            # room once and retry; a second ENOSPC ends this download.
+            log.warning(
+                "disk full writing digest=%s at offset=%d; evicting to make room",
+                self.digest,
+                self.written,
+            )
+            if not self._store.make_room(len(chunk) * self._store.copies, exclude=self._claim):
+                raise DiskFull(f"disk full while caching {self.digest}") from exc
+            try:
+                await self._write_any(chunk)
+            except OSError as again:
+                if again.errno != errno.ENOSPC:
+                    raise
+                raise DiskFull(f"disk full while caching {self.digest}") from again
         self.written += len(chunk)
+        if self._claim is not None:
+            self._claim.written = self.written
         self._notify()
 
     def verify(self) -> None:
@@ -131,8 +170,17 @@ class Download:
             os.close(self._fd)
             self._fd = None
 
+    def release_space(self) -> None:
+        if self._store is not None and self._claim is not None:
+            self._store.end_partial(self._claim)
+
     def set_started(self, size: int | None) -> None:
+        """The source can deliver (``size`` bytes, when known). Raises NoSpace, before any
+        client has seen a header, when the blob cannot fit on this node's disk."""
         if size is not None:
+            if self._claim is not None and self._store is not None and self._claim.size != size:
+                self._claim.written = self.written
+                self._store.reserve(self._claim, size)
             self.size = size
         if not self.started.done():
             self.started.set_result(None)
@@ -223,6 +271,10 @@ class BlobSource(Protocol):
 
 class SourceUnavailable(Exception):
     """This source cannot deliver the blob now; try the next one."""
+
+
+class DiskFull(NoSpace):
+    """ENOSPC mid-blob that evicting could not cure; the partial file is discarded."""
 
 
 class UpstreamSource:
@@ -339,7 +391,7 @@ class BlobFetcher:
         existing = self._inflight.get(job.digest)
         if existing is not None:
             return existing, False
-        dl = Download(job.digest, self.store.partial_path(job.digest))
+        dl = Download(job.digest, self.store.partial_path(job.digest), self.store)
         self._inflight[job.digest] = dl
         task = asyncio.create_task(self._run(job, dl), name=f"download {job.digest}")
         self._tasks.add(task)
@@ -399,6 +451,8 @@ class BlobFetcher:
             # Shutdown: keep partial bytes for a resume after restart.
             dl.fail(UpstreamError("agent shutting down", status=503))
             raise
+        except NoSpace as exc:
+            self._no_space(job, dl, exc)
         except RegistryError as exc:
             # Partial bytes stay in partial/ for a later request (maybe with other credentials).
             dl.fail(exc)
@@ -410,9 +464,28 @@ class BlobFetcher:
             dl.fail(UpstreamError(f"download of {job.digest} failed: {type(exc).__name__}"))
         finally:
             dl.close_file()
+            dl.release_space()
             self.metrics.inflight.dec()
             if self._inflight.get(job.digest) is dl:
                 del self._inflight[job.digest]
+
+    def _no_space(self, job: FetchJob, dl: Download, exc: NoSpace) -> None:
+        started = dl.started.done()
+        outcome = "aborted" if started else "refused"
+        self.metrics.no_space.labels(outcome).inc()
+        # A blob that did not fit would not fit on resume either: its bytes only take room.
+        dl.close_file()
+        dl.path.unlink(missing_ok=True)
+        log.error(
+            "not caching digest=%s repo=%s: %s (%s %s; partial discarded at %d bytes)",
+            job.digest,
+            job.repo,
+            exc.message,
+            outcome,
+            "mid-blob" if started else "before headers",
+            dl.written,
+        )
+        dl.fail(exc)
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -82,19 +82,31 @@ class ManifestStore:
         while len(self._recent) > _RECENT_MANIFESTS:
             self._recent.popitem(last=False)
 
-    def put(self, digest: Digest, media_type: str, body: bytes) -> None:
-        """Store bytes already verified to hash to ``digest``."""
-        path = self._path(digest)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # The type file goes first: a manifest file without its type is never read as present.
-        self._atomic_write(path.with_name(path.name + ".type"), media_type.encode())
-        self._atomic_write(path, body)
+    def put(self, digest: Digest, media_type: str, body: bytes) -> bool:
+        """Store bytes already verified to hash to ``digest``; False when the disk refused
+        them (full, read-only): the manifest is then kept in memory only and still served."""
         self._remember(StoredManifest(digest, media_type, body))
+        path = self._path(digest)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # The type file goes first: a manifest file without its type is never read as
+            # present.
+            self._atomic_write(path.with_name(path.name + ".type"), media_type.encode())
+            self._atomic_write(path, body)
+        except OSError as exc:
+            log.warning("manifest digest=%s kept in memory only: %s", digest, exc.strerror)
+            return False
+        return True
 
     def _atomic_write(self, path: Path, data: bytes) -> None:
         tmp = self._tmp / f"{path.name}.{os.getpid()}.{time.monotonic_ns()}"
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError:
+            # A half-written scratch file would only take more of the room that ran out.
+            tmp.unlink(missing_ok=True)
+            raise
 
     @staticmethod
     def _tag_key(upstream: str, repo: str, tag: str) -> str:
@@ -118,7 +130,8 @@ class ManifestStore:
         self._tags[key] = entry
         return entry
 
-    def set_tag(self, upstream: str, repo: str, tag: str, digest: Digest, media_type: str) -> None:
+    def set_tag(self, upstream: str, repo: str, tag: str, digest: Digest, media_type: str) -> bool:
+        """Record the tag's digest; False when only memory has it (the disk refused it)."""
         key = self._tag_key(upstream, repo, tag)
         old = self._tags.get(key)
         entry = TagEntry(digest, media_type, self._clock())
@@ -126,9 +139,15 @@ class ManifestStore:
         if old is not None and (old.digest, old.media_type) == (digest, media_type):
             # Only the freshness moved: that lives in memory. On disk the record keeps its
             # older time, so after a restart the tag is simply revalidated first.
-            return
+            return True
         doc = {"digest": str(digest), "media_type": media_type, "fetched_at": entry.fetched_at}
-        self._atomic_write(self._tdir / f"{key}.json", json.dumps(doc).encode())
+        try:
+            self._atomic_write(self._tdir / f"{key}.json", json.dumps(doc).encode())
+        except OSError as exc:
+            # The tag still answers from memory; only a restart would need the record.
+            log.warning("tag record %s kept in memory only: %s", key, exc.strerror)
+            return False
+        return True
 
     def is_fresh(self, entry: TagEntry, ttl: float) -> bool:
         return self._clock() - entry.fetched_at <= ttl

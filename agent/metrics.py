@@ -1,7 +1,8 @@
 """The agent's Prometheus metrics, created against an injected registry (none at import time).
 
 Labels are bounded: ``source`` is cache|upstream|peer, ``kind`` a request kind, ``status``
-an HTTP status code, ``upstream`` a configured registry name, ``reason`` a short fixed word.
+an HTTP status code, ``upstream`` a configured registry name, ``reason`` a short fixed word,
+``outcome`` one of NO_SPACE_OUTCOMES.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 SOURCES = ("cache", "upstream", "peer")
+NO_SPACE_OUTCOMES = ("refused", "aborted", "manifest_not_stored")
 
 
 @dataclass
@@ -30,6 +32,7 @@ class AgentMetrics:
     fetch_seconds: Histogram
     peer_bytes: Counter
     peer_uploaded_bytes: Counter
+    no_space: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> AgentMetrics:
@@ -120,7 +123,16 @@ class AgentMetrics:
             peer_uploaded_bytes=Counter(
                 "layerswarm_peer_uploaded_bytes", "Bytes uploaded to peers", registry=registry
             ),
+            no_space=Counter(
+                "layerswarm_no_space",
+                "Writes the disk could not take: blobs refused before headers, downloads "
+                "aborted mid-blob, manifests or tags served without being stored",
+                ["outcome"],
+                registry=registry,
+            ),
         )
         for s in SOURCES:
             m.served_bytes.labels(s)
+        for outcome in NO_SPACE_OUTCOMES:
+            m.no_space.labels(outcome)
         return m

@@ -137,7 +137,10 @@ class Mirror:
             stored = await self._fetch_manifest(
                 upstream, repo, tag, accept, auth, expect=None, internal=internal
             )
-            self._manifests.set_tag(upstream.name, repo, tag, stored.digest, stored.media_type)
+            if not self._manifests.set_tag(
+                upstream.name, repo, tag, stored.digest, stored.media_type
+            ):
+                self._metrics.no_space.labels("manifest_not_stored").inc()
             return stored
         except UpstreamError as exc:
             if (
@@ -242,7 +245,8 @@ class Mirror:
         if not media_type or media_type == "application/octet-stream":
             media_type = _sniff_media_type(body)
         self._access.remember(auth, upstream.name, repo)
-        self._manifests.put(actual, media_type, body)
+        if not self._manifests.put(actual, media_type, body):
+            self._metrics.no_space.labels("manifest_not_stored").inc()
         return StoredManifest(actual, media_type, body, fetched=True)
 
     async def open_blob(

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from agent.blobstore import BlobStore
+from agent.errors import NoSpace
 from agent.oci import Digest
 
 
@@ -86,3 +90,61 @@ def test_restart_with_smaller_limit_evicts_oldest(tmp_path: Path) -> None:
     smaller = BlobStore(tmp_path, max_bytes=1500, clock=clock)
     smaller.open()
     assert smaller.digests() == [new]
+
+
+def _virtual_disk(capacity: int) -> Callable[[Path], int]:
+    """Free bytes of a disk of ``capacity`` holding exactly the files under the store's root."""
+
+    def free(root: Path) -> int:
+        used = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+        return capacity - used
+
+    return free
+
+
+def test_reserve_evicts_idle_partials_then_lru_blobs(tmp_path: Path) -> None:
+    store = BlobStore(
+        tmp_path,
+        max_bytes=1 << 30,
+        clock=Clock(),
+        reserve_bytes=1000,
+        free_space=_virtual_disk(10_000),
+    )
+    store.open()
+    a = put(store, b"a" * 3000)
+    b = put(store, b"b" * 3000)
+    idle = store.partial_dir / f"sha256-{'0' * 64}"
+    idle.write_bytes(b"x" * 1000)  # an interrupted download nobody resumes now
+    busy_digest = Digest("sha256", "1" * 64)
+    busy = store.start_partial(busy_digest)
+    store.partial_path(busy_digest).write_bytes(b"y" * 500)
+    busy.written = 500
+    # 10,000 - 7,500 used - 1,000 reserve = 1,500 free: 2,000 more needs the idle partial
+    # gone, and then one blob (the least recently used).
+    claim = store.start_partial(Digest("sha256", "2" * 64))
+    store.reserve(claim, 3000)
+    assert not idle.exists()
+    assert store.partial_path(busy_digest).exists()
+    assert a not in store and b in store
+    # The claim counts against later reservations until it is written or released.
+    other = store.start_partial(Digest("sha256", "3" * 64))
+    with pytest.raises(NoSpace, match="no room"):
+        store.reserve(other, 9000)
+    store.end_partial(claim)
+    store.end_partial(busy)
+
+
+def test_commit_evicts_to_keep_the_reserve(tmp_path: Path) -> None:
+    store = BlobStore(
+        tmp_path,
+        max_bytes=1 << 30,
+        clock=Clock(),
+        reserve_bytes=2000,
+        free_space=_virtual_disk(8000),
+    )
+    store.open()
+    a = put(store, b"a" * 3000)
+    b = put(store, b"b" * 3000)  # 2,000 free: exactly the reserve
+    assert a in store
+    c = put(store, b"c" * 1000)  # below the reserve now: the oldest goes
+    assert a not in store and {b, c} <= set(store.digests())
