@@ -183,7 +183,7 @@ def referenced_digests(body: bytes) -> list[Digest]:
     """Digests a manifest or index points at (config, layers, child manifests)."""
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return []
     if not isinstance(doc, dict):
         return []

@@ -28,6 +28,13 @@ log = logging.getLogger(__name__)
 _MAX_JOIN_RETRIES = 3
 # Repositories whose anonymous readability was asked recently (bounded like the grants).
 _MAX_ANONYMOUS_PROBES = 10_000
+# Content types that say nothing about the document: the body's own mediaType decides.
+_GENERIC_TYPES = ("application/octet-stream", "application/json", "text/plain")
+# Docker's old signed manifests, still served by some registries to clients that ask for them.
+_SCHEMA1_TYPES = (
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+)
 
 
 class Mirror:
@@ -227,6 +234,15 @@ class Mirror:
             media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
             header_digest = resp.headers.get("Docker-Content-Digest")
         self._metrics.upstream_bytes.labels(upstream.name).inc(len(body))
+        if not media_type or media_type in _GENERIC_TYPES:
+            media_type = _sniff_media_type(body)
+        elif media_type not in MANIFEST_TYPES and media_type not in _SCHEMA1_TYPES:
+            # An HTML login page or an error document must not be cached and served as the
+            # manifest of a tag or digest.
+            raise ManifestInvalid(
+                f"upstream {upstream.name} answered with {media_type[:100]!r}, not a manifest",
+                status=502,
+            )
         algo = expect.algorithm if expect is not None else "sha256"
         actual = digest_of(body, algo)
         if expect is not None and actual != expect:
@@ -242,8 +258,6 @@ class Mirror:
                 raise DigestInvalid(
                     "upstream manifest does not match its Docker-Content-Digest", status=502
                 )
-        if not media_type or media_type == "application/octet-stream":
-            media_type = _sniff_media_type(body)
         self._access.remember(auth, upstream.name, repo)
         if not self._manifests.put(actual, media_type, body):
             self._metrics.no_space.labels("manifest_not_stored").inc()
@@ -290,6 +304,23 @@ class Mirror:
             return dl
         raise UpstreamError(f"could not start a download of {digest}", status=503)
 
+    def inflight(self, digest: Digest) -> Download | None:
+        return self._fetcher.inflight(digest)
+
+    async def head_blob(
+        self, upstream: Upstream, repo: str, digest: Digest, auth: str | None
+    ) -> int | None:
+        """The size of a blob as the upstream answers a HEAD for this client (None: it did not
+        say), without downloading it; raises the upstream's refusal as its answer."""
+        async with self._client.request(
+            upstream, "HEAD", f"/v2/{repo}/blobs/{digest}", client_auth=auth
+        ) as resp:
+            await ensure_ok(resp, upstream.name)
+            size = resp.content_length
+        self._access.remember(auth, upstream.name, repo)
+        self._access.link(upstream.name, repo, [digest])
+        return size
+
 
 def _accepts(accept: str, media_type: str) -> bool:
     if not accept:
@@ -301,7 +332,7 @@ def _accepts(accept: str, media_type: str) -> bool:
 def _sniff_media_type(body: bytes) -> str:
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ManifestInvalid("upstream manifest is not JSON", status=502) from None
     mt = doc.get("mediaType") if isinstance(doc, dict) else None
     if isinstance(mt, str) and mt in MANIFEST_TYPES:

@@ -84,7 +84,9 @@ class ByteRange:
         return self.end - self.start + 1
 
 
-_RANGE_RE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
+# 2**63 has 19 digits: larger offsets name no byte of any blob.
+_MAX_RANGE_DIGITS = 19
+_RANGE_RE = re.compile(r"^\s*bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)\s*$", re.ASCII)
 
 
 def parse_range(header: str | None, size: int | None) -> ByteRange | None:
@@ -102,6 +104,9 @@ def parse_range(header: str | None, size: int | None) -> ByteRange | None:
     if not m or (not m.group(1) and not m.group(2)):
         raise RangeInvalid(f"malformed Range header {header[:100]!r}")
     first, last = m.group(1), m.group(2)
+    if len(first) > _MAX_RANGE_DIGITS or len(last) > _MAX_RANGE_DIGITS:
+        # No blob is that large; int() of thousands of digits would also raise, not answer.
+        raise RangeInvalid("range number out of bounds")
     if not first:
         # Suffix range: the last N bytes.
         suffix = int(last)

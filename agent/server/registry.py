@@ -17,6 +17,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from aiohttp import web
 
@@ -265,6 +266,19 @@ class RegistryHandlers:
         digest = parse_digest(raw_digest)
         ri = info(request)
         ri.digest = str(digest)
+        if (
+            request.method == "HEAD"
+            and digest not in self._store
+            and self._mirror.inflight(digest) is None
+        ):
+            # A HEAD asks whether the blob exists and how big it is: the upstream's HEAD
+            # answers that, where opening the blob would download all of it.
+            ri.source = "upstream"
+            size = await self._mirror.head_blob(upstream, repo, digest, auth)
+            headers = self._blob_headers(digest)
+            if size is not None:
+                headers["Content-Length"] = str(size)
+            return web.Response(headers=headers)
         opened = await self._mirror.open_blob(upstream, repo, digest, auth)
         if isinstance(opened, CachedBlob):
             return await self._send_cached(request, opened)
@@ -366,7 +380,8 @@ class RegistryHandlers:
         n_raw = request.query.get("n")
         n: int | None = None
         if n_raw is not None:
-            if not n_raw.isdigit() or int(n_raw) > 10000:
+            # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+            if not re.fullmatch(r"[0-9]{1,5}", n_raw) or int(n_raw) > 10000:
                 raise RegistryError("n must be an integer up to 10000", status=400)
             n = int(n_raw)
             query["n"] = n_raw
@@ -383,22 +398,30 @@ class RegistryHandlers:
             headers["Content-Type"] = "application/json"
             link = resp.headers.get("Link")
         info(request).source = "upstream"
+        next_page: dict[str, str] | None = None
         if link:
-            headers["Link"] = link
+            # The upstream's link names its own path; the client must come back to ours, with
+            # the same ?ns= so the next page goes to the same registry.
+            next_page = _link_query(link)
         elif n is not None or last:
             # Some upstreams (distribution 2.x) ignore n and last on tag lists; page here,
             # in the lexical order the spec asks for.
-            body, next_link = _paginate(body, request.path, n, last)
-            if next_link:
-                headers["Link"] = next_link
+            body, next_last = _paginate(body, n, last)
+            if next_last is not None and n is not None:
+                next_page = {"n": str(n), "last": next_last}
+        if next_page is not None:
+            if "ns" in request.query:
+                next_page["ns"] = request.query["ns"]
+            headers["Link"] = f'<{request.path}?{urlencode(next_page)}>; rel="next"'
         return web.Response(body=body if request.method == "GET" else None, headers=headers)
 
 
-def _paginate(body: bytes, path: str, n: int | None, last: str | None) -> tuple[bytes, str]:
+def _paginate(body: bytes, n: int | None, last: str | None) -> tuple[bytes, str | None]:
+    """One page of a full tag list, and the ``last`` of the next page (None: no more)."""
     try:
         doc = json.loads(body)
         tags = sorted(t for t in doc.get("tags") or [] if isinstance(t, str))
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, TypeError, RecursionError):
         raise UpstreamError("upstream tag list is not JSON", status=502) from None
     if last:
         tags = [t for t in tags if t > last]
@@ -406,8 +429,17 @@ def _paginate(body: bytes, path: str, n: int | None, last: str | None) -> tuple[
     if n is not None:
         tags = tags[:n]
     doc["tags"] = tags
-    link = f'<{path}?n={n}&last={tags[-1]}>; rel="next"' if more and tags else ""
-    return json.dumps(doc).encode(), link
+    return json.dumps(doc).encode(), (tags[-1] if more and tags else None)
+
+
+def _link_query(link: str) -> dict[str, str] | None:
+    """``n`` and ``last`` of an upstream's ``Link: <url>; rel="next"``, if it has them."""
+    m = re.match(r"\s*<([^>]*)>", link)
+    if m is None:
+        return None
+    q = parse_qs(urlsplit(m.group(1)).query)
+    out = {k: q[k][0] for k in ("n", "last") if q.get(k)}
+    return out or None
 
 
 def _canonical_registry(name: str) -> str:

@@ -53,6 +53,8 @@ async def read_json(request: web.Request) -> Mapping[str, Any]:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest("body is not valid JSON") from None
+    except RecursionError:
+        raise InvalidRequest("body is nested too deeply") from None
     if not isinstance(data, dict):
         raise InvalidRequest("body must be a JSON object")
     return data
