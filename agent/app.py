@@ -15,7 +15,7 @@ from agent.access import AccessChecker
 from agent.blobstore import BlobStore
 from agent.config import AgentConfig
 from agent.fetch import BlobFetcher, BlobSource, UpstreamSource
-from agent.identity import load_identity
+from agent.identity import Identity, load_identity
 from agent.manifests import ManifestStore
 from agent.metrics import AgentMetrics
 from agent.mirror import Mirror
@@ -66,12 +66,34 @@ AGENT_KEY: web.AppKey[AgentRuntime] = web.AppKey("agent_runtime", AgentRuntime)
 
 
 def prepare_data_dir(config: AgentConfig) -> None:
+    """Fail at start-up, naming the path, when the data dir cannot hold the cache: an agent
+    that starts anyway would answer every pull with an error instead."""
+    data = config.data_dir
+    if data.exists() and not data.is_dir():
+        raise ConfigError(f"data-dir {data} exists and is not a directory")
     try:
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        data.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"data-dir {config.data_dir}: {exc.strerror}") from None
-    if not os.access(config.data_dir, os.W_OK | os.X_OK):
-        raise ConfigError(f"data-dir {config.data_dir}: not writable")
+        raise ConfigError(f"data-dir {data}: cannot create it: {exc.strerror}") from None
+    # os.access says yes to root on a read-only mount's files in some cases; a real write is
+    # the only honest test.
+    probe = data / f".write-test.{os.getpid()}"
+    try:
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"data-dir {data} is not writable: {exc.strerror}") from None
+
+
+def _open_state(config: AgentConfig, store: BlobStore, manifests: ManifestStore) -> Identity:
+    """Open the cache's layout; a part of it that is not a writable directory is named."""
+    try:
+        store.open()
+        manifests.open()
+        return load_identity(config.data_dir)
+    except OSError as exc:
+        where = exc.filename or config.data_dir
+        raise ConfigError(f"data-dir {config.data_dir}: {where}: {exc.strerror}") from None
 
 
 async def build_app(
@@ -95,9 +117,8 @@ async def build_app(
         copies=2 if config.p2p and config.tracker else 1,
     )
     store.on_evict.append(lambda _d: metrics.evictions.inc())
-    store.open()
     manifests = ManifestStore(config.data_dir)
-    manifests.open()
+    identity = _open_state(config, store, manifests)
 
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=256, limit_per_host=64, enable_cleanup_closed=True),
@@ -129,7 +150,7 @@ async def build_app(
 
     peering = build_peering(
         config,
-        load_identity(config.data_dir),
+        identity,
         session,
         store,
         metrics,
