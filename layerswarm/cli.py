@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Protocol
 
+from layerswarm import logredact
 from layerswarm.settings import ConfigError
 
 
@@ -71,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    logredact.install()
     if not args.command:
         parser.print_help()
         return 2
