@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from agent.access import AccessChecker
 from agent.blobstore import BlobStore
 from agent.config import AgentConfig
-from agent.fetch import BlobFetcher, BlobSource, UpstreamSource
+from agent.fetch import BlobFetcher, BlobSource, RetryPolicy, UpstreamSource
 from agent.identity import Identity, load_identity
 from agent.manifests import ManifestStore
 from agent.metrics import AgentMetrics
@@ -164,7 +164,7 @@ async def build_app(
         fetcher.on_corrupt.append(peering.swarm.on_corrupt)
         store.on_evict.append(peering.swarm.on_evict)
         mirror.check_access_first = True
-    sources.append(UpstreamSource(client, metrics))
+    sources.append(UpstreamSource(client, metrics, RetryPolicy(budget=config.upstream_retry_wait)))
     runtime = AgentRuntime(
         config, session, store, manifests, client, access, fetcher, mirror, metrics, peering
     )

@@ -166,6 +166,15 @@ class AgentConfig:
             "upstream read timeout (between bytes)", parse=parse_duration, metavar="DURATION"
         ),
     )
+    upstream_retry_wait: float = field(
+        default=30.0,
+        metadata=setting(
+            "longest an upstream's 429/503 (its Retry-After honoured) or connection resets are "
+            "waited out for one blob before the client gets the error",
+            parse=parse_duration,
+            metavar="DURATION",
+        ),
+    )
     max_manifest_size: int = field(
         default=4 << 20,
         metadata=setting(
@@ -287,6 +296,7 @@ class AgentConfig:
             "connect_timeout",
             "read_timeout",
             "peer_wait",
+            "upstream_retry_wait",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.replace('_', '-')} must not be negative")

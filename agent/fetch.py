@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import errno
 import logging
 import os
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -38,13 +40,11 @@ from agent.config import Upstream
 from agent.errors import BlobIntegrityError, NoSpace, RegistryError, UpstreamError
 from agent.metrics import AgentMetrics
 from agent.oci import Digest
-from agent.upstream import UpstreamClient, ensure_ok
+from agent.upstream import UpstreamClient, ensure_ok, relay_error
 
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 1 << 20
-# Upstream hiccups mid-blob are retried from the current offset this many times.
-_MAX_RESUMES = 3
 # Chunks at least this big are written and hashed in a thread (hashlib drops the GIL), so
 # the event loop keeps serving other clients during a fast download.
 _THREAD_CHUNK = 256 << 10
@@ -277,42 +277,131 @@ class DiskFull(NoSpace):
     """ENOSPC mid-blob that evicting could not cure; the partial file is discarded."""
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long an upstream's 429/503 or a connection reset is waited out for one blob.
+
+    ``budget`` bounds the total wait (the client is waiting too); a ``Retry-After`` longer
+    than what is left of it is not waited for: the client gets the upstream's answer at once.
+    """
+
+    budget: float = 30.0
+    attempts: int = 6
+    first_backoff: float = 0.25
+    max_backoff: float = 5.0
+
+    def backoff(self, retry: int) -> float:
+        base = min(self.max_backoff, self.first_backoff * 2.0**retry)
+        # Jitter, so a fleet of agents reset at once do not come back in step.
+        return base * random.uniform(0.5, 1.0)  # noqa: S311 - not for security
+
+
+class _Throttled(Exception):
+    """The upstream said "not now" (429/503); ``error`` is what the client gets if we stop."""
+
+    def __init__(self, error: RegistryError, retry_after: float | None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.retry_after = retry_after
+
+
+def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -> float | None:
+    """Seconds to wait from a Retry-After header (delay-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now())
+
+
+def _reset_before_answer(exc: BaseException) -> bool:
+    """A connection the upstream dropped before answering: worth another try, unlike a
+    refused connection (upstream down: the client should hear it at once) or a timeout
+    (already waited the read timeout)."""
+    cause = exc.__cause__ if isinstance(exc, UpstreamError) else exc
+    return isinstance(cause, aiohttp.ServerDisconnectedError | ConnectionResetError) or (
+        isinstance(cause, aiohttp.ClientOSError) and cause.errno == errno.ECONNRESET
+    )
+
+
 class UpstreamSource:
     name = "upstream"
 
-    def __init__(self, client: UpstreamClient, metrics: AgentMetrics) -> None:
+    def __init__(
+        self, client: UpstreamClient, metrics: AgentMetrics, retry: RetryPolicy | None = None
+    ) -> None:
         self._client = client
         self._metrics = metrics
+        self._retry = retry or RetryPolicy()
 
     async def fetch(self, job: FetchJob, download: Download) -> None:
-        resumes = 0
+        policy = self._retry
+        retries = 0
+        waited = 0.0
         while True:
             try:
                 await self._fetch_once(job, download)
                 return
+            except _Throttled as exc:
+                final: BaseException = exc.error
+                delay = exc.retry_after
+                reason = f"http_{exc.error.status}"
+                if delay is None:
+                    delay = policy.backoff(retries)
             except (
                 UpstreamError,
                 aiohttp.ClientPayloadError,
                 aiohttp.ClientConnectionError,
                 TimeoutError,
             ) as exc:
-                self._metrics.upstream_errors.labels(job.upstream.name, type(exc).__name__).inc()
-                # Only a download that already started is resumed: a failure to start is the
-                # client's answer (503/504) right away.
-                if not download.started.done() or resumes >= _MAX_RESUMES:
-                    if isinstance(exc, UpstreamError):
-                        raise
-                    raise UpstreamError(
+                reason = type(exc).__name__
+                if isinstance(exc, UpstreamError):
+                    final = exc
+                else:
+                    final = UpstreamError(
                         f"upstream {job.upstream.name} failed mid-blob: {type(exc).__name__}"
-                    ) from exc
-                resumes += 1
+                    )
+                    final.__cause__ = exc
+                # A download that started is resumed by Range; one that did not start is
+                # retried only if the connection was reset (not refused, not timed out).
+                if not download.started.done() and not _reset_before_answer(exc):
+                    self._metrics.upstream_errors.labels(job.upstream.name, reason).inc()
+                    raise final from exc
+                delay = policy.backoff(retries)
+            self._metrics.upstream_errors.labels(job.upstream.name, reason).inc()
+            retries += 1
+            if retries >= policy.attempts or waited + delay > policy.budget:
                 log.warning(
-                    "resuming digest=%s at offset=%d after %s",
+                    "giving up on digest=%s upstream=%s after %d tries (%s); waited=%.1fs "
+                    "next_wait=%.1fs budget=%.1fs",
                     job.digest,
-                    download.written,
-                    type(exc).__name__,
+                    job.upstream.name,
+                    retries,
+                    reason,
+                    waited,
+                    delay,
+                    policy.budget,
                 )
-                await asyncio.sleep(min(0.5 * resumes, 2.0))
+                raise final
+            log.warning(
+                "retrying digest=%s upstream=%s at offset=%d in %.2fs after %s (try %d of %d)",
+                job.digest,
+                job.upstream.name,
+                download.written,
+                delay,
+                reason,
+                retries + 1,
+                policy.attempts,
+            )
+            await asyncio.sleep(delay)
+            waited += delay
 
     async def _fetch_once(self, job: FetchJob, download: Download) -> None:
         offset = download.written
@@ -326,6 +415,17 @@ class UpstreamSource:
             own_auth=job.internal,
         ) as resp:
             skip = 0
+            if resp.status in (429, 503):
+                error: RegistryError = await relay_error(resp)
+                if resp.status == 503:
+                    # A 503 is the upstream's trouble, not the client's: our own body, with
+                    # the upstream's Retry-After so the client knows when to come back.
+                    error = UpstreamError(
+                        f"upstream {job.upstream.name} answered 503",
+                        status=503,
+                        headers=error.headers,
+                    )
+                raise _Throttled(error, parse_retry_after(resp.headers.get("Retry-After")))
             if resp.status == 206 and offset:
                 start, total = _content_range(resp.headers.get("Content-Range", ""))
                 if start != offset:

@@ -79,7 +79,8 @@ class FaultProxy:
             self._fail += [(status, retry_after)] * times
 
     def reset_blobs(self, times: int, *, after_bytes: int) -> None:
-        """Cut the connection of the next ``times`` blob GETs after ``after_bytes`` body bytes."""
+        """Cut the connection of the next ``times`` blob GETs after ``after_bytes`` body bytes
+        (0: before the status line)."""
         with self._lock:
             self._resets += [after_bytes] * times
 
@@ -192,6 +193,12 @@ class FaultProxy:
             return web.Response(
                 status=status, body=body, headers=headers, content_type="application/json"
             )
+        if reset == 0:
+            # Dropped before any answer: the client sees the server disconnect.
+            self._record(request, 0, "reset")
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=503)
         assert self._session is not None
         headers = {
             h: request.headers[h] for h in _FORWARDED_REQUEST_HEADERS if h in request.headers
