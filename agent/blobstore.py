@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 # Persisting last-use times costs a syscall; once a minute per blob is plenty for LRU order
 # that survives a restart.
 _TOUCH_INTERVAL = 60.0
+# A partial download untouched this long is collected at start-up.
+_PARTIAL_MAX_AGE = 24 * 3600.0
 
 
 @dataclass
@@ -136,9 +138,17 @@ class BlobStore:
                     continue
                 st = p.stat()
                 found.append((st.st_mtime, Digest(algo, p.name), st.st_size))
+        now = self.clock()
         for p in self.partial_dir.iterdir():
             algo, _, hexpart = p.name.partition("-")
             if algo not in ALGORITHMS or len(hexpart) != ALGORITHMS[algo] or not p.is_file():
+                _remove(p)
+                continue
+            st = p.stat()
+            # An empty partial holds nothing to resume; one untouched for a day is a blob
+            # nobody asked for again. Neither may pile up across restarts.
+            if st.st_size == 0 or now - st.st_mtime > _PARTIAL_MAX_AGE:
+                log.info("collecting stale partial download %s", p.name)
                 _remove(p)
         found.sort()
         for mtime, digest, size in found:

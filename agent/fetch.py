@@ -97,7 +97,9 @@ class Download:
         if size:
             await asyncio.to_thread(self._hash_file_prefix, size)
             self.written = size
-        self._open_for_append()
+            self._open_for_append()
+        # Otherwise the file is created by set_started: a digest the upstream does not have
+        # must leave nothing behind in partial/.
 
     def _hash_file_prefix(self, size: int) -> None:
         with self.path.open("rb") as f:
@@ -110,6 +112,8 @@ class Download:
                 remaining -= len(block)
 
     def _write(self, chunk: bytes) -> None:
+        if self._fd is None:
+            self._open_for_append()
         assert self._fd is not None
         view = memoryview(chunk)
         try:
@@ -182,6 +186,9 @@ class Download:
                 self._claim.written = self.written
                 self._store.reserve(self._claim, size)
             self.size = size
+        if self._fd is None:
+            # Readers open the file once started; it must exist by then.
+            self._open_for_append()
         if not self.started.done():
             self.started.set_result(None)
 
