@@ -88,6 +88,10 @@ def prepare_data_dir(config: AgentConfig) -> None:
 def _open_state(config: AgentConfig, store: BlobStore, manifests: ManifestStore) -> Identity:
     """Open the cache's layout; a part of it that is not a writable directory is named."""
     try:
+        # A process killed between writing a state file's .tmp and renaming it leaves the
+        # .tmp behind; the state file itself is whole (old or new), so the .tmp can go.
+        for leftover in config.data_dir.glob("*.tmp"):
+            leftover.unlink()
         store.open()
         manifests.open()
         return load_identity(config.data_dir)

@@ -1,0 +1,128 @@
+"""An agent SIGKILLed in the middle of writing a blob, then restarted on the same data dir.
+
+The agent is the real CLI process and really dies (SIGKILL, no clean-up of any kind); the
+registry is real, behind the fault proxy only to slow the blob so the kill lands mid-write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ImageFactory
+from tests.support.agent import AgentProc
+from tests.support.faultproxy import FaultProxy
+from tests.support.images import Image, Layer
+from tests.support.registry import Registry
+
+pytestmark = pytest.mark.integration
+
+MiB = 1 << 20
+
+
+def fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=60) as r:
+        data: bytes = r.read()
+        return data
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def verified_cache(data: Path) -> dict[str, bool]:
+    """Every file under blobs/, and whether its bytes hash to its name."""
+    out = {}
+    for p in (data / "blobs" / "sha256").iterdir():
+        out[p.name] = hashlib.sha256(p.read_bytes()).hexdigest() == p.name
+    return out
+
+
+def test_sigkill_mid_write_then_restart_resumes_and_caches_only_verified_blobs(
+    tmp_path: Path, registry: Registry, image_factory: ImageFactory
+) -> None:
+    image = image_factory(layers=[2 * MiB, 8 * MiB])
+    small, big = image.layers
+    with FaultProxy(registry.url) as proxy:
+        agent = AgentProc(
+            tmp_path / "agent",
+            {registry.host_port: proxy.url},
+            default_upstream=registry.host_port,
+            extra=["--no-p2p"],
+        )
+        try:
+            run_scenario(agent, proxy, registry, image, small, big)
+        finally:
+            agent.stop()
+
+
+def run_scenario(
+    agent: AgentProc, proxy: FaultProxy, registry: Registry, image: Image, small: Layer, big: Layer
+) -> None:
+    agent.start()
+    proc = agent.proc
+    assert proc is not None
+    base = f"{agent.url}/v2/{image.repo}/blobs/"
+    assert fetch(base + small.digest) == image.blob(small.digest)
+
+    proxy.throttle(2 * MiB)
+    failures: list[BaseException] = []
+
+    def client() -> None:
+        try:
+            fetch(base + big.digest)
+        except BaseException as exc:  # the agent dies under it: any error is expected
+            failures.append(exc)
+
+    t = threading.Thread(target=client)
+    t.start()
+    partial = agent.data_dir / "partial" / f"sha256-{big.digest.split(':')[1]}"
+    wait_until("a partial MiB", lambda: partial.exists() and partial.stat().st_size > MiB)
+    os.kill(proc.pid, signal.SIGKILL)
+    wait_until("the agent to die", lambda: not proc.running)
+    t.join(60)
+    assert proc.returncode == -signal.SIGKILL
+    assert failures, "the client should have seen its download cut"
+    left = partial.stat().st_size
+    assert 0 < left < big.size
+    # Nothing unverified is in the cache: the half blob is only in partial/.
+    assert verified_cache(agent.data_dir) == {small.digest.split(":")[1]: True}
+
+    # What a kill between writing a state file and renaming it leaves beside it.
+    stray = agent.data_dir / "anonymous-grants.json.tmp"
+    stray.write_text('{"half": ')
+    proxy.throttle(None)
+    before = len(proxy.blob_requests())
+    agent.start()
+    assert not stray.exists()
+    assert fetch(base + big.digest) == image.blob(big.digest)
+    resumed = proxy.blob_requests()[before:]
+    assert len(resumed) == 1, resumed
+    # The restarted agent asked only for what the killed one had not written.
+    assert resumed[0].range == f"bytes={left}-", resumed
+    ranged = registry.requests(kind="blobs", reference=big.digest, statuses=(206,))
+    assert len(ranged) == 1 and ranged[0].bytes == big.size - left
+    assert verified_cache(agent.data_dir) == {
+        small.digest.split(":")[1]: True,
+        big.digest.split(":")[1]: True,
+    }
+    assert not list((agent.data_dir / "partial").iterdir())
+    assert not list((agent.data_dir / "tmp").iterdir())
+    # The blob cached before the kill is still served from the cache.
+    served_before = agent.metric("layerswarm_served_bytes_total", 'source="cache"')
+    assert fetch(base + small.digest) == image.blob(small.digest)
+    assert agent.metric("layerswarm_served_bytes_total", 'source="cache"') == (
+        served_before + small.size
+    )
