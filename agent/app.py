@@ -121,7 +121,7 @@ async def build_app(
         copies=2 if config.p2p and config.tracker else 1,
     )
     store.on_evict.append(lambda _d: metrics.evictions.inc())
-    manifests = ManifestStore(config.data_dir)
+    manifests = ManifestStore(config.data_dir, clock=clock)
     identity = _open_state(config, store, manifests)
 
     session = aiohttp.ClientSession(

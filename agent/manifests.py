@@ -8,6 +8,11 @@ Layout under the data directory::
 
 Tag files let a restarted agent still answer a tag while the upstream is down. Their names
 are hashes, so no client-supplied string ever becomes a path.
+
+Freshness (``--tag-ttl``) is measured on the monotonic clock, so a wall-clock jump on the node
+can neither keep a moved tag fresh for a day nor expire every tag at once. A record read back
+from disk after a restart has no monotonic time: it counts as stale and is revalidated first
+(its wall-clock ``fetched_at`` is only informational).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from collections import OrderedDict
@@ -41,15 +47,22 @@ class StoredManifest:
 class TagEntry:
     digest: Digest
     media_type: str
+    # On the store's monotonic clock; -inf for a record read back from disk.
     fetched_at: float
 
 
 class ManifestStore:
-    def __init__(self, root: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        root: Path,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self._mdir = root / "manifests"
         self._tdir = root / "tags"
         self._tmp = root / "tmp"
         self._clock = clock
+        self._wall = wall_clock
         self._tags: dict[str, TagEntry] = {}
         # Recently served manifests, so a busy tag is not two file reads per request.
         self._recent: OrderedDict[Digest, StoredManifest] = OrderedDict()
@@ -119,9 +132,7 @@ class ManifestStore:
             return entry
         try:
             data = json.loads((self._tdir / f"{key}.json").read_text())
-            entry = TagEntry(
-                parse_digest(data["digest"]), str(data["media_type"]), float(data["fetched_at"])
-            )
+            entry = TagEntry(parse_digest(data["digest"]), str(data["media_type"]), -math.inf)
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError):
@@ -140,7 +151,7 @@ class ManifestStore:
             # Only the freshness moved: that lives in memory. On disk the record keeps its
             # older time, so after a restart the tag is simply revalidated first.
             return True
-        doc = {"digest": str(digest), "media_type": media_type, "fetched_at": entry.fetched_at}
+        doc = {"digest": str(digest), "media_type": media_type, "fetched_at": self._wall()}
         try:
             self._atomic_write(self._tdir / f"{key}.json", json.dumps(doc).encode())
         except OSError as exc:
