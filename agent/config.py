@@ -53,6 +53,12 @@ def parse_upstream(raw: str) -> Upstream:
     name, sep, url = raw.partition("=")
     name = name.strip()
     url = url.strip().rstrip("/")
+    if not sep and "://" in name:
+        host = urlsplit(name).netloc or "HOST"
+        raise ConfigError(
+            f"upstream {name!r} is a URL; give it as NAME=URL, the name images use first: "
+            f"--upstream {host}={name.rstrip('/')}"
+        )
     if not sep:
         # `--upstream ghcr.io` alone means "the registry at https://ghcr.io".
         url = DOCKER_HUB_URL if name == DOCKER_HUB else f"https://{name}"

@@ -108,10 +108,25 @@ class TooManyRequests(RegistryError):
 
 
 class UpstreamError(RegistryError):
-    """The upstream could not answer: 502 bad answer, 503 unreachable, 504 timed out."""
+    """The upstream could not answer: 502 bad answer, 503 unreachable, 504 timed out.
+
+    ``reason`` is one word of ``agent.failures.REASONS``, the label its error counter gets.
+    """
 
     status = 502
     code = "UNAVAILABLE"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        detail: object = None,
+        reason: str = "other",
+    ) -> None:
+        super().__init__(message, status=status, headers=headers, detail=detail)
+        self.reason = reason
 
 
 class NoSpace(RegistryError):

@@ -40,7 +40,8 @@ from agent.config import Upstream
 from agent.errors import BlobIntegrityError, NoSpace, RegistryError, UpstreamError
 from agent.metrics import AgentMetrics
 from agent.oci import Digest
-from agent.upstream import UpstreamClient, ensure_ok, relay_error
+from agent.upstream import UpstreamClient, connection_failure, ensure_ok, relay_error
+from layerswarm.failures import classify
 
 log = logging.getLogger(__name__)
 
@@ -359,7 +360,7 @@ class UpstreamSource:
             except _Throttled as exc:
                 final: BaseException = exc.error
                 delay = exc.retry_after
-                reason = f"http_{exc.error.status}"
+                reason = "throttled"
                 if delay is None:
                     delay = policy.backoff(retries)
             except (
@@ -368,13 +369,12 @@ class UpstreamSource:
                 aiohttp.ClientConnectionError,
                 TimeoutError,
             ) as exc:
-                reason = type(exc).__name__
-                if isinstance(exc, UpstreamError):
-                    final = exc
-                else:
-                    final = UpstreamError(
-                        f"upstream {job.upstream.name} failed mid-blob: {type(exc).__name__}"
-                    )
+                error = (
+                    exc if isinstance(exc, UpstreamError) else connection_failure(job.upstream, exc)
+                )
+                reason = error.reason
+                final = error
+                if error is not exc:
                     final.__cause__ = exc
                 # A download that started is resumed by Range; one that did not start is
                 # retried only if the connection was reset (not refused, not timed out).
@@ -568,7 +568,7 @@ class BlobFetcher:
             dl.fail(exc)
         except Exception as exc:
             log.exception("download of %s failed", job.digest)
-            dl.fail(UpstreamError(f"download of {job.digest} failed: {type(exc).__name__}"))
+            dl.fail(UpstreamError(f"download of {job.digest} failed: {classify(exc).cause}"))
         finally:
             dl.close_file()
             dl.release_space()

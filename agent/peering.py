@@ -102,7 +102,14 @@ class Peering:
         self._inflight = inflight
         self._address = advertise_address(config)
         self._uploaded_seen = 0
-        self.link = TrackerLink(client, self.describe, self.held, run_preheat)
+        self.link = TrackerLink(
+            client,
+            self.describe,
+            self.held,
+            run_preheat,
+            tracker_url=config.tracker or "embedded",
+            token_file=str(config.tracker_token_file or ""),
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     def describe(self) -> AgentInfo:

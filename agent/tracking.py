@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -18,7 +19,14 @@ from typing import TypeVar
 from agent import preheat
 from agent.swarm import CoordinatorUnavailable, Lookup, PeerRef, SegmentRef
 from tracker.client import TrackerClient
-from tracker.errors import StoreUnavailable, TrackerError, TrackerUnavailable, UnknownAgent
+from tracker.errors import (
+    Forbidden,
+    StoreUnavailable,
+    TrackerError,
+    TrackerUnavailable,
+    Unauthorized,
+    UnknownAgent,
+)
 from tracker.model import AgentInfo, Announcement, LayerProgress, PreheatJob, SegmentMeta
 
 log = logging.getLogger(__name__)
@@ -26,6 +34,25 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 PreheatRunner = Callable[[str, preheat.ProgressHook], Awaitable[list[preheat.LayerProgress]]]
+
+# A failure that persists is logged again this often, not at every heartbeat.
+_REPEAT_WARNING_SECONDS = 300.0
+
+
+@dataclass(frozen=True)
+class TrackerState:
+    """How the last heartbeat went: what /healthz reports about the tracker.
+
+    ``state``: starting (no heartbeat yet), ok, unreachable, or refused (the tracker answered
+    but would not take us: wrong fleet token, agent key); ``reason`` says why, for operators.
+    """
+
+    state: str = "starting"
+    reason: str = ""
+
+    @property
+    def healthy(self) -> bool:
+        return self.state in ("starting", "ok")
 
 
 @dataclass
@@ -35,6 +62,11 @@ class TrackerLink:
     held: Callable[[], list[Announcement]]
     run_preheat: PreheatRunner | None = None
     default_interval: float = 10.0
+    # Where the tracker is and which token file we use, for messages (never the token).
+    tracker_url: str = "embedded"
+    token_file: str = ""
+    state: TrackerState = field(default_factory=TrackerState)
+    _warned_at: float = -_REPEAT_WARNING_SECONDS
     _peer_ids: dict[tuple[str, int], str] = field(default_factory=dict)
     _jobs: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     _finished_jobs: set[str] = field(default_factory=set)
@@ -52,7 +84,7 @@ class TrackerLink:
         except (TrackerUnavailable, StoreUnavailable) as exc:
             raise CoordinatorUnavailable(str(exc)) from exc
         except TrackerError as exc:
-            log.warning("tracker refused a request: %s: %s", type(exc).__name__, exc)
+            log.warning("tracker %s refused a request: %s", self.tracker_url, exc)
             raise CoordinatorUnavailable(str(exc)) from exc
 
     async def lookup(self, digest: str) -> Lookup:
@@ -128,10 +160,32 @@ class TrackerLink:
             interval = await self.heartbeat()
             await self._poll_tasks()
         except (TrackerUnavailable, StoreUnavailable) as exc:
-            log.warning("tracker unavailable: %s", exc)
+            self._enter(TrackerState("unreachable", f"tracker {self.tracker_url}: {exc}"))
+        except (Unauthorized, Forbidden) as exc:
+            self._enter(
+                TrackerState(
+                    "refused",
+                    f"tracker {self.tracker_url} refused this agent ({exc}); is the token in "
+                    f"{self.token_file or '--tracker-token-file'} the one in the tracker's "
+                    "--token-file?",
+                )
+            )
         except TrackerError as exc:
-            log.warning("tracker refused heartbeat: %s: %s", type(exc).__name__, exc)
+            self._enter(TrackerState("refused", f"tracker {self.tracker_url} refused: {exc}"))
+        else:
+            self._enter(TrackerState("ok"))
         await asyncio.sleep(max(0.2, min(interval, 60.0)))
+
+    def _enter(self, new: TrackerState) -> None:
+        old, self.state = self.state, new
+        if new.healthy:
+            if not old.healthy:
+                log.info("tracker reachable again at %s", self.tracker_url)
+            return
+        now = time.monotonic()
+        if new != old or now - self._warned_at >= _REPEAT_WARNING_SECONDS:
+            self._warned_at = now
+            log.warning("%s; pulls go on from the upstream only", new.reason)
 
     async def _poll_tasks(self) -> None:
         if self.run_preheat is None:
@@ -158,7 +212,7 @@ class TrackerLink:
             raise
         except Exception as exc:
             # The reason goes to the tracker for the operator; it never names a credential.
-            reason = getattr(exc, "message", None) or type(exc).__name__
+            reason = getattr(exc, "message", None) or str(exc) or "unexpected error"
             log.warning("preheat job=%s image=%s failed: %s", job.id, job.image, reason)
             # Keep the layers that did arrive in the job's status: a retry needs only the rest.
             with contextlib.suppress(TrackerError):

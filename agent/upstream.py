@@ -28,6 +28,7 @@ import yaml
 
 from agent.config import Upstream
 from agent.errors import RegistryError, UpstreamError
+from layerswarm.failures import classify
 from layerswarm.settings import ConfigError
 
 log = logging.getLogger(__name__)
@@ -235,14 +236,8 @@ class UpstreamClient:
                 resp = await self._session.request(
                     method, url, headers=hdrs, allow_redirects=False, timeout=self._timeout
                 )
-            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
-                raise UpstreamError(f"upstream {upstream.name} unreachable", status=503) from exc
-            except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-                raise UpstreamError(f"upstream {upstream.name} timed out", status=504) from exc
-            except aiohttp.ClientError as exc:
-                raise UpstreamError(
-                    f"upstream {upstream.name} failed: {type(exc).__name__}"
-                ) from exc
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise connection_failure(upstream, exc) from exc
             if resp.status in _REDIRECTS and "Location" in resp.headers:
                 url = urljoin(url, resp.headers["Location"])
                 resp.release()
@@ -281,7 +276,10 @@ class UpstreamClient:
                 data: Any = await tresp.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             log.warning(
-                "token request failed upstream=%s error=%s", upstream.name, type(exc).__name__
+                "token request failed upstream=%s realm=%s error=%s",
+                upstream.name,
+                params["realm"],
+                classify(exc).cause,
             )
             return None
         token = data.get("token") or data.get("access_token") if isinstance(data, dict) else None
@@ -339,9 +337,10 @@ class UpstreamClient:
                 scheme, params = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning(
-                "could not read /v2/ challenge of upstream=%s: %s",
+                "could not read /v2/ challenge of upstream=%s url=%s: %s",
                 upstream.name,
-                type(exc).__name__,
+                upstream.url,
+                classify(exc).cause,
             )
             return None
         return params.get("realm") if scheme == "bearer" else None
@@ -379,7 +378,23 @@ async def relay_error(resp: aiohttp.ClientResponse) -> RelayedError:
 
 
 def upstream_failure(upstream: str, status: int) -> UpstreamError:
-    return UpstreamError(f"upstream {upstream} answered {status}", status=502)
+    return UpstreamError(f"upstream {upstream} answered {status}", status=502, reason="status")
+
+
+def connection_failure(upstream: Upstream, exc: BaseException) -> UpstreamError:
+    """The UpstreamError for a call that got no usable answer: URL and root cause named."""
+    failure = classify(exc)
+    if failure.reason == "timeout":
+        what, status = "timed out", 504
+    elif failure.reason in ("tls", "refused", "dns", "unreachable", "disconnected"):
+        what, status = "unreachable", 503
+    else:
+        what, status = "failed", 502
+    return UpstreamError(
+        f"upstream {upstream.name} ({upstream.url}) {what}: {failure.cause}",
+        status=status,
+        reason=failure.reason,
+    )
 
 
 # Upstream answers that are the client's business (auth, absence, rate limit): relayed as is.

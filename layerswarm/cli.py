@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Protocol
@@ -77,7 +78,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return loaded[args.command].run(args)
+        code = loaded[args.command].run(args)
+        # Flushed here, not at exit, so a reader that left is handled below like any other.
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # `layerswarm status --json | head`: the reader has what it wanted. Point stdout at
+        # /dev/null so the interpreter's own flush at exit does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
     except ConfigError as exc:
         print(f"layerswarm {args.command}: {exc}", file=sys.stderr)
         return 2

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 from agent.config import AgentConfig, Upstream
 from layerswarm import settings
+from layerswarm.failures import classify
 from layerswarm.preheat_cmd import human_bytes
 from layerswarm.runtimeconf import containerd
 from layerswarm.runtimeconf.paths import add_path_arguments
@@ -154,6 +155,20 @@ def check_agent(agent_url: str, timeout: float) -> tuple[list[Check], dict[str, 
     except ValueError:
         health = {}
     checks = [Check("agent", "OK", f"{agent_url}/healthz answers")]
+    tracker = health.get("tracker") if isinstance(health, dict) else None
+    if (
+        isinstance(health, dict)
+        and health.get("status") == "degraded"
+        and isinstance(tracker, dict)
+    ):
+        checks.append(
+            Check(
+                "agent tracker link",
+                "WARN",
+                f"{tracker.get('state')}: {tracker.get('reason')}",
+                "pulls work, from the upstream only; see the tracker checks below",
+            )
+        )
     try:
         v2 = http_request(f"{agent_url}/v2/", timeout=timeout)
     except OSError as exc:
@@ -262,7 +277,8 @@ def check_upstreams(config: AgentConfig, timeout: float) -> list[Check]:
         try:
             resp = http_request(f"{up.url}/v2/", timeout=timeout, max_body=64 << 10)
         except OSError as exc:
-            reason = getattr(exc, "reason", None) or exc
+            inner = getattr(exc, "reason", None)
+            reason = classify(inner if isinstance(inner, BaseException) else exc).cause
             checks.append(
                 Check(
                     name,

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from layerswarm.failures import classify
 from tracker import errors
 from tracker.model import (
     AgentInfo,
@@ -204,7 +205,7 @@ class HttpTrackerClient:
                         payload = None
                     status = resp.status
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                failures.append(f"{base}: {type(exc).__name__}")
+                failures.append(f"{base}: {classify(exc).cause}")
                 continue
             if status >= 500:
                 failures.append(f"{base}: HTTP {status}")
@@ -216,7 +217,8 @@ class HttpTrackerClient:
                 cls = _ERRORS.get(code) or _BY_STATUS.get(status, errors.TrackerError)
                 raise cls(message or f"HTTP {status}")
             return payload
-        log.warning("no tracker replica answered path=%s failures=%s", path, failures)
+        # Debug only: the caller decides how loudly to say it (the agent once per change).
+        log.debug("no tracker replica answered path=%s failures=%s", path, failures)
         raise errors.TrackerUnavailable("no tracker answered: " + "; ".join(failures))
 
     def _agent(self, suffix: str) -> str:

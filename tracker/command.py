@@ -5,11 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 
-from aiohttp import web
-
-from layerswarm import settings
+from layerswarm import serve, settings
 from tracker.app import build_app
 from tracker.config import TrackerConfig
 
@@ -24,29 +21,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = settings.load(TrackerConfig, args)
-    # Build (and so validate token file and store URL) before any socket is opened.
-    app = build_app(config)
-    asyncio.run(serve(app, config))
-    return 0
-
-
-async def serve(app: web.Application, config: TrackerConfig) -> None:
-    """Serve until SIGTERM or SIGINT, then stop accepting and drain for shutdown_timeout."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(app, shutdown_timeout=config.shutdown_timeout, access_log=None)
-    await runner.setup()
+    # The port, then the token file and store URL, all before the store is touched or any
+    # "ready" is logged: a tracker that can't serve says so in one line and exits.
+    sock = serve.bind(*config.listen_host_port)
     try:
-        host, port = config.listen_host_port
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        for addr in runner.addresses:
-            log.info("tracker listening on http://%s:%s", addr[0], addr[1])
-        await stop.wait()
-        log.info("stopping: draining requests for up to %.0fs", config.shutdown_timeout)
+        app = build_app(config)
+        asyncio.run(
+            serve.serve(
+                app,
+                sock,
+                shutdown_timeout=config.shutdown_timeout,
+                on_listening=lambda address: log.info("tracker listening on http://%s", address),
+            )
+        )
     finally:
-        await runner.cleanup()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+        sock.close()
+    return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -10,12 +11,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from agent.blobstore import BlobStore
 from agent.metrics import AgentMetrics
 from agent.server.registry import info
+from agent.tracking import TrackerState
 
 
 class OpsHandlers:
-    def __init__(self, metrics: AgentMetrics, store: BlobStore) -> None:
+    def __init__(
+        self, metrics: AgentMetrics, store: BlobStore, tracker: Callable[[], TrackerState]
+    ) -> None:
         self._metrics = metrics
         self._store = store
+        self._tracker = tracker
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/metrics", self.metrics)
@@ -31,9 +36,13 @@ class OpsHandlers:
     async def healthz(self, request: web.Request) -> web.Response:
         info(request).kind = "health"
         usage = shutil.disk_usage(self._store.root)
+        tracker = self._tracker()
+        # Degraded, not failed, and still 200: the mirror serves without a tracker (from the
+        # upstream only), so a liveness probe must not restart it for this.
         return web.json_response(
             {
-                "status": "ok",
+                "status": "ok" if tracker.healthy else "degraded",
+                "tracker": {"state": tracker.state, "reason": tracker.reason},
                 "cache_bytes": self._store.total_bytes,
                 "cache_limit_bytes": self._store.max_bytes,
                 "disk_free_bytes": usage.free,

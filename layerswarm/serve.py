@@ -1,0 +1,101 @@
+"""Serving a daemon: bind its sockets first, then start its work, then accept requests.
+
+Both daemons (agent, tracker) go through here so that a port that is taken ends the process
+with one line and a non-zero exit before anything else happened: no "listening" log, no
+tracker registration, no heartbeat, no preheat job picked up by an agent that can't serve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import signal
+import socket
+from collections.abc import Callable
+
+from aiohttp import web
+
+from layerswarm.settings import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class ListenError(ConfigError):
+    """A socket could not be bound; the message is the one line an operator sees."""
+
+
+def _reason(exc: OSError) -> str:
+    text = exc.strerror or str(exc)
+    if exc.errno == errno.EADDRNOTAVAIL:
+        text += " (not an address of this host)"
+    return text[:1].lower() + text[1:]
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _show(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def bind(host: str, port: int, *, what: str = "") -> socket.socket:
+    """A bound TCP socket for ``host:port`` (not yet listening), or ListenError."""
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
+    try:
+        # As aiohttp and every server does: a restart must not wait out TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        label = f"{what} " if what else ""
+        raise ListenError(f"cannot listen {label}on {_show(host, port)}: {_reason(exc)}") from None
+    return sock
+
+
+def probe(host: str, port: int, *, what: str = "") -> None:
+    """Fail now with ListenError if ``host:port`` can't be bound by whoever binds it later.
+
+    For the sockets another library opens (libtorrent's peer port): a listener already there
+    makes this bind fail even with SO_REUSEADDR, which is the case that matters.
+    """
+    if port == 0:
+        return
+    bind(host, port, what=what).close()
+
+
+def bound_address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return _show(str(host), int(port))
+
+
+async def serve(
+    app: web.Application,
+    sock: socket.socket,
+    *,
+    shutdown_timeout: float,
+    on_listening: Callable[[str], None],
+) -> None:
+    """Start ``app`` (its start-up hooks), then accept on ``sock`` until SIGTERM or SIGINT.
+
+    The socket is bound before the hooks run and accepts only after they succeeded; on a
+    signal, stop accepting and give running requests ``shutdown_timeout`` seconds.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None)
+    try:
+        await runner.setup()
+        site = web.SockSite(runner, sock)
+        await site.start()
+        on_listening(bound_address(sock))
+        await stop.wait()
+        log.info("stopping: draining requests for up to %.0fs", shutdown_timeout)
+    finally:
+        await runner.cleanup()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        sock.close()
