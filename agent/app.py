@@ -176,7 +176,7 @@ async def build_app(
     app = web.Application(middlewares=[make_middleware(metrics)], client_max_size=64 << 10)
     app[AGENT_KEY] = runtime
     RegistryHandlers(config, mirror, client, store, metrics).add_routes(app)
-    OpsHandlers(metrics, store).add_routes(app)
+    OpsHandlers(metrics, store, lambda: peering.link.state).add_routes(app)
 
     async def _peering(_app: web.Application) -> AsyncIterator[None]:
         await peering.start()

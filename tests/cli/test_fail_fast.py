@@ -207,7 +207,9 @@ def test_upstream_given_as_a_bare_url_suggests_name_equals_url(tmp_path: Path) -
 def test_data_dir_that_is_a_file_is_named_so(tmp_path: Path) -> None:
     (tmp_path / "data").write_text("not a directory\n")
     res = agent_cli(tmp_path, "--listen", f"127.0.0.1:{free_port()}")
-    assert_one_line(res, f"layerswarm agent: data-dir {tmp_path / 'data'} exists and is not a directory")
+    assert_one_line(
+        res, f"layerswarm agent: data-dir {tmp_path / 'data'} exists and is not a directory"
+    )
 
 
 def healthz(agent: AgentProc) -> dict[str, object]:
