@@ -360,7 +360,7 @@ class UpstreamSource:
             except _Throttled as exc:
                 final: BaseException = exc.error
                 delay = exc.retry_after
-                reason = "throttled"
+                reason = f"http_{exc.error.status}"  # 429 or 503: see _fetch_once
                 if delay is None:
                     delay = policy.backoff(retries)
             except (

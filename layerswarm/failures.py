@@ -26,7 +26,9 @@ REASONS = (
     "disconnected",
     "truncated",
     "status",
-    "throttled",
+    # The upstream asked us to come back later (agent/fetch.py retries these).
+    "http_429",
+    "http_503",
     "other",
 )
 
