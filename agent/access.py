@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.config import Upstream
-from agent.errors import DigestInvalid, UpstreamError
+from agent.errors import BlobUnknown, DigestInvalid, RegistryError, UpstreamError
 from agent.oci import DEFAULT_ACCEPT, Digest, parse_digest
 from agent.upstream import UpstreamClient, ensure_ok
 
@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 _MAX_GRANTS = 100_000
 _MAX_REPO_DIGESTS = 50_000
+# Blobs whose origin is remembered, and (upstream, repository) pairs kept per blob.
+_MAX_ORIGINS = 200_000
+_MAX_ORIGINS_PER_BLOB = 8
 
 
 def credential_key(auth: str | None) -> str:
@@ -44,6 +47,7 @@ class AccessChecker:
         grace: float,
         clock: Callable[[], float] = time.monotonic,
         state_file: Path | None = None,
+        origins_file: Path | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
@@ -57,6 +61,13 @@ class AccessChecker:
         # are kept on disk: a restarted agent can serve public images through an outage.
         self._state_file = state_file
         self._anonymous: dict[str, float] = self._load_anonymous()
+        # Where each cached blob came from: (upstream, repository) pairs. Another upstream's
+        # yes is not enough to serve those bytes (it may be lenient, or hostile). Kept on disk,
+        # one line per pair appended, so the rule holds for a cache that outlives a restart.
+        self._origins_file = origins_file
+        self._origins: OrderedDict[Digest, list[tuple[str, str]]] = OrderedDict()
+        self._origin_lines = 0
+        self._load_origins()
 
     def _load_anonymous(self) -> dict[str, float]:
         if self._state_file is None:
@@ -78,6 +89,65 @@ class AccessChecker:
             # A half-written .tmp beside the state file would only hold room the disk lacks.
             tmp.unlink(missing_ok=True)
             log.warning("could not save anonymous grants: %s", exc)
+
+    def _load_origins(self) -> None:
+        if self._origins_file is None:
+            return
+        try:
+            text = self._origins_file.read_text()
+        except OSError:
+            return
+        for line in text.splitlines():
+            parts = line.split(" ")
+            if len(parts) != 3:
+                continue
+            try:
+                digest = parse_digest(parts[0])
+            except DigestInvalid:
+                continue
+            self._add_origin(digest, parts[1], parts[2])
+            self._origin_lines += 1
+        if self._origin_lines > 2 * len(self._origins) + 1000:
+            self._rewrite_origins()
+
+    def _add_origin(self, digest: Digest, upstream: str, repo: str) -> bool:
+        pairs = self._origins.setdefault(digest, [])
+        self._origins.move_to_end(digest)
+        if (upstream, repo) in pairs:
+            return False
+        pairs.append((upstream, repo))
+        del pairs[:-_MAX_ORIGINS_PER_BLOB]
+        while len(self._origins) > _MAX_ORIGINS:
+            self._origins.popitem(last=False)
+        return True
+
+    def _rewrite_origins(self) -> None:
+        if self._origins_file is None:
+            return
+        tmp = self._origins_file.with_name(self._origins_file.name + ".tmp")
+        lines = [f"{d} {u} {r}\n" for d, pairs in self._origins.items() for u, r in pairs]
+        try:
+            tmp.write_text("".join(lines))
+            os.replace(tmp, self._origins_file)
+            self._origin_lines = len(lines)
+        except OSError as exc:
+            log.warning("could not save blob origins: %s", exc)
+
+    def record_origin(self, upstream: str, repo: str, digest: Digest) -> None:
+        """``digest`` is being fetched for ``repo`` of ``upstream``: that upstream vouches."""
+        if not self._add_origin(digest, upstream, repo) or self._origins_file is None:
+            return
+        try:
+            with self._origins_file.open("a") as f:
+                f.write(f"{digest} {upstream} {repo}\n")
+            self._origin_lines += 1
+        except OSError as exc:
+            log.warning("could not save blob origin: %s", exc)
+        if self._origin_lines > 2 * len(self._origins) + 1000:
+            self._rewrite_origins()
+
+    def origins(self, digest: Digest) -> list[tuple[str, str]]:
+        return list(self._origins.get(digest, ()))
 
     def remember(self, auth: str | None, upstream: str, repo: str) -> None:
         key = (credential_key(auth), upstream, repo)
@@ -131,8 +201,29 @@ class AccessChecker:
         *,
         internal: bool = False,
     ) -> None:
-        """Return if the client may read blob ``digest`` from ``repo``; else raise its answer."""
+        """Return if the client may read blob ``digest`` from ``repo``; else raise its answer.
+
+        For a blob fetched from other upstreams, the named upstream's yes is not enough: one
+        of those it came from must also say yes for this client, or BlobNotVouched is raised
+        (the client then pulls from the named registry itself).
+        """
         await self.check(upstream, repo, "blobs", digest, auth, internal=internal)
+        origins = self.origins(digest)
+        if not origins or any(u == upstream.name for u, _ in origins):
+            return
+        for origin_name, origin_repo in reversed(origins):
+            origin = self._client.upstreams.get(origin_name)
+            if origin is None:
+                continue
+            try:
+                await self.check(origin, origin_repo, "blobs", digest, auth, internal=internal)
+            except RegistryError:
+                continue
+            return
+        raise BlobNotVouched(
+            f"{digest} is cached from another registry that does not confirm this client"
+            f" may read it; pull it from {upstream.name} directly"
+        )
 
     async def check(
         self,
@@ -177,6 +268,10 @@ class AccessChecker:
                 )
                 return
             raise
+
+
+class BlobNotVouched(BlobUnknown):
+    """A cached blob came from upstreams that do not confirm this client may read it."""
 
 
 def referenced_digests(body: bytes) -> list[Digest]:

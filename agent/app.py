@@ -144,6 +144,7 @@ async def build_app(
         grace=config.auth_grace,
         clock=clock,
         state_file=config.data_dir / "anonymous-grants.json",
+        origins_file=config.data_dir / "blob-origins",
     )
     sources: list[BlobSource] = []
     fetcher = BlobFetcher(store, sources, metrics)

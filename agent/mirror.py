@@ -289,6 +289,8 @@ class Mirror:
             dl, created = self._fetcher.start(
                 FetchJob(upstream, repo, digest, auth, internal=internal)
             )
+            if created:
+                self._access.record_origin(upstream.name, repo, digest)
             try:
                 # Shielded: a client leaving must not cancel what other clients wait on.
                 await asyncio.shield(dl.started)
