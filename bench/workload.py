@@ -1,0 +1,211 @@
+"""Shared by the load test and the soak: pushing images with the registry's own API, pulling
+them through an agent the way a runtime does (manifest, then config and layers, each checked
+against its digest), and reading a process's memory and file descriptors from /proc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+
+MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
+LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar"
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def random_blob(rng: random.Random, size: int) -> bytes:
+    return rng.randbytes(size)
+
+
+@dataclass(frozen=True)
+class Pushed:
+    repo: str
+    tag: str
+    manifest_digest: str
+    blobs: dict[str, int]  # digest -> size: config and layers
+
+
+async def push_blob(session: aiohttp.ClientSession, base: str, repo: str, data: bytes) -> str:
+    d = digest_of(data)
+    async with session.head(f"{base}/v2/{repo}/blobs/{d}") as r:
+        if r.status == 200:
+            return d
+    async with session.post(f"{base}/v2/{repo}/blobs/uploads/") as r:
+        if r.status != 202:
+            raise RuntimeError(f"upload start answered {r.status}")
+        loc = r.headers["Location"]
+    url = loc if loc.startswith("http") else base + loc
+    sep = "&" if "?" in url else "?"
+    async with session.put(
+        f"{url}{sep}digest={d}", data=data, headers={"Content-Type": "application/octet-stream"}
+    ) as r:
+        if r.status != 201:
+            raise RuntimeError(f"upload answered {r.status}: {await r.text()}")
+    return d
+
+
+async def push_image(
+    session: aiohttp.ClientSession, base: str, repo: str, tag: str, layers: list[bytes]
+) -> Pushed:
+    """Push layers, a config naming them and a manifest tagged ``tag`` (moving the tag)."""
+    blobs: dict[str, int] = {}
+    descriptors = []
+    for data in layers:
+        d = await push_blob(session, base, repo, data)
+        blobs[d] = len(data)
+        descriptors.append({"mediaType": LAYER_TYPE, "digest": d, "size": len(data)})
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [x["digest"] for x in descriptors]},
+        }
+    ).encode()
+    cd = await push_blob(session, base, repo, config)
+    blobs[cd] = len(config)
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_TYPE,
+            "config": {"mediaType": CONFIG_TYPE, "digest": cd, "size": len(config)},
+            "layers": descriptors,
+        }
+    ).encode()
+    async with session.put(
+        f"{base}/v2/{repo}/manifests/{tag}",
+        data=manifest,
+        headers={"Content-Type": MANIFEST_TYPE},
+    ) as r:
+        if r.status != 201:
+            raise RuntimeError(f"manifest push answered {r.status}: {await r.text()}")
+    return Pushed(repo, tag, digest_of(manifest), blobs)
+
+
+class PullError(Exception):
+    """A pull that did not end with the right bytes (status, cut body or wrong digest)."""
+
+
+@dataclass
+class PullResult:
+    manifest_digest: str
+    bytes: int  # every byte received, manifest included
+    blobs: int
+
+
+async def get_verified(
+    session: aiohttp.ClientSession, url: str, digest: str, headers: dict[str, str] | None = None
+) -> tuple[bytes, float]:
+    """GET ``url``; the body must hash to ``digest``. Returns (body, seconds to first byte)."""
+    t0 = time.perf_counter()
+    try:
+        async with session.get(url, headers=headers) as r:
+            if r.status != 200:
+                raise PullError(f"{url}: HTTP {r.status}: {(await r.text())[:200]}")
+            first = await r.content.readany()
+            ttfb = time.perf_counter() - t0
+            body = first + await r.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise PullError(f"{url}: {type(exc).__name__}: {exc}") from exc
+    if digest_of(body) != digest:
+        raise PullError(f"{url}: body does not hash to {digest}")
+    return body, ttfb
+
+
+async def pull_image(
+    session: aiohttp.ClientSession, agent: str, repo: str, tag: str, concurrency: int = 4
+) -> PullResult:
+    """Resolve ``tag`` through the agent, then fetch config and layers, each verified."""
+    url = f"{agent}/v2/{repo}/manifests/{tag}"
+    try:
+        async with session.get(url, headers={"Accept": MANIFEST_TYPE}) as r:
+            if r.status != 200:
+                raise PullError(f"{url}: HTTP {r.status}: {(await r.text())[:200]}")
+            body = await r.read()
+            header = r.headers.get("Docker-Content-Digest", "")
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise PullError(f"{url}: {type(exc).__name__}: {exc}") from exc
+    if header != digest_of(body):
+        raise PullError(f"{url}: manifest does not hash to its Docker-Content-Digest")
+    doc = json.loads(body)
+    wanted = [doc["config"]["digest"], *(x["digest"] for x in doc["layers"])]
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(d: str) -> int:
+        async with sem:
+            data, _ = await get_verified(session, f"{agent}/v2/{repo}/blobs/{d}", d)
+            return len(data)
+
+    sizes = await asyncio.gather(*(one(d) for d in wanted))
+    return PullResult(header, len(body) + sum(sizes), len(wanted))
+
+
+@dataclass
+class ProcSample:
+    rss: int  # bytes
+    peak_rss: int  # bytes (VmHWM)
+    fds: int
+
+
+def sample(pid: int) -> ProcSample:
+    rss = hwm = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) * 1024
+            elif line.startswith("VmHWM:"):
+                hwm = int(line.split()[1]) * 1024
+    return ProcSample(rss, hwm, len(os.listdir(f"/proc/{pid}/fd")))
+
+
+@dataclass
+class Sampler:
+    """Samples a process every ``interval`` seconds while running; keeps the maxima."""
+
+    pid: int
+    interval: float = 0.1
+    max_rss: int = 0
+    max_fds: int = 0
+    samples: int = 0
+    _task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    async def __aenter__(self) -> Sampler:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._take()
+
+    def _take(self) -> None:
+        s = sample(self.pid)
+        self.max_rss = max(self.max_rss, s.rss)
+        self.max_fds = max(self.max_fds, s.fds)
+        self.samples += 1
+
+    async def _run(self) -> None:
+        while True:
+            self._take()
+            await asyncio.sleep(self.interval)
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]

@@ -1,0 +1,47 @@
+"""200 concurrent clients on one real agent: zero errors, memory and descriptors bounded.
+
+Times are reported (``-s`` shows them; docs/reliability.md records a run), never asserted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.load import LoadParams, report, run_load
+from tests.support.agent import AgentProc
+from tests.support.registry import Registry
+
+pytestmark = pytest.mark.integration
+
+MiB = 1 << 20
+# The agent's upstream connection pool keeps up to this many idle keep-alive sockets.
+UPSTREAM_POOL = 64
+
+
+async def test_200_clients_mixed_cached_and_uncached(tmp_path: Path, registry: Registry) -> None:
+    agent = AgentProc(
+        tmp_path / "agent",
+        {registry.host_port: registry.url},
+        default_upstream=registry.host_port,
+        extra=["--no-p2p"],
+    )
+    try:
+        agent.start()
+        assert agent.proc is not None
+        params = LoadParams(clients=200, rounds=5)
+        result = await run_load(agent.url, agent.proc.pid, registry.url, params)
+    finally:
+        agent.stop()
+    print("\n" + report(result))
+    assert result.errors == [], result.errors[:5]
+    assert result.requests == 1000
+    # Each uncached blob came from the upstream once, however many clients asked at once.
+    for_upstream = registry.requests(kind="blobs", repo="load/blobs")
+    assert len(for_upstream) == params.cached_blobs + params.uncached_blobs
+    # Bounds: per client at most its socket and one cache-file reader, plus the upstream pool.
+    assert result.fds_peak <= 2 * params.clients + UPSTREAM_POOL + 50, result
+    # Once the clients are gone, only the idle upstream pool may remain.
+    assert result.fds_after <= result.fds_before + UPSTREAM_POOL + 16, result
+    assert result.rss_peak <= 256 * MiB, result
