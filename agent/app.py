@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from agent.access import AccessChecker
 from agent.blobstore import BlobStore
@@ -111,7 +111,9 @@ async def build_app(
     unknown = set(credentials) - set(config.upstreams)
     if unknown:
         raise ConfigError(f"credentials-file names unknown upstream {sorted(unknown)[0]}")
-    metrics = AgentMetrics.create(registry or CollectorRegistry())
+    # A counter's `_created` series is a timestamp that reads like a count; no one needs it.
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
+    metrics = AgentMetrics.create(registry or CollectorRegistry(), list(config.upstreams))
 
     store = BlobStore(
         config.data_dir,

@@ -1,18 +1,38 @@
 """The agent's Prometheus metrics, created against an injected registry (none at import time).
 
-Labels are bounded: ``source`` is cache|upstream|peer, ``kind`` a request kind, ``status``
-an HTTP status code, ``upstream`` a configured registry name, ``reason`` a short fixed word,
-``outcome`` one of NO_SPACE_OUTCOMES.
+Labels are bounded: ``source`` is cache|upstream|peer, ``kind`` a request kind, ``code``
+an HTTP status code (the same label name as the tracker's), ``upstream`` a configured
+registry name, ``reason`` one word of ``layerswarm.failures.REASONS``, ``outcome`` one of
+NO_SPACE_OUTCOMES. Every labelled error counter has its series at 0 from the start, so
+``rate()`` and alerts see the first error.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from layerswarm.failures import REASONS
+
 SOURCES = ("cache", "upstream", "peer")
 NO_SPACE_OUTCOMES = ("refused", "aborted", "manifest_not_stored")
+# Where a download can come from (the names of agent/fetch.py's sources).
+FETCH_SOURCES = ("upstream", "peer")
+
+
+class PairedCounter:
+    """Counts into two counters at once: a metric under its symmetric name and under the
+    name an earlier contract spelled out (issue 4's ``layerswarm_peer_bytes_total``)."""
+
+    def __init__(self, primary: Counter, alias: Counter) -> None:
+        self.primary = primary
+        self.alias = alias
+
+    def inc(self, amount: float = 1) -> None:
+        self.primary.inc(amount)
+        self.alias.inc(amount)
 
 
 @dataclass
@@ -30,12 +50,13 @@ class AgentMetrics:
     inflight: Gauge
     first_byte_seconds: Histogram
     fetch_seconds: Histogram
-    peer_bytes: Counter
+    peer_bytes: PairedCounter
     peer_uploaded_bytes: Counter
     no_space: Counter
 
     @classmethod
-    def create(cls, registry: CollectorRegistry) -> AgentMetrics:
+    def create(cls, registry: CollectorRegistry, upstreams: Sequence[str] = ()) -> AgentMetrics:
+        """``upstreams``: the configured registry names, whose error series start at 0."""
         m = cls(
             registry=registry,
             upstream_bytes=Counter(
@@ -52,8 +73,8 @@ class AgentMetrics:
             ),
             requests=Counter(
                 "layerswarm_requests",
-                "Registry API requests answered, by kind and HTTP status",
-                ["kind", "status"],
+                "Registry API requests answered, by kind and HTTP status code",
+                ["kind", "code"],
                 registry=registry,
             ),
             request_seconds=Histogram(
@@ -117,11 +138,21 @@ class AgentMetrics:
                 registry=registry,
                 buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
             ),
-            peer_bytes=Counter(
-                "layerswarm_peer_bytes", "Bytes received from peers", registry=registry
+            peer_bytes=PairedCounter(
+                Counter(
+                    "layerswarm_peer_received_bytes",
+                    "Bytes received from peers",
+                    registry=registry,
+                ),
+                Counter(
+                    "layerswarm_peer_bytes",
+                    "Bytes received from peers (issue 4's name for "
+                    "layerswarm_peer_received_bytes_total, kept for existing queries)",
+                    registry=registry,
+                ),
             ),
             peer_uploaded_bytes=Counter(
-                "layerswarm_peer_uploaded_bytes", "Bytes uploaded to peers", registry=registry
+                "layerswarm_peer_sent_bytes", "Bytes sent to peers", registry=registry
             ),
             no_space=Counter(
                 "layerswarm_no_space",
@@ -135,4 +166,10 @@ class AgentMetrics:
             m.served_bytes.labels(s)
         for outcome in NO_SPACE_OUTCOMES:
             m.no_space.labels(outcome)
+        for s in FETCH_SOURCES:
+            m.verify_failures.labels(s)
+        for upstream in upstreams:
+            m.upstream_bytes.labels(upstream)
+            for reason in REASONS:
+                m.upstream_errors.labels(upstream, reason)
         return m

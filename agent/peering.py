@@ -241,6 +241,6 @@ def _counters(registry: CollectorRegistry) -> Counters:
         served_upstream=value("layerswarm_served_bytes_total", {"source": "upstream"}),
         served_peer=value("layerswarm_served_bytes_total", {"source": "peer"}),
         upstream_bytes=upstream,
-        peer_bytes=value("layerswarm_peer_bytes_total"),
-        uploaded_bytes=value("layerswarm_peer_uploaded_bytes_total"),
+        peer_bytes=value("layerswarm_peer_received_bytes_total"),
+        uploaded_bytes=value("layerswarm_peer_sent_bytes_total"),
     )

@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from tracker.clock import Clock, SystemClock
 from tracker.config import TrackerConfig
@@ -50,6 +50,9 @@ def build_app(
         store if store is not None else open_store(config.store, timeout=config.request_timeout)
     )
     tracker = Tracker(the_store, clock or SystemClock(), config)
+    # A counter's `_created` series is a timestamp that reads like a count
+    # (layerswarm_tracker_preheat_jobs_created); no one needs it.
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated upstream
     reg = registry if registry is not None else CollectorRegistry()
 
     app = web.Application(

@@ -43,13 +43,13 @@ class FleetCollector(Collector):
             value=t.upstream_bytes,
         )
         yield CounterMetricFamily(
-            "layerswarm_fleet_peer_bytes",
-            "Bytes the fleet's agents fetched from peers (sum of reported counters)",
+            "layerswarm_fleet_peer_received_bytes",
+            "Bytes the fleet's agents received from peers (sum of reported counters)",
             value=t.peer_bytes,
         )
         yield CounterMetricFamily(
-            "layerswarm_fleet_uploaded_bytes",
-            "Bytes the fleet's agents uploaded to peers (sum of reported counters)",
+            "layerswarm_fleet_peer_sent_bytes",
+            "Bytes the fleet's agents sent to peers (sum of reported counters)",
             value=t.uploaded_bytes,
         )
         moved = t.peer_bytes + t.upstream_bytes
@@ -74,8 +74,9 @@ class TrackerMetrics:
             ["endpoint", "code"],
             registry=registry,
         )
+        # The same name and label names as the agent's request metrics, prefixed.
         self.latency = Histogram(
-            "layerswarm_tracker_request_seconds",
+            "layerswarm_tracker_request_duration_seconds",
             "Tracker HTTP request latency by endpoint",
             ["endpoint"],
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
@@ -98,6 +99,10 @@ class TrackerMetrics:
             ["source"],
             registry=registry,
         )
+        for action in ("peers", "fetch", "wait"):
+            self.lookups.labels(action)
+        for source in ("api", "webhook"):
+            self.preheat_jobs.labels(source)
         self.fleet = FleetCollector()
         registry.register(self.fleet)
         # labels() takes a lock and builds a key on every call; the label sets are bounded

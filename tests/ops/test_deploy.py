@@ -40,13 +40,13 @@ AGENT_METRICS = {
     "layerswarm_request_duration_seconds",
     "layerswarm_cache_bytes",
     "layerswarm_cache_evictions_total",
-    "layerswarm_peer_bytes_total",
-    "layerswarm_peer_uploaded_bytes_total",
+    "layerswarm_peer_received_bytes_total",
+    "layerswarm_peer_sent_bytes_total",
     "layerswarm_upstream_errors_total",
 }
 TRACKER_METRICS = {
     "layerswarm_fleet_upstream_bytes_total",
-    "layerswarm_fleet_peer_bytes_total",
+    "layerswarm_fleet_peer_received_bytes_total",
     "layerswarm_fleet_savings_ratio",
     "layerswarm_fleet_agents",
     "layerswarm_tracker_requests_total",

@@ -305,7 +305,7 @@ async def test_metrics_and_page(app: Client) -> None:
         for s in fam.samples
     }
     assert values[("layerswarm_fleet_upstream_bytes_total", ())] == 1000
-    assert values[("layerswarm_fleet_peer_bytes_total", ())] == 4000
+    assert values[("layerswarm_fleet_peer_received_bytes_total", ())] == 4000
     assert values[("layerswarm_fleet_savings_ratio", ())] == 0.8
     assert values[("layerswarm_fleet_agents", (("role", "peer"),))] == 1
     assert values[("layerswarm_fleet_agents", (("role", "seed"),))] == 1
