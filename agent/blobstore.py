@@ -150,7 +150,9 @@ class BlobStore:
             if st.st_size == 0 or now - st.st_mtime > _PARTIAL_MAX_AGE:
                 log.info("collecting stale partial download %s", p.name)
                 _remove(p)
-        found.sort()
+        # By last use only: two blobs touched in the same instant must not be compared by
+        # digest (Digest has no order, and a TypeError here kept the agent from starting).
+        found.sort(key=lambda item: item[0])
         for mtime, digest, size in found:
             self._index[digest] = _Entry(size=size, last_touch=mtime)
             self._total += size

@@ -148,3 +148,15 @@ def test_commit_evicts_to_keep_the_reserve(tmp_path: Path) -> None:
     assert a in store
     c = put(store, b"c" * 1000)  # below the reserve now: the oldest goes
     assert a not in store and {b, c} <= set(store.digests())
+
+
+def test_reopen_with_blobs_used_at_the_same_instant(tmp_path: Path) -> None:
+    """Found by the soak: equal mtimes made start-up compare digests and fail."""
+    store = BlobStore(tmp_path, max_bytes=10_000, clock=Clock())
+    store.open()
+    digests = [put(store, bytes([i]) * 100) for i in range(5)]
+    for d in digests:
+        os.utime(store.path_for(d), (1_000_000.0, 1_000_000.0))
+    again = BlobStore(tmp_path, max_bytes=10_000, clock=Clock())
+    again.open()
+    assert set(again.digests()) == set(digests)
