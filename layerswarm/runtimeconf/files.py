@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from layerswarm.runtimeconf import tomlwrite
+from layerswarm.runtimeconf import tomledit
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +71,11 @@ def parse(text: str, fmt: Format) -> dict[str, Any]:
     return tomllib.loads(text)
 
 
-def render(data: dict[str, Any], fmt: Format) -> str:
+def render(old_text: str | None, data: dict[str, Any], fmt: Format) -> str:
+    """``data`` as file text; TOML is edited in place so comments and order survive."""
     if fmt == "json":
         return json.dumps(data, indent=2) + "\n"
-    return tomlwrite.dumps(data)
+    return tomledit.edit(old_text, data)
 
 
 def read_config(path: Path, fmt: Format) -> Current:
@@ -101,7 +102,7 @@ def plan(current: Current, desired: dict[str, Any], fmt: Format) -> FileChange |
     """
     if current.text is not None and current.data == desired:
         return None
-    new_text = render(desired, fmt)
+    new_text = render(current.text, desired, fmt)
     # Re-parse what we are about to write: a file a runtime can't read is worse than none.
     if parse(new_text, fmt) != desired:
         raise ConfigureError(f"{current.path}: rendered {fmt.upper()} does not round-trip")

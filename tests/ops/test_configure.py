@@ -14,11 +14,12 @@ import time
 import tomllib
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from layerswarm import cli
-from layerswarm.runtimeconf import tomlwrite
+from layerswarm.runtimeconf import tomledit
 from tests.ops.conftest import Registry, free_port
 
 MIRROR = "http://127.0.0.1:5050"
@@ -352,7 +353,7 @@ def test_podman_refuses_v1_format(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert conf.read_text() == text
 
 
-# --- the TOML writer ----------------------------------------------------------------------
+# --- editing TOML in place -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -360,13 +361,134 @@ def test_podman_refuses_v1_format(tmp_path: Path, capsys: pytest.CaptureFixture[
     [
         {},
         {"a": 1, "b": -2.5, "c": True, "d": 'quote " back\\slash\nnewline \u00e9 \x01'},
-        {"nested": {"deeper": {"x": [1, 2]}}, "empty": {}, "list": []},
+        {"nested": {"deeper": {"x": [1, 2]}}, "list": []},
         {"t": [{"a": 1, "sub": [{"b": 2}, {"b": 3}]}, {"a": 4}], "key with space": "v"},
         {"mixed": [1, "two", {"three": 3}], "inline": [[1, 2], ["a"]]},
     ],
 )
-def test_toml_writer_round_trips(data: dict[str, object]) -> None:
-    assert tomllib.loads(tomlwrite.dumps(data)) == data
+def test_toml_edit_of_a_new_file_round_trips(data: dict[str, object]) -> None:
+    assert tomllib.loads(tomledit.edit(None, data)) == data
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def changed_lines(diff: str) -> tuple[list[str], list[str]]:
+    """(removed, added) lines of a unified diff, headers left out."""
+    lines = diff.splitlines()
+    body = [line for line in lines if not line.startswith(("---", "+++", "@@"))]
+    return [x[1:] for x in body if x.startswith("-")], [x[1:] for x in body if x.startswith("+")]
+
+
+def without(data: dict[str, Any], registries: set[str], mirror_prefix: str) -> dict[str, Any]:
+    """registries.conf data with our mirrors and the entries we added taken out."""
+    out = dict(data)
+    entries = []
+    for entry in data.get("registry", []):
+        name = entry.get("prefix") or entry.get("location")
+        mirrors = [
+            m for m in entry.get("mirror", []) if not m["location"].startswith(mirror_prefix)
+        ]
+        kept = {k: v for k, v in entry.items() if k != "mirror"}
+        if mirrors:
+            kept["mirror"] = mirrors
+        if name in registries and kept == {"prefix": name, "location": name}:
+            continue  # an entry only we wrote
+        entries.append(kept)
+    out["registry"] = entries
+    return out
+
+
+def test_a_commented_registries_conf_keeps_every_line_and_gains_only_ours(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = tmp_path / "registries.conf"
+    original = (DATA / "registries.conf").read_text()
+    conf.write_text(original)
+    args = ["podman", "--registries-conf", str(conf)]
+    args += ["--registry", "docker.io", "--registry", "quay.io", "--registry", "ghcr.io"]
+
+    assert configure(*args, "--dry-run") == 0
+    removed, added = changed_lines(capsys.readouterr().out)
+    # The diff an operator reviews: nothing of theirs removed or rewritten, only our lines.
+    assert removed == []
+    assert {line for line in added if line.strip()} == {
+        "[[registry.mirror]]",
+        'location = "127.0.0.1:5050/docker.io"',
+        'location = "127.0.0.1:5050/quay.io"',
+        'location = "127.0.0.1:5050/ghcr.io"',
+        "insecure = true",
+        "[[registry]]",
+        'prefix = "ghcr.io"',
+        'location = "ghcr.io"',
+    }, added
+    assert conf.read_text() == original
+
+    assert configure(*args) == 0
+    new = conf.read_text()
+    # Every line the operator wrote, comments included, is still there and in order.
+    lines = iter(new.splitlines())
+    for line in original.splitlines():
+        assert any(line == candidate for candidate in lines), line
+    before, after = tomllib.loads(original), tomllib.loads(new)
+    assert without(after, {"ghcr.io"}, "127.0.0.1:5050/") == before
+    docker = after["registry"][0]
+    assert [m["location"] for m in docker["mirror"]] == [
+        "127.0.0.1:5050/docker.io",
+        "cache.corp.example/dockerhub",
+    ]
+    assert backups(conf)[0].read_text() == original
+    # And a second run has nothing to say.
+    assert configure(*args, "--dry-run") == 0
+    assert "already configured" in capsys.readouterr().out
+
+
+def test_a_commented_hosts_toml_gains_only_our_host_in_front(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    certs = tmp_path / "certs.d"
+    hosts = certs / "docker.io" / "hosts.toml"
+    hosts.parent.mkdir(parents=True)
+    original = (DATA / "hosts.toml").read_text()
+    hosts.write_text(original)
+    args = ["containerd", "--certs-dir", str(certs)]
+    args += ["--containerd-config", str(tmp_path / "absent.toml")]
+    assert configure(*args, "--dry-run") == 0
+    removed, added = changed_lines(capsys.readouterr().out)
+    assert removed == []
+    assert {line for line in added if line.strip()} == {
+        '[host."http://127.0.0.1:5050"]',
+        'capabilities = ["pull", "resolve"]',
+    }
+    assert configure(*args) == 0
+    after = tomllib.loads(hosts.read_text())
+    # containerd tries hosts in file order: ours first, the operator's cache after it.
+    assert list(after["host"]) == ["http://127.0.0.1:5050", "https://cache.corp.example"]
+    assert (
+        after["host"]["https://cache.corp.example"]
+        == tomllib.loads(original)["host"]["https://cache.corp.example"]
+    )
+    assert "# skip_verify = true   # never again, see INC-2231" in hosts.read_text()
+
+
+def test_changing_our_own_value_changes_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = tmp_path / "registries.conf"
+    conf.write_text(
+        "# ours, set up last year\n"
+        "[[registry]]\n"
+        'prefix = "docker.io"  # hub\n'
+        'location = "docker.io"\n'
+        "\n"
+        "[[registry.mirror]]\n"
+        'location = "127.0.0.1:5050/docker.io"   # the agent\n'
+        "insecure = false  # was TLS once\n"
+    )
+    assert configure("podman", "--registries-conf", str(conf), "--dry-run") == 0
+    removed, added = changed_lines(capsys.readouterr().out)
+    assert removed == ["insecure = false  # was TLS once"]
+    assert len(added) == 1 and added[0].startswith("insecure = true"), added
 
 
 # --- real clients -------------------------------------------------------------------------
