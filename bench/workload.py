@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import json
 import os
 import random
@@ -49,7 +50,10 @@ async def push_blob(session: aiohttp.ClientSession, base: str, repo: str, data: 
     url = loc if loc.startswith("http") else base + loc
     sep = "&" if "?" in url else "?"
     async with session.put(
-        f"{url}{sep}digest={d}", data=data, headers={"Content-Type": "application/octet-stream"}
+        f"{url}{sep}digest={d}",
+        # A file-like body is streamed; raw bytes this big would be one blocking write.
+        data=io.BytesIO(data),
+        headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(data))},
     ) as r:
         if r.status != 201:
             raise RuntimeError(f"upload answered {r.status}: {await r.text()}")
@@ -97,6 +101,10 @@ class PullError(Exception):
     """A pull that did not end with the right bytes (status, cut body or wrong digest)."""
 
 
+class CorruptPull(PullError):
+    """A complete body that does not hash to its digest: never acceptable, restart or not."""
+
+
 @dataclass
 class PullResult:
     manifest_digest: str
@@ -119,7 +127,7 @@ async def get_verified(
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise PullError(f"{url}: {type(exc).__name__}: {exc}") from exc
     if digest_of(body) != digest:
-        raise PullError(f"{url}: body does not hash to {digest}")
+        raise CorruptPull(f"{url}: body does not hash to {digest}")
     return body, ttfb
 
 
@@ -137,7 +145,7 @@ async def pull_image(
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise PullError(f"{url}: {type(exc).__name__}: {exc}") from exc
     if header != digest_of(body):
-        raise PullError(f"{url}: manifest does not hash to its Docker-Content-Digest")
+        raise CorruptPull(f"{url}: manifest does not hash to its Docker-Content-Digest")
     doc = json.loads(body)
     wanted = [doc["config"]["digest"], *(x["digest"] for x in doc["layers"])]
     sem = asyncio.Semaphore(concurrency)

@@ -1,0 +1,341 @@
+"""Soak: pulls for a long time through one agent under eviction pressure, with the agent
+restarted at random (SIGKILL or SIGTERM) and tags moved upstream, then a steady phase that
+measures growth and checks that nothing was lost, leaked or corrupted.
+
+Run:  .venv/bin/python -m bench.soak [--minutes 30] [--json OUT]
+
+Real registry, real agent (the CLI, --no-p2p), loopback only. Phase 1 (all but the last
+third): ``pullers`` clients pull random images by tag, a mover pushes a new image under a
+random tag every few seconds, a restarter kills or stops the agent every so often. Phase 2
+(the last third): the agent restarted cleanly, pulls and tag moves go on without restarts;
+the agent's RSS and fds are sampled after a warm-up and at the end.
+
+Checks (``SoakResult.problems`` lists every failure):
+- every pull completed with the right digests, except those overlapping a restart (which may
+  fail, but never with a complete body of the wrong digest);
+- a pull started ``tag_ttl`` + 1 s after a tag moved got the new manifest (or a newer one);
+- RSS grew by at most ``rss_growth_bound`` and fds by at most ``fd_growth_bound`` in phase 2;
+- no orphan files: partial/ and tmp/ empty, no ``*.tmp``, blobs/ exactly the cache's index;
+- every cached blob and stored manifest hashes to its name;
+- served bytes by source (cache + peer + upstream) equal the bytes clients received in phase 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import random
+import re
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.workload import CorruptPull, PullError, Pushed, pull_image, push_image, sample
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class SoakParams:
+    duration: float = 1800.0
+    repos: int = 6
+    layers: int = 3
+    min_layer: int = 128 << 10
+    max_layer: int = 2 * MiB
+    # Smaller than the working set (repos x layers x ~1 MiB), so eviction runs all the time.
+    cache_size: int = 8 * MiB
+    tag_ttl: float = 2.0
+    pullers: int = 3
+    # Each puller rests up to this long between pulls: a soak, not a load test (2 shared cores).
+    pause: float = 0.5
+    restart_every: tuple[float, float] = (8.0, 20.0)
+    move_every: tuple[float, float] = (3.0, 8.0)
+    # Phase 2 samples RSS and fds this long after its start (pools and caches warm).
+    warmup: float = 10.0
+    rss_growth_bound: int = 32 * MiB
+    fd_growth_bound: int = 32
+    seed: int = 7
+
+
+@dataclass
+class SoakResult:
+    params: SoakParams
+    pulls_ok: int = 0
+    pulls_disrupted: int = 0
+    restarts_kill: int = 0
+    restarts_term: int = 0
+    tag_moves: int = 0
+    stale_tag_answers: int = 0
+    errors: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    rss_start: int = 0
+    rss_end: int = 0
+    fds_start: int = 0
+    fds_end: int = 0
+    client_bytes_phase2: int = 0
+    served_by_source_phase2: dict[str, float] = field(default_factory=dict)
+    cached_blobs_verified: int = 0
+    manifests_verified: int = 0
+    seconds: float = 0.0
+
+
+class Soak:
+    def __init__(self, params: SoakParams, registry_url: str, agent: Any, data_dir: Path) -> None:
+        # ``agent`` is a tests.support.agent.AgentProc (imported lazily by main()).
+        self.p = params
+        self.registry_url = registry_url
+        self.agent = agent
+        self.data_dir = data_dir
+        self.rng = random.Random(params.seed)
+        self.result = SoakResult(params)
+        # repo -> [(monotonic time pushed, manifest digest)], oldest first.
+        self.history: dict[str, list[tuple[float, str]]] = {}
+        # Restart windows [(down_at, up_at)]; up_at is None while it is down.
+        self.windows: list[tuple[float, float | None]] = []
+        self.phase2_bytes = 0
+        self.phase = 1
+        self.stop_at = 0.0
+
+    # -- the upstream side ------------------------------------------------------------------
+
+    async def move_tag(self, session: aiohttp.ClientSession, repo: str) -> Pushed:
+        layers = [
+            self.rng.randbytes(self.rng.randint(self.p.min_layer, self.p.max_layer))
+            for _ in range(self.p.layers)
+        ]
+        pushed = await push_image(session, self.registry_url, repo, "live", layers)
+        self.history.setdefault(repo, []).append((time.monotonic(), pushed.manifest_digest))
+        return pushed
+
+    def acceptable(self, repo: str, started: float) -> set[str]:
+        """Digests a pull of ``repo`` started at ``started`` may get: the one current
+        ``tag_ttl`` + 1 s earlier, and any pushed since."""
+        cutoff = started - self.p.tag_ttl - 1.0
+        hist = self.history[repo]
+        ok = {d for t, d in hist if t >= cutoff}
+        older = [d for t, d in hist if t < cutoff]
+        if older:
+            ok.add(older[-1])
+        return ok
+
+    def disrupted(self, start: float, end: float) -> bool:
+        # A restart window overlapping the pull, widened by a second for in-flight requests.
+        for down, up in self.windows:
+            if start <= (up if up is not None else end) + 1.0 and end >= down - 1.0:
+                return True
+        return False
+
+    # -- tasks ------------------------------------------------------------------------------
+
+    async def puller(self, session: aiohttp.ClientSession) -> None:
+        while time.monotonic() < self.stop_at:
+            repo = self.rng.choice(sorted(self.history))
+            t0 = time.monotonic()
+            phase = self.phase
+            try:
+                got = await pull_image(session, self.agent.url, repo, "live")
+            except PullError as exc:
+                if not isinstance(exc, CorruptPull) and self.disrupted(t0, time.monotonic()):
+                    self.result.pulls_disrupted += 1
+                    await asyncio.sleep(0.2)
+                else:
+                    self.result.errors.append(f"{repo}: {exc}")
+                continue
+            if phase == 2 and self.phase == 2:
+                self.phase2_bytes += got.bytes
+            if got.manifest_digest not in self.acceptable(repo, t0):
+                self.result.stale_tag_answers += 1
+                self.result.errors.append(f"{repo}: stale tag answer {got.manifest_digest}")
+            self.result.pulls_ok += 1
+            await asyncio.sleep(self.rng.uniform(0, self.p.pause))
+
+    async def mover(self, session: aiohttp.ClientSession) -> None:
+        while True:
+            await asyncio.sleep(self.rng.uniform(*self.p.move_every))
+            if time.monotonic() >= self.stop_at - self.p.tag_ttl:
+                return
+            await self.move_tag(session, self.rng.choice(sorted(self.history)))
+            self.result.tag_moves += 1
+
+    async def restart(self, *, kill: bool) -> None:
+        self.windows.append((time.monotonic(), None))
+        proc = self.agent.proc
+        if kill:
+            os.kill(proc.pid, signal.SIGKILL)
+            self.result.restarts_kill += 1
+        else:
+            self.result.restarts_term += 1
+        # stop() reaps the killed process, or SIGTERMs and waits for a clean one.
+        await asyncio.to_thread(self.agent.stop)
+        await asyncio.to_thread(self.agent.start)
+        self.windows[-1] = (self.windows[-1][0], time.monotonic())
+
+    async def restarter(self, phase1_end: float) -> None:
+        while True:
+            await asyncio.sleep(self.rng.uniform(*self.p.restart_every))
+            if time.monotonic() >= phase1_end:
+                return
+            await self.restart(kill=self.rng.random() < 0.5)
+
+    # -- checks -----------------------------------------------------------------------------
+
+    async def metrics(self, session: aiohttp.ClientSession) -> str:
+        async with session.get(f"{self.agent.url}/metrics") as r:
+            return await r.text()
+
+    def check_files(self, metrics: str) -> None:
+        problems = self.result.problems
+        data = self.data_dir
+        for sub in ("partial", "tmp"):
+            left = sorted(p.name for p in (data / sub).iterdir())
+            if left:
+                problems.append(f"orphan files in {sub}/: {left[:5]}")
+        stray = sorted(p.name for p in data.rglob("*.tmp"))
+        if stray:
+            problems.append(f"stray .tmp files: {stray[:5]}")
+        total = 0
+        for p in (data / "blobs" / "sha256").iterdir():
+            total += p.stat().st_size
+            if hashlib.sha256(p.read_bytes()).hexdigest() != p.name:
+                problems.append(f"cached blob {p.name} does not verify")
+            self.result.cached_blobs_verified += 1
+        m = re.search(r"^layerswarm_cache_bytes (\S+)$", metrics, re.MULTILINE)
+        indexed = float(m.group(1)) if m else -1.0
+        if total != indexed:
+            problems.append(f"blobs/ holds {total} bytes, the cache index {indexed}")
+        if total > self.p.cache_size:
+            problems.append(f"cache holds {total} bytes, over --cache-size {self.p.cache_size}")
+        for p in (data / "manifests" / "sha256").iterdir():
+            if p.suffix == ".type":
+                continue
+            if hashlib.sha256(p.read_bytes()).hexdigest() != p.name:
+                problems.append(f"stored manifest {p.name} does not verify")
+            self.result.manifests_verified += 1
+
+    def check_accounting(self, metrics: str) -> None:
+        served = {
+            m.group(1): float(m.group(2))
+            for m in re.finditer(
+                r'^layerswarm_served_bytes_total\{source="(\w+)"\} (\S+)$', metrics, re.MULTILINE
+            )
+        }
+        self.result.served_by_source_phase2 = served
+        self.result.client_bytes_phase2 = self.phase2_bytes
+        if sum(served.values()) != self.phase2_bytes:
+            self.result.problems.append(
+                f"served bytes by source {served} add up to {sum(served.values())}, "
+                f"clients received {self.phase2_bytes}"
+            )
+
+    # -- the run ----------------------------------------------------------------------------
+
+    async def run(self) -> SoakResult:
+        t0 = time.monotonic()
+        self.stop_at = t0 + self.p.duration
+        phase1_end = t0 + self.p.duration * 2 / 3
+        timeout = aiohttp.ClientTimeout(total=120, sock_read=30)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            for i in range(self.p.repos):
+                await self.move_tag(session, f"soak/app{i}")
+            mover = asyncio.create_task(self.mover(session))
+            # Phase 1: restarts at random.
+            self.stop_at = phase1_end
+            pullers = [asyncio.create_task(self.puller(session)) for _ in range(self.p.pullers)]
+            restarter = asyncio.create_task(self.restarter(phase1_end))
+            await asyncio.gather(*pullers, restarter)
+            # Phase 2: a clean restart gives counters that phase 2 alone moved.
+            await self.restart(kill=False)
+            self.phase = 2
+            self.stop_at = t0 + self.p.duration
+            pullers = [asyncio.create_task(self.puller(session)) for _ in range(self.p.pullers)]
+            await asyncio.sleep(min(self.p.warmup, max(0.0, self.stop_at - time.monotonic())))
+            start = sample(self.agent.proc.pid)
+            await asyncio.gather(*pullers)
+            await mover
+            end = sample(self.agent.proc.pid)
+            self.result.rss_start, self.result.fds_start = start.rss, start.fds
+            self.result.rss_end, self.result.fds_end = end.rss, end.fds
+            if end.rss - start.rss > self.p.rss_growth_bound:
+                self.result.problems.append(
+                    f"RSS grew {(end.rss - start.rss) / MiB:.1f} MiB in phase 2"
+                )
+            if end.fds - start.fds > self.p.fd_growth_bound:
+                self.result.problems.append(f"fds grew by {end.fds - start.fds} in phase 2")
+            metrics = await self.metrics(session)
+            self.check_accounting(metrics)
+            self.check_files(metrics)
+        if self.result.errors:
+            self.result.problems.append(f"{len(self.result.errors)} pulls failed outside restarts")
+        self.result.seconds = time.monotonic() - t0
+        return self.result
+
+
+def report(r: SoakResult) -> str:
+    return (
+        f"{r.seconds:.0f}s: {r.pulls_ok} pulls ok, {r.pulls_disrupted} cut by "
+        f"{r.restarts_kill} SIGKILL + {r.restarts_term} SIGTERM restarts, {r.tag_moves} tag "
+        f"moves, {len(r.errors)} errors\n"
+        f"phase 2: RSS {r.rss_start / MiB:.1f} -> {r.rss_end / MiB:.1f} MiB, fds "
+        f"{r.fds_start} -> {r.fds_end}; served {r.served_by_source_phase2} vs clients "
+        f"{r.client_bytes_phase2}; verified {r.cached_blobs_verified} blobs, "
+        f"{r.manifests_verified} manifests\n"
+        f"problems: {r.problems or 'none'}"
+    )
+
+
+def start_agent(workdir: Path, registry: Any, params: SoakParams) -> Any:
+    from tests.support.agent import AgentProc
+
+    agent = AgentProc(
+        workdir,
+        {registry.host_port: registry.url},
+        default_upstream=registry.host_port,
+        extra=[
+            "--no-p2p",
+            "--cache-size",
+            str(params.cache_size),
+            "--tag-ttl",
+            f"{params.tag_ttl}s",
+        ],
+    )
+    return agent
+
+
+async def soak(params: SoakParams, workdir: Path) -> SoakResult:
+    from tests.support.registry import Registry
+
+    registry = Registry(workdir / "registry").start()
+    agent = start_agent(workdir / "agent", registry, params)
+    try:
+        await asyncio.to_thread(agent.start)
+        return await Soak(params, registry.url, agent, agent.data_dir).run()
+    finally:
+        agent.stop()
+        registry.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=30.0)
+    ap.add_argument("--json", type=Path, help="also write the result here")
+    args = ap.parse_args(argv)
+    params = SoakParams(duration=args.minutes * 60)
+    with tempfile.TemporaryDirectory(prefix="layerswarm-soak-") as tmp:
+        result = asyncio.run(soak(params, Path(tmp)))
+    print(report(result))
+    if args.json:
+        args.json.write_text(json.dumps(asdict(result), indent=2))
+    return 1 if result.problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
