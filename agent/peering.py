@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from agent.blobstore import BlobStore
 from agent.config import AgentConfig
+from agent.counters import LifetimeCounters
 from agent.identity import Identity
 from agent.metrics import AgentMetrics
 from agent.p2p.engine import FleetTLS
@@ -102,6 +103,7 @@ class Peering:
         self._inflight = inflight
         self._address = advertise_address(config)
         self._uploaded_seen = 0
+        self._lifetime = LifetimeCounters(config.data_dir)
         self.link = TrackerLink(
             client,
             self.describe,
@@ -123,7 +125,8 @@ class Peering:
             role="seed" if self.config.role == "seed" else "peer",
             free_bytes=usage.free,
             load=float(self._inflight()),
-            counters=_counters(self._metrics.registry),
+            # Across restarts, so the tracker's fleet totals never go backwards.
+            counters=self._lifetime.total(_counters(self._metrics.registry)),
         )
 
     def held(self) -> list[Announcement]:

@@ -89,6 +89,22 @@ def render(fleet: dict[str, Any], now: float) -> list[str]:
     )
     if len(agents) > MAX_AGENT_ROWS:
         lines.append(f"... and {len(agents) - MAX_AGENT_ROWS} more (see --json)")
+    regions = fleet.get("regions", [])
+    if regions:
+        # Since the fleet began, agents that left included: each region should pull once.
+        lines += ["", "Regions (since the fleet began)"]
+        lines += table(
+            ["REGION", "FROM UPSTREAM", "FROM PEERS", "SAVINGS"],
+            [
+                [
+                    r.get("region") or "-",
+                    human_bytes(int(r.get("upstream_bytes", 0))),
+                    human_bytes(int(r.get("peer_bytes", 0))),
+                    f"{100 * float(r.get('savings_ratio', 0.0)):.1f}%",
+                ]
+                for r in regions
+            ],
+        )
     lines += ["", "Zones"]
     lines += table(
         ["REGION", "ZONE", "AGENTS"],

@@ -26,10 +26,14 @@ class FleetCollector(Collector):
     def __init__(self) -> None:
         self._totals = Counters()
         self._roles: dict[str, int] = {"peer": 0, "seed": 0}
+        self._regions: dict[str, Counters] = {}
 
-    def update(self, totals: Counters, roles: dict[str, int]) -> None:
+    def update(
+        self, totals: Counters, roles: dict[str, int], regions: dict[str, Counters] | None = None
+    ) -> None:
         self._totals = totals
         self._roles = dict(roles)
+        self._regions = dict(regions or {})
 
     def describe(self) -> Iterable[Metric]:
         # Registering must not call collect (the snapshot is empty then); names are unique anyway.
@@ -39,7 +43,8 @@ class FleetCollector(Collector):
         t = self._totals
         yield CounterMetricFamily(
             "layerswarm_fleet_upstream_bytes",
-            "Bytes the fleet's agents fetched from upstream registries (sum of reported counters)",
+            "Bytes the fleet's agents fetched from upstream registries since the fleet began "
+            "(agents that left included; never decreases)",
             value=t.upstream_bytes,
         )
         yield CounterMetricFamily(
@@ -58,6 +63,22 @@ class FleetCollector(Collector):
             "Share of layer bytes from peers rather than upstream: peer / (peer + upstream)",
             value=t.peer_bytes / moved if moved else 0.0,
         )
+        by_region = CounterMetricFamily(
+            "layerswarm_fleet_region_upstream_bytes",
+            "Bytes each region's agents fetched from upstream registries, since the fleet began "
+            '(region="" for agents without --region)',
+            labels=["region"],
+        )
+        peers_by_region = CounterMetricFamily(
+            "layerswarm_fleet_region_peer_received_bytes",
+            "Bytes each region's agents received from peers, since the fleet began",
+            labels=["region"],
+        )
+        for region, c in sorted(self._regions.items()):
+            by_region.add_metric([region], c.upstream_bytes)
+            peers_by_region.add_metric([region], c.peer_bytes)
+        yield by_region
+        yield peers_by_region
         agents = GaugeMetricFamily(
             "layerswarm_fleet_agents", "Live agents by role", labels=["role"]
         )

@@ -456,17 +456,19 @@ class Tracker:
 
     # -- fleet ------------------------------------------------------------------------------
 
-    async def fleet_summary(self) -> tuple[Counters, dict[str, int]]:
-        """Counter totals over every agent incarnation, and live agents by role."""
-        totals = await self.store.counter_totals()
+    async def fleet_summary(self) -> tuple[Counters, dict[str, int], dict[str, Counters]]:
+        """Counter totals over every agent incarnation (also by region), live agents by role."""
+        regions = await self.store.region_totals()
+        totals = sum(regions.values(), Counters())
         agents = await self.store.live_agents(self.clock.now())
         roles = Counter(r.info.role for r in agents)
-        return totals, {"peer": roles.get("peer", 0), "seed": roles.get("seed", 0)}
+        return totals, {"peer": roles.get("peer", 0), "seed": roles.get("seed", 0)}, regions
 
     async def fleet(self) -> dict[str, Any]:
         now = self.clock.now()
         agents = await self.store.live_agents(now)
-        totals = await self.store.counter_totals()
+        regions = await self.store.region_totals()
+        totals = sum(regions.values(), Counters())
         hottest = []
         for digest, lookups in await self.store.hottest(HOTTEST):
             view = await self.store.peer_view(digest, count_lookup=False)
@@ -504,6 +506,20 @@ class Tracker:
             "hottest": hottest,
             "totals": totals.to_json(),
             "savings_ratio": totals.peer_bytes / moved if moved else 0.0,
+            # Since the fleet began, including agents gone since: "each region pulls once".
+            "regions": [
+                {
+                    "region": region,
+                    "upstream_bytes": c.upstream_bytes,
+                    "peer_bytes": c.peer_bytes,
+                    "savings_ratio": (
+                        c.peer_bytes / (c.peer_bytes + c.upstream_bytes)
+                        if c.peer_bytes + c.upstream_bytes
+                        else 0.0
+                    ),
+                }
+                for region, c in sorted(regions.items())
+            ],
         }
 
     # -- upkeep -----------------------------------------------------------------------------

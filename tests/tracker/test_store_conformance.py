@@ -198,6 +198,31 @@ async def test_counters_survive_restart(store: TrackerStore, clock: ManualClock)
     assert await store.counter_totals() == Counters(upstream_bytes=101, peer_bytes=305)
 
 
+async def test_totals_by_region_outlive_the_agents(store: TrackerStore, clock: ManualClock) -> None:
+    now = clock.now()
+    eu = Counters(upstream_bytes=100, peer_bytes=700)
+    await store.bind_agent(agent("a1", region="eu", counters=eu), "k" * 20, now, now + TTL)
+    await store.bind_agent(
+        agent("a2", region="eu", counters=Counters(peer_bytes=50)), "k" * 20, now, now + TTL
+    )
+    await store.bind_agent(
+        agent("a3", region="us", counters=Counters(upstream_bytes=100)), "k" * 20, now, now + TTL
+    )
+    await store.bind_agent(agent("a4", counters=Counters(peer_bytes=1)), "k" * 20, now, now + TTL)
+    expected = {
+        "eu": Counters(upstream_bytes=100, peer_bytes=750),
+        "us": Counters(upstream_bytes=100),
+        "": Counters(peer_bytes=1),
+    }
+    assert await store.region_totals() == expected
+    # Every agent leaves and is pruned: what the fleet moved stays moved.
+    clock.advance(TTL + 1)
+    await store.prune(clock.now())
+    assert await store.live_agents(clock.now()) == []
+    assert await store.region_totals() == expected
+    assert await store.counter_totals() == Counters(upstream_bytes=200, peer_bytes=751)
+
+
 async def test_preheat_jobs_and_reports(store: TrackerStore) -> None:
     job = PreheatJob("j1", "127.0.0.1:5000/app:v1", "seeds", None, "eu", 10.0)
     await store.put_job(job)

@@ -22,8 +22,8 @@ async def fleet_json(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    totals, roles = await request.app[TRACKER].fleet_summary()
-    request.app[METRICS].fleet.update(totals, roles)
+    totals, roles, regions = await request.app[TRACKER].fleet_summary()
+    request.app[METRICS].fleet.update(totals, roles, regions)
     body = generate_latest(request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -60,6 +60,19 @@ def render_page(fleet: dict[str, Any]) -> str:
         f"<p>{len(agents)} live agents; from peers {_size(totals['peer_bytes'])}, "
         f"from upstream {_size(totals['upstream_bytes'])}; savings "
         f"{100 * fleet['savings_ratio']:.1f}%</p>",
+        "<h2>Regions</h2>",
+        _table(
+            ["region", "from upstream", "from peers", "savings"],
+            [
+                [
+                    r["region"] or "(none)",
+                    _size(r["upstream_bytes"]),
+                    _size(r["peer_bytes"]),
+                    f"{100 * r['savings_ratio']:.1f}%",
+                ]
+                for r in fleet["regions"]
+            ],
+        ),
         "<h2>Zones</h2>",
         _table(
             ["region", "zone", "agents"],

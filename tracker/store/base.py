@@ -48,7 +48,9 @@ class TrackerStore(Protocol):
     expired returns ``"new"`` and, when the key differs from the stored one, first forgets the
     previous incarnation's holdings (a restarted agent re-announces what it really has);
     refreshing a live binding returns ``"renewed"``. Counters are stored per incarnation
-    (agent id and key), so fleet totals never go backwards when an agent restarts from zero.
+    (agent id and key) and kept after the agent leaves, so fleet totals never go backwards
+    when agents leave (agents keep their counts across restarts, agent/counters.py);
+    ``region_totals`` sums them by the region each incarnation last reported.
     ``prune`` deletes agents expired before ``now`` together with their holdings.
 
     Holdings: per digest, per agent, a state (``holding`` or ``fetching``) with progress.
@@ -92,6 +94,8 @@ class TrackerStore(Protocol):
     async def prune(self, now: float) -> int: ...
 
     async def counter_totals(self) -> Counters: ...
+
+    async def region_totals(self) -> dict[str, Counters]: ...
 
     async def put_holdings(
         self, agent_id: str, holdings: Sequence[tuple[str, Holding]]

@@ -54,7 +54,7 @@ class MemoryStore:
         self._agents: dict[str, AgentRecord] = {}
         self._holders: dict[str, dict[str, Holding]] = defaultdict(dict)
         self._agent_digests: dict[str, set[str]] = defaultdict(set)
-        self._counters: dict[str, Counters] = {}
+        self._counters: dict[str, tuple[str, Counters]] = {}  # incarnation -> (region, counts)
         self._leases: dict[tuple[str, str], tuple[str, float]] = {}
         self._lookups: Counter[str] = Counter()
         self._bad: dict[str, set[str]] = defaultdict(set)
@@ -87,7 +87,7 @@ class MemoryStore:
             elif cur.alive(now):
                 status = "renewed"
         self._agents[info.agent_id] = AgentRecord(info, key, now, expires)
-        self._counters[incarnation(info.agent_id, key)] = info.counters
+        self._counters[incarnation(info.agent_id, key)] = (info.region, info.counters)
         return status
 
     def _forget_holdings(self, agent_id: str) -> None:
@@ -114,9 +114,15 @@ class MemoryStore:
 
     async def counter_totals(self) -> Counters:
         total = Counters()
-        for c in self._counters.values():
+        for _, c in self._counters.values():
             total = total + c
         return total
+
+    async def region_totals(self) -> dict[str, Counters]:
+        out: dict[str, Counters] = {}
+        for region, c in self._counters.values():
+            out[region] = out.get(region, Counters()) + c
+        return out
 
     async def put_holdings(self, agent_id: str, holdings: Sequence[tuple[str, Holding]]) -> None:
         for digest, holding in holdings:

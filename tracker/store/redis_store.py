@@ -6,7 +6,7 @@ Key layout (``P`` is the prefix, ``layerswarm:`` by default):
     P agents                zset  id -> expires, for listing and pruning
     P adig:<id>             set   digests the agent announced, to forget them when it goes
     P holders:<digest>      hash  agent id -> JSON Holding
-    P counters              hash  incarnation -> JSON Counters
+    P counters              hash  incarnation -> JSON Counters, plus the agent's "region"
     P lease:<region>:<dig>  hash  holder, expires
     P hot                   zset  digest -> lookups
     P bad:<digest>          set   peer ids reported bad for the digest;  P badcount  hash
@@ -309,7 +309,7 @@ class RedisStore:
                 until,
                 self._p,
                 incarnation(aid, key),
-                _dumps(info.counters.to_json()),
+                _dumps({**info.counters.to_json(), "region": info.region}),
                 record_version(key, info_json, seen, until),
             ],
         )
@@ -362,9 +362,18 @@ class RedisStore:
     @_translated
     async def counter_totals(self) -> Counters:
         total = Counters()
-        for raw in await self._r.hvals(self._k("counters")):
-            total = total + Counters(**json.loads(raw))
+        for counters in (await self.region_totals()).values():
+            total = total + counters
         return total
+
+    @_translated
+    async def region_totals(self) -> dict[str, Counters]:
+        out: dict[str, Counters] = {}
+        for raw in await self._r.hvals(self._k("counters")):
+            data = json.loads(raw)
+            region = str(data.pop("region", ""))
+            out[region] = out.get(region, Counters()) + Counters(**data)
+        return out
 
     @_translated
     async def put_holdings(self, agent_id: str, holdings: Sequence[tuple[str, Holding]]) -> None:
