@@ -69,7 +69,8 @@ def test_fleet_totals_survive_agent_restarts_and_departures(
     node.agent.start()
     wait_for_heartbeat(node)
     assert tracker_metric(node, "layerswarm_fleet_upstream_bytes_total") == fetched
-    assert node.agent.metric("layerswarm_upstream_bytes_total", f'upstream="{node.registry.host_port}"') == 0  # fmt: skip
+    upstream = f'upstream="{node.registry.host_port}"'
+    assert node.agent.metric("layerswarm_upstream_bytes_total", upstream) == 0
 
     # The agent leaves and is pruned: what it fetched is still part of what the fleet fetched.
     node.agent.stop()
