@@ -9,7 +9,8 @@ NO_SPACE_OUTCOMES. Every labelled error counter has its series at 0 from the sta
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -20,6 +21,26 @@ SOURCES = ("cache", "upstream", "peer")
 NO_SPACE_OUTCOMES = ("refused", "aborted", "manifest_not_stored")
 # Where a download can come from (the names of agent/fetch.py's sources).
 FETCH_SOURCES = ("upstream", "peer")
+
+
+# Docker Hub's "ratelimit-remaining: 76;w=21600": the count before any parameters.
+_RATE_LIMIT_VALUE = re.compile(r"^\s*(\d+)")
+# Where served bytes did not have to come from the upstream.
+_SAVED_SOURCES = ("cache", "peer")
+
+
+class ServedCounter:
+    """Bytes sent to a client: counted by source, and as saved for their upstream when they
+    came from the cache or from peers."""
+
+    def __init__(self, by_source: Counter, saved: Counter | None) -> None:
+        self._by_source = by_source
+        self._saved = saved
+
+    def inc(self, amount: float = 1) -> None:
+        self._by_source.inc(amount)
+        if self._saved is not None:
+            self._saved.inc(amount)
 
 
 class PairedCounter:
@@ -53,12 +74,36 @@ class AgentMetrics:
     peer_bytes: PairedCounter
     peer_uploaded_bytes: Counter
     no_space: Counter
+    upstream_saved_bytes: Counter
+    ratelimit_remaining: Gauge
+    ratelimit_limit: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry, upstreams: Sequence[str] = ()) -> AgentMetrics:
         """``upstreams``: the configured registry names, whose error series start at 0."""
         m = cls(
             registry=registry,
+            upstream_saved_bytes=Counter(
+                "layerswarm_upstream_saved_bytes",
+                "Bytes of an upstream's content sent to clients from the cache or from peers, "
+                "i.e. not fetched from it again",
+                ["upstream"],
+                registry=registry,
+            ),
+            ratelimit_remaining=Gauge(
+                "layerswarm_upstream_ratelimit_remaining",
+                "Pulls left in the upstream's rate-limit window, as its last answer said "
+                "(ratelimit-remaining; absent for upstreams that send none)",
+                ["upstream"],
+                registry=registry,
+            ),
+            ratelimit_limit=Gauge(
+                "layerswarm_upstream_ratelimit_limit",
+                "Pulls allowed per rate-limit window, as the upstream's last answer said "
+                "(ratelimit-limit)",
+                ["upstream"],
+                registry=registry,
+            ),
             upstream_bytes=Counter(
                 "layerswarm_upstream_bytes",
                 "Bytes of blobs and manifests fetched from upstream registries",
@@ -170,6 +215,27 @@ class AgentMetrics:
             m.verify_failures.labels(s)
         for upstream in upstreams:
             m.upstream_bytes.labels(upstream)
+            m.upstream_saved_bytes.labels(upstream)
             for reason in REASONS:
                 m.upstream_errors.labels(upstream, reason)
         return m
+
+    def served(self, source: str, upstream: str) -> ServedCounter:
+        """The counter for bytes sent to a client from ``source`` for ``upstream``."""
+        saved = (
+            self.upstream_saved_bytes.labels(upstream)
+            if source in _SAVED_SOURCES and upstream
+            else None
+        )
+        return ServedCounter(self.served_bytes.labels(source), saved)
+
+    def observe_rate_limit(self, upstream: str, headers: Mapping[str, str]) -> None:
+        """Keep the headroom an upstream's answer states (Docker Hub: ``ratelimit-*``)."""
+        for header, gauge in (
+            ("RateLimit-Remaining", self.ratelimit_remaining),
+            ("RateLimit-Limit", self.ratelimit_limit),
+        ):
+            raw = headers.get(header)
+            m = _RATE_LIMIT_VALUE.match(raw) if raw else None
+            if m is not None:
+                gauge.labels(upstream).set(int(m.group(1)))

@@ -125,6 +125,7 @@ class Mirror:
                 own_auth=internal,
                 headers={"Accept": accept},
             ) as resp:
+                self._metrics.observe_rate_limit(upstream.name, resp.headers)
                 await ensure_ok(resp, upstream.name)
                 head_digest = resp.headers.get("Docker-Content-Digest")
             self._access.remember(auth, upstream.name, repo)
@@ -223,6 +224,7 @@ class Mirror:
             own_auth=internal,
             headers={"Accept": accept},
         ) as resp:
+            self._metrics.observe_rate_limit(upstream.name, resp.headers)
             await ensure_ok(resp, upstream.name)
             try:
                 body = await read_limited(resp, self._config.max_manifest_size)

@@ -255,7 +255,7 @@ class RegistryHandlers:
             headers["Content-Length"] = str(len(m.body))
             return web.Response(headers=headers)
         ri.bytes = len(m.body)
-        self._metrics.served_bytes.labels(ri.source).inc(len(m.body))
+        self._metrics.served(ri.source, ri.upstream).inc(len(m.body))
         return web.Response(body=m.body, headers=headers)
 
     # -- blobs ----------------------------------------------------------------------
@@ -319,7 +319,7 @@ class RegistryHandlers:
             resp = SendfileResponse(blob.path, offset, count, status=status, headers=headers)
             await resp.prepare(request)
         ri.bytes = count
-        self._metrics.served_bytes.labels("cache").inc(count)
+        self._metrics.served("cache", ri.upstream).inc(count)
         return resp
 
     async def _send_download(self, request: web.Request, dl: Download) -> web.StreamResponse:
@@ -347,7 +347,7 @@ class RegistryHandlers:
             resp.enable_chunked_encoding()
         await resp.prepare(request)
         sent = 0
-        counter = self._metrics.served_bytes.labels(dl.source)
+        counter = self._metrics.served(dl.source, ri.upstream)
         try:
             async for chunk in dl.stream(start, end if end is not None else 1 << 62):
                 if not sent:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.request
 from collections import defaultdict
 
@@ -77,7 +78,15 @@ def uses() -> list[tuple[str, str, set[str]]]:
 
 @pytest.fixture
 def exported(node: Node) -> Exported:
-    # A request of each daemon's own, so request counters and histograms have a series.
+    # A heartbeat taken (the fleet's per-region series exist once an agent reported) and a
+    # request of each daemon's own, so request counters and histograms have a series.
+    deadline = time.monotonic() + 30
+    while True:
+        with urllib.request.urlopen(f"{node.agent.url}/healthz", timeout=10) as r:
+            if json.loads(r.read())["tracker"]["state"] == "ok":
+                break
+        assert time.monotonic() < deadline, node.logs()
+        time.sleep(0.1)
     with urllib.request.urlopen(f"{node.agent.url}/v2/", timeout=10):
         pass
     texts: list[str] = []

@@ -43,6 +43,7 @@ AGENT_METRICS = {
     "layerswarm_peer_received_bytes_total",
     "layerswarm_peer_sent_bytes_total",
     "layerswarm_upstream_errors_total",
+    "layerswarm_upstream_saved_bytes_total",
 }
 TRACKER_METRICS = {
     "layerswarm_fleet_upstream_bytes_total",
@@ -50,6 +51,8 @@ TRACKER_METRICS = {
     "layerswarm_fleet_savings_ratio",
     "layerswarm_fleet_agents",
     "layerswarm_tracker_requests_total",
+    "layerswarm_fleet_region_upstream_bytes_total",
+    "layerswarm_fleet_region_peer_received_bytes_total",
 }
 CONTRACT_METRICS = AGENT_METRICS | TRACKER_METRICS
 HISTOGRAMS = {"layerswarm_request_duration_seconds"}

@@ -3,7 +3,8 @@
 It is a fault injector, not a registry: every request is forwarded to the real
 ``docker-registry`` behind it, and only the faults a real registry cannot produce on demand
 are added, each for a counted number of requests: answering 429/503 with ``Retry-After``,
-resetting the connection after some body bytes, or sending blob bodies slowly. Everything it
+resetting the connection after some body bytes, sending blob bodies slowly, or stating a
+Docker Hub style rate limit (``ratelimit-*`` headers on manifests). Everything it
 did is recorded in ``events`` so a test can assert the fault really happened.
 
 It runs its own event loop in a thread, so sync tests (driving subprocesses) and async tests
@@ -65,6 +66,7 @@ class FaultProxy:
         self._fail: list[tuple[int, str | None]] = []
         self._resets: list[int] = []
         self._rate: float | None = None
+        self._rate_limit: tuple[int, int] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -88,6 +90,11 @@ class FaultProxy:
         """Send blob bodies at about this rate (None: full speed)."""
         with self._lock:
             self._rate = bytes_per_second
+
+    def state_rate_limit(self, remaining: int, limit: int = 100) -> None:
+        """Answer manifest requests with Docker Hub's ``ratelimit-limit``/``-remaining``."""
+        with self._lock:
+            self._rate_limit = (remaining, limit)
 
     def count(self, fault: str, *, method: str = "GET") -> int:
         with self._lock:
@@ -214,6 +221,11 @@ class FaultProxy:
             for h in _PASSED_HEADERS:
                 if h in up.headers:
                     out.headers[h] = up.headers[h]
+            with self._lock:
+                rate_limit = self._rate_limit
+            if rate_limit is not None and "/manifests/" in request.path:
+                out.headers["ratelimit-remaining"] = f"{rate_limit[0]};w=21600"
+                out.headers["ratelimit-limit"] = f"{rate_limit[1]};w=21600"
             fault = "reset" if reset is not None else ("slow" if rate else "")
             self._record(request, up.status, fault)
             await out.prepare(request)
