@@ -59,6 +59,16 @@ SEED_CACHE_SECONDS = 5.0
 MAX_SEGMENTS = 100_000
 MAX_PREHEAT_LAYERS = 1000
 HOTTEST = 10
+# What one fleet-token holder can make the tracker keep is bounded (issue 10, item 4):
+# torrent bytes per digest (a 10 GiB layer in 16 MiB segments needs well under 1 MiB),
+# how long metainfo lives after its last publish, digests one agent may hold, live preheat jobs.
+MAX_METAINFO_BYTES = 4 << 20
+METAINFO_TTL = 7 * 86400.0
+MAX_HOLDINGS_PER_AGENT = 100_000
+MAX_PREHEAT_JOBS = 1000
+# A bad-peer report counts this long (the peer may have been briefly overloaded, or the
+# reporter wrong, or lying).
+BAD_PEER_TTL = 600.0
 _IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,511}$")
 REPORT_STATES = ("running", "done", "failed")
 
@@ -67,6 +77,29 @@ def _in_scope(job: PreheatJob, info: AgentInfo) -> bool:
     return (job.zone is None or job.zone == info.zone) and (
         job.region is None or job.region == info.region
     )
+
+
+def _conflicts(current: Metainfo, total_size: int, segment: SegmentMeta) -> bool:
+    """Does ``segment`` disagree with what is published (size, overlap, order, content)?"""
+    if current.total_size != total_size:
+        return True
+    for other in current.segments:
+        if other.index == segment.index:
+            if (other.offset, other.length, other.info_hash) != (
+                segment.offset,
+                segment.length,
+                segment.info_hash,
+            ):
+                return True
+            continue
+        overlaps = (
+            other.offset < segment.offset + segment.length
+            and segment.offset < other.offset + other.length
+        )
+        misordered = (other.index < segment.index) != (other.offset < segment.offset)
+        if overlaps or misordered:
+            return True
+    return False
 
 
 def check_image(image: str) -> str:
@@ -148,6 +181,9 @@ class Tracker:
             raise InvalidRequest(f"at most {self.config.max_announce} announcements per request")
         rec = await self.authenticate(agent_id, key)
         now = self.clock.now()
+        held = await self.store.holding_count(agent_id)
+        if held + len(items) > MAX_HOLDINGS_PER_AGENT:
+            raise InvalidRequest(f"an agent may hold at most {MAX_HOLDINGS_PER_AGENT} layers")
         await self.store.put_holdings(
             agent_id,
             [
@@ -260,8 +296,14 @@ class Tracker:
         rec = await self.authenticate(agent_id, key)
         if peer_id == agent_id:
             raise InvalidRequest("an agent cannot report itself")
+        if await self.store.get_agent(peer_id) is None:
+            # Reports on ids nobody registered would only grow the tracker's state.
+            raise NotFound(f"no agent {peer_id}")
         log.warning("bad peer reported digest=%s peer=%s by=%s", digest, peer_id, agent_id)
-        await self.store.add_bad_peer(digest, peer_id)
+        now = self.clock.now()
+        # One report leaves the peer out only for the reporter; several distinct reporters
+        # leave it out for everyone; either way only for BAD_PEER_TTL.
+        await self.store.add_bad_peer(digest, peer_id, agent_id, now, now + BAD_PEER_TTL)
         # A lease held by a peer that sends bad data or stopped answering is void: the next
         # asker in the region gets it, instead of every follower going upstream on its own.
         await self.store.release_leases(rec.info.region, [digest], peer_id)
@@ -281,25 +323,32 @@ class Tracker:
         if not segment.torrent or len(segment.torrent) > self.config.max_torrent:
             raise InvalidRequest(f"torrent must be 1 to {self.config.max_torrent} bytes")
         await self.authenticate(agent_id, key)
+        now = self.clock.now()
         current = await self.store.get_metainfo(digest)
-        if current is not None:
-            if current.total_size != total_size:
-                raise Conflict(f"{digest} was published with total_size {current.total_size}")
-            for other in current.segments:
-                if other.index == segment.index:
-                    continue
-                overlaps = (
-                    other.offset < segment.offset + segment.length
-                    and segment.offset < other.offset + other.length
-                )
-                misordered = (other.index < segment.index) != (other.offset < segment.offset)
-                if overlaps or misordered:
-                    raise Conflict(f"segment {segment.index} overlaps segment {other.index}")
-        status = await self.store.put_segment(digest, total_size, segment)
+        conflict = current is not None and _conflicts(current, total_size, segment)
+        if current is not None and not conflict:
+            held = sum(len(s.torrent) for s in current.segments if s.index != segment.index)
+            if held + len(segment.torrent) > MAX_METAINFO_BYTES:
+                raise InvalidRequest(f"metainfo of one layer is limited to {MAX_METAINFO_BYTES}")
+        expires = now + METAINFO_TTL
+        status = "conflict"
+        if not conflict:
+            status = await self.store.put_segment(
+                digest, total_size, segment, now=now, expires=expires
+            )
         if status == "conflict":
-            raise Conflict(f"segment {segment.index} of {digest} was published differently")
+            # Someone published this layer differently, and the tracker cannot tell who is
+            # right (pieces are verified by those who download them). The newer publisher's
+            # metainfo replaces it, so a first writer, maybe a rogue one, never locks a digest.
+            log.warning(
+                "metainfo of digest=%s replaced by agent=%s: it conflicted", digest, agent_id
+            )
+            await self.store.put_segment(
+                digest, total_size, segment, now=now, expires=expires, replace=True
+            )
         meta = await self.store.get_metainfo(digest)
-        assert meta is not None
+        if meta is None:
+            raise Conflict(f"metainfo of {digest} changed while it was written; retry")
         return meta
 
     async def get_metainfo(self, digest: str) -> Metainfo:
@@ -337,6 +386,11 @@ class Tracker:
                 raise InvalidRequest(f"{name} must be a label of A-Z a-z 0-9 . _ -")
         now = self.clock.now()
         await self._expire_jobs(now)
+        if len(await self.store.list_jobs()) + len(images) > MAX_PREHEAT_JOBS:
+            raise InvalidRequest(
+                f"at most {MAX_PREHEAT_JOBS} preheat jobs at a time; older ones expire"
+                f" after {self.config.preheat_ttl:g}s"
+            )
         ids = []
         for image in images:
             # The scope literal was checked above.

@@ -8,5 +8,6 @@ from tests.tracker.conftest import (  # noqa: F401 (re-exported fixtures)
     make_app,
     redis_server,
     redis_url,
+    store,
     token_file,
 )

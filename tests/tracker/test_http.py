@@ -205,8 +205,14 @@ async def test_metainfo_over_http(app: Client) -> None:
     hdrs = {**headers(key), "X-Layerswarm-Agent-Id": "a1"}
     resp = await app.put(f"/v1/metainfo/{D}/0", json=seg, headers=hdrs)
     assert resp.status == 200 and (await resp.json())["complete"] is True
+    # A conflicting publish replaces the metainfo (no first writer locks a digest) ...
     resp = await app.put(f"/v1/metainfo/{D}/0", json={**seg, "info_hash": "cd" * 20}, headers=hdrs)
-    assert resp.status == 409
+    assert resp.status == 200
+    got = await (await app.get(f"/v1/metainfo/{D}", headers=headers())).json()
+    assert got["segments"][0]["info_hash"] == "cd" * 20
+    # ... and so does the next one.
+    resp = await app.put(f"/v1/metainfo/{D}/0", json=seg, headers=hdrs)
+    assert resp.status == 200
     resp = await app.put(f"/v1/metainfo/{D}/1", json={**seg, "torrent": "***"}, headers=hdrs)
     assert resp.status == 400
     resp = await app.put(f"/v1/metainfo/{D}/x", json=seg, headers=hdrs)

@@ -12,7 +12,7 @@ from tests.tracker.helpers import agent, digest_of, segment
 from tracker.clock import ManualClock
 from tracker.config import TrackerConfig
 from tracker.embedded import embedded_tracker, local_client
-from tracker.errors import Conflict, Forbidden, InvalidRequest, UnknownAgent
+from tracker.errors import Forbidden, InvalidRequest, UnknownAgent
 from tracker.handout import order_peers
 from tracker.model import Counters, Holding, LayerProgress
 from tracker.service import Tracker
@@ -164,12 +164,14 @@ async def test_metainfo_validation(tracker: Tracker) -> None:
     assert not meta.complete
     with pytest.raises(InvalidRequest):
         await tracker.put_metainfo("a1", k, D, 100, segment(1, 60, 50))  # past the end
-    with pytest.raises(Conflict):
-        await tracker.put_metainfo("a1", k, D, 100, segment(1, 50, 50))  # overlaps segment 0
-    with pytest.raises(Conflict):
-        await tracker.put_metainfo("a1", k, D, 200, segment(1, 60, 40))  # other total size
     with pytest.raises(InvalidRequest):
         await tracker.put_metainfo("a1", k, D, 100, segment(1, 60, 40, b"x" * (1 << 20)))
+    # A conflicting publish (overlap, other total size) replaces what was there.
+    meta = await tracker.put_metainfo("a1", k, D, 100, segment(1, 50, 50))  # overlaps segment 0
+    assert [s.index for s in meta.segments] == [1]
+    meta = await tracker.put_metainfo("a1", k, D, 200, segment(1, 60, 40))  # other total size
+    assert meta.total_size == 200 and [s.index for s in meta.segments] == [1]
+    meta = await tracker.put_metainfo("a1", k, D, 100, segment(0, 0, 60))
     meta = await tracker.put_metainfo("a1", k, D, 100, segment(1, 60, 40))
     assert meta.complete and [s.index for s in meta.segments] == [0, 1]
     k2 = await join(tracker, "a2")
@@ -259,6 +261,10 @@ async def test_reporting_the_lease_holder_hands_its_lease_on(tracker: Tracker) -
     assert (await tracker.lookup("f1", keys["f1"], D)).action == "fetch"
     reply = await tracker.lookup("f2", keys["f2"], D)
     assert reply.action == "wait" and reply.lease_holder == "f1"
-    # The reported holder is not handed out for this layer any more.
+    # The reported holder is not handed out to its reporter; to everyone once a second agent
+    # reports it too (one token holder alone must not silence another agent).
     await tracker.announce("f1", keys["f1"], D, "fetching", progress_bytes=1, total_bytes=9)
-    assert "holder" not in {p.agent_id for p in (await tracker.lookup("f2", keys["f2"], D)).peers}
+    assert "holder" not in {p.agent_id for p in (await tracker.lookup("f1", keys["f1"], D)).peers}
+    await tracker.report_bad_peer("f2", keys["f2"], "holder", D)
+    k3 = await join(tracker, "f3", region="r1")
+    assert "holder" not in {p.agent_id for p in (await tracker.lookup("f3", k3, D)).peers}

@@ -10,7 +10,14 @@ from tests.support.procs import free_port
 from tests.tracker.helpers import agent, digest_of, segment
 from tracker.clock import ManualClock
 from tracker.errors import StoreUnavailable
-from tracker.model import Counters, Holding, LayerProgress, PreheatJob, PreheatReport
+from tracker.model import (
+    Counters,
+    Holding,
+    LayerProgress,
+    PreheatJob,
+    PreheatReport,
+    SegmentMeta,
+)
 from tracker.store import TrackerStore
 from tracker.store.redis_store import RedisStore
 
@@ -175,12 +182,46 @@ async def test_metainfo_segments(store: TrackerStore) -> None:
     assert (await store.peer_view(D1, count_lookup=False)).metainfo == meta
 
 
-async def test_bad_peers(store: TrackerStore) -> None:
-    await store.add_bad_peer(D1, "p1")
-    await store.add_bad_peer(D1, "p1")
-    await store.add_bad_peer(D2, "p2")
+async def test_bad_peers(store: TrackerStore, clock: ManualClock) -> None:
+    now = clock.now()
+    await store.add_bad_peer(D1, "p1", "r1", now, now + 60)
+    await store.add_bad_peer(D1, "p1", "r1", now, now + 60)  # the same reporter again
+    await store.add_bad_peer(D2, "p2", "r1", now, now + 60)
+    # One reporter: left out for the reporter only.
+    assert (await store.peer_view(D1, count_lookup=False)).bad_peers == frozenset()
+    assert (await store.peer_view(D1, count_lookup=False, asker="r1")).bad_peers == {"p1"}
+    # A second reporter: left out for everyone.
+    await store.add_bad_peer(D1, "p1", "r2", now, now + 30)
     assert (await store.peer_view(D1, count_lookup=False)).bad_peers == {"p1"}
     assert await store.bad_peer_counts() == {"p1": 2, "p2": 1}
+    # Reports expire.
+    clock.advance(31)
+    await store.prune(clock.now())
+    assert (await store.peer_view(D1, count_lookup=False)).bad_peers == frozenset()
+    assert (await store.peer_view(D1, count_lookup=False, asker="r1")).bad_peers == {"p1"}
+    clock.advance(30)
+    await store.prune(clock.now())
+    assert (await store.peer_view(D1, count_lookup=False, asker="r1")).bad_peers == frozenset()
+
+
+async def test_conflicting_metainfo_replaced(store: TrackerStore, clock: ManualClock) -> None:
+    now = clock.now()
+    s0, s1 = segment(0, 0, 60), segment(1, 60, 40)
+    assert await store.put_segment(D1, 100, s0, now=now, expires=now + 60) == "stored"
+    assert await store.put_segment(D1, 100, s1, now=now, expires=now + 60) == "stored"
+    # Another torrent file of the same content (same info hash) is the same segment.
+    other_file = SegmentMeta(0, 0, 60, s0.info_hash, b"d8:announce1:xe")
+    assert await store.put_segment(D1, 100, other_file, now=now, expires=now + 60) == "same"
+    rogue = segment(0, 0, 99, b"rogue")
+    assert await store.put_segment(D1, 99, rogue, now=now, expires=now + 60) == "conflict"
+    status = await store.put_segment(D1, 99, rogue, now=now, expires=now + 60, replace=True)
+    assert status == "stored"
+    meta = await store.get_metainfo(D1)
+    assert meta is not None and meta.total_size == 99 and meta.segments == (rogue,)
+    # Metainfo expires.
+    clock.advance(61)
+    await store.prune(clock.now())
+    assert await store.get_metainfo(D1) is None
 
 
 async def test_counters_survive_restart(store: TrackerStore, clock: ManualClock) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from tracker.errors import InvalidRequest
@@ -21,7 +23,8 @@ async def put_segment(request: web.Request) -> web.Response:
     agent_id, key = agent_credentials(request, request.headers.get(AGENT_ID_HEADER, ""))
     digest = check_digest(request.match_info["digest"])
     raw_index = request.match_info["index"]
-    if not raw_index.isdigit() or len(raw_index) > 6:
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    if not re.fullmatch(r"[0-9]{1,6}", raw_index):
         raise InvalidRequest("segment index must be a small non-negative integer")
     body = await read_json(request)
     total = body.get("total_size")

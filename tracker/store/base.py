@@ -21,6 +21,16 @@ from tracker.model import (
 BindStatus = Literal["new", "renewed", "conflict"]
 PutStatus = Literal["stored", "same", "conflict"]
 
+# A peer reported bad for a digest is left out of everyone's answers for it only once this many
+# distinct agents reported it (one token holder must not silence another agent); the reporter
+# itself stops getting it after its own report.
+BAD_PEER_QUORUM = 2
+# Lookup counts are kept for at most this many digests (the busiest); prune trims the rest.
+MAX_HOT = 10_000
+# Dead agents' counters are folded into one retired total; the last this many are remembered
+# so an agent that comes back under the same key is not counted twice.
+MAX_RETIRED_INCARNATIONS = 10_000
+
 
 @dataclass(frozen=True)
 class PeerView:
@@ -31,6 +41,8 @@ class PeerView:
     """
 
     holders: tuple[tuple[Holding, AgentRecord | None], ...]
+    # Peers to leave out of this answer: reported by ``BAD_PEER_QUORUM`` distinct agents, or
+    # by the asker itself.
     bad_peers: frozenset[str]
     metainfo: Metainfo | None
 
@@ -51,7 +63,11 @@ class TrackerStore(Protocol):
     (agent id and key) and kept after the agent leaves, so fleet totals never go backwards
     when agents leave (agents keep their counts across restarts, agent/counters.py);
     ``region_totals`` sums them by the region each incarnation last reported.
-    ``prune`` deletes agents expired before ``now`` together with their holdings.
+    ``prune`` deletes agents expired before ``now`` together with their holdings, folds their
+    counters into a retired total per region (both totals include it), and drops whatever else
+    has expired: leases, metainfo, bad-peer reports; it trims lookup counts to ``MAX_HOT``
+    digests. Every per-key structure is thereby bounded by live agents or by a time to live;
+    Redis keys that exist for a limited time also carry a Redis TTL as a backstop.
 
     Holdings: per digest, per agent, a state (``holding`` or ``fetching``) with progress.
     ``put_holdings`` overwrites, ``remove_holding`` deletes; neither checks liveness (the
@@ -64,15 +80,22 @@ class TrackerStore(Protocol):
     ``took_over=True``. ``renew_lease`` moves ``expires`` only for the current holder;
     ``release_leases`` deletes only the caller's own leases.
 
-    Metainfo: per digest, a total size and segments by index. ``put_segment`` is atomic per
-    index: ``"stored"`` the first time, ``"same"`` for an identical repeat, ``"conflict"``
-    (nothing written) when the index or the total size was published differently.
+    Metainfo: per digest, a total size and segments by index, kept until ``expires`` (moved by
+    every put). ``put_segment`` is atomic per index: ``"stored"`` the first time, ``"same"``
+    for a repeat with the same offset, length and info hash (torrent files of one content may
+    differ in creation date), ``"conflict"`` (nothing written) when the index or the total
+    size was published differently. With ``replace`` it always writes: the digest's metainfo
+    starts over with just this segment, so no publisher can lock a digest by being first.
 
     ``peer_view`` returns every holder of the digest, or a uniform random sample of ``limit``
     of them when there are more (so a lookup's cost is bounded however popular a layer is).
 
     Lookup statistics and bad peers: ``peer_view(count_lookup=True)`` also counts a lookup for
-    ``hottest``; ``add_bad_peer`` excludes a peer from one digest's answers and counts it.
+    ``hottest``; ``add_bad_peer`` records one reporter's report on a peer for one digest until
+    ``expires`` (see ``PeerView.bad_peers``; ``asker`` names who is looking) and counts it once.
+
+    ``holding_count`` is how many digests an agent announced (to cap them); ``usage`` the
+    number of entries of each structure, for tests and diagnostics.
 
     Preheat: jobs by id, and per job the latest report of each agent.
 
@@ -104,8 +127,12 @@ class TrackerStore(Protocol):
     async def remove_holding(self, agent_id: str, digest: str) -> None: ...
 
     async def peer_view(
-        self, digest: str, *, count_lookup: bool, limit: int = 1 << 30
+        self, digest: str, *, count_lookup: bool, limit: int = 1 << 30, asker: str = ""
     ) -> PeerView: ...
+
+    async def holding_count(self, agent_id: str) -> int: ...
+
+    async def usage(self) -> dict[str, int]: ...
 
     async def hottest(self, limit: int) -> list[tuple[str, int]]: ...
 
@@ -119,12 +146,21 @@ class TrackerStore(Protocol):
 
     async def release_leases(self, region: str, digests: Sequence[str], agent_id: str) -> None: ...
 
-    async def add_bad_peer(self, digest: str, peer_id: str) -> None: ...
+    async def add_bad_peer(
+        self, digest: str, peer_id: str, reporter: str, now: float, expires: float
+    ) -> None: ...
 
     async def bad_peer_counts(self) -> dict[str, int]: ...
 
     async def put_segment(
-        self, digest: str, total_size: int, segment: SegmentMeta
+        self,
+        digest: str,
+        total_size: int,
+        segment: SegmentMeta,
+        *,
+        now: float = 0.0,
+        expires: float = float("inf"),
+        replace: bool = False,
     ) -> PutStatus: ...
 
     async def get_metainfo(self, digest: str) -> Metainfo | None: ...

@@ -7,8 +7,9 @@ on the event loop, which is what the contract's atomicity asks for.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import random
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -23,9 +24,31 @@ from tracker.model import (
     PreheatReport,
     SegmentMeta,
 )
-from tracker.store.base import BindStatus, PeerView, PutStatus
+from tracker.store.base import (
+    BAD_PEER_QUORUM,
+    MAX_HOT,
+    MAX_RETIRED_INCARNATIONS,
+    BindStatus,
+    PeerView,
+    PutStatus,
+)
 
 T = TypeVar("T")
+
+# Bad-peer reports kept at most (oldest digests dropped first); they also expire.
+MAX_BAD_REPORTS = 100_000
+# Regions the retired totals are kept for; pruned agents of further regions count as OTHER.
+MAX_RETIRED_REGIONS = 1000
+OTHER_REGION = "(other)"
+
+
+def same_segment(a: SegmentMeta, b: SegmentMeta) -> bool:
+    """One content: torrent files of it may differ in creation date, never in info hash."""
+    return (a.offset, a.length, a.info_hash) == (b.offset, b.length, b.info_hash)
+
+
+def counters_minus(a: Counters, b: Counters) -> Counters:
+    return Counters(**{k: max(0, v - getattr(b, k)) for k, v in a.to_json().items()})
 
 
 def incarnation(agent_id: str, key: str) -> str:
@@ -57,9 +80,15 @@ class MemoryStore:
         self._counters: dict[str, tuple[str, Counters]] = {}  # incarnation -> (region, counts)
         self._leases: dict[tuple[str, str], tuple[str, float]] = {}
         self._lookups: Counter[str] = Counter()
-        self._bad: dict[str, set[str]] = defaultdict(set)
+        # digest -> reported peer -> reporter -> expires
+        self._bad: dict[str, dict[str, dict[str, float]]] = {}
+        self._bad_reports = 0
         self._bad_counts: Counter[str] = Counter()
         self._meta: dict[str, tuple[int, dict[int, SegmentMeta]]] = {}
+        self._meta_expires: dict[str, float] = {}
+        # Counters of agents that are gone, and (for a while) of which incarnations.
+        self._retired: dict[str, Counters] = {}  # region -> counts of agents pruned
+        self._retired_inc: OrderedDict[str, tuple[str, Counters]] = OrderedDict()
         self._jobs: dict[str, PreheatJob] = {}
         self._reports: dict[str, dict[str, PreheatReport]] = defaultdict(dict)
         # Per digest, its holders' ids as a sequence to sample from; dropped on any change to
@@ -84,11 +113,34 @@ class MemoryStore:
                 if cur.alive(now):
                     return "conflict"
                 self._forget_holdings(info.agent_id)
+                # That incarnation can never come back: its id now has another key.
+                self._retire(incarnation(info.agent_id, cur.key), remember=False)
             elif cur.alive(now):
                 status = "renewed"
         self._agents[info.agent_id] = AgentRecord(info, key, now, expires)
-        self._counters[incarnation(info.agent_id, key)] = (info.region, info.counters)
+        inc = incarnation(info.agent_id, key)
+        came_back = self._retired_inc.pop(inc, None)
+        if came_back is not None:
+            # Pruned, then back under the same key (agents keep their key across restarts):
+            # its counts count once, live again.
+            region, counts = came_back
+            self._retired[region] = counters_minus(self._retired.get(region, Counters()), counts)
+        self._counters[inc] = (info.region, info.counters)
         return status
+
+    def _retire(self, inc: str, *, remember: bool) -> None:
+        entry = self._counters.pop(inc, None)
+        if entry is None:
+            return
+        region, c = entry
+        if region not in self._retired and len(self._retired) >= MAX_RETIRED_REGIONS:
+            # Region labels come from agents: a rogue could invent one per heartbeat.
+            region = OTHER_REGION
+        self._retired[region] = self._retired.get(region, Counters()) + c
+        if remember:
+            self._retired_inc[inc] = (region, c)
+            while len(self._retired_inc) > MAX_RETIRED_INCARNATIONS:
+                self._retired_inc.popitem(last=False)
 
     def _forget_holdings(self, agent_id: str) -> None:
         for digest in self._agent_digests.pop(agent_id, set()):
@@ -108,18 +160,40 @@ class MemoryStore:
     async def prune(self, now: float) -> int:
         dead = [aid for aid, r in self._agents.items() if not r.alive(now)]
         for aid in dead:
-            del self._agents[aid]
+            rec = self._agents.pop(aid)
             self._forget_holdings(aid)
+            self._retire(incarnation(aid, rec.key), remember=True)
+            self._bad_counts.pop(aid, None)
+        for lkey in [k for k, (_, until) in self._leases.items() if until <= now]:
+            del self._leases[lkey]
+        for digest in [d for d, exp in self._meta_expires.items() if exp <= now]:
+            del self._meta_expires[digest]
+            self._meta.pop(digest, None)
+        for digest in list(self._bad):
+            peers = self._bad[digest]
+            for peer in list(peers):
+                reporters = peers[peer]
+                for reporter in [r for r, exp in reporters.items() if exp <= now]:
+                    del reporters[reporter]
+                    self._bad_reports -= 1
+                if not reporters:
+                    del peers[peer]
+            if not peers:
+                del self._bad[digest]
+        if len(self._lookups) > MAX_HOT:
+            self._lookups = Counter(dict(self._lookups.most_common(MAX_HOT)))
         return len(dead)
 
     async def counter_totals(self) -> Counters:
         total = Counters()
+        for c in self._retired.values():
+            total = total + c
         for _, c in self._counters.values():
             total = total + c
         return total
 
     async def region_totals(self) -> dict[str, Counters]:
-        out: dict[str, Counters] = {}
+        out: dict[str, Counters] = dict(self._retired)
         for region, c in self._counters.values():
             out[region] = out.get(region, Counters()) + c
         return out
@@ -139,12 +213,54 @@ class MemoryStore:
                 del self._holders[digest]
         self._agent_digests.get(agent_id, set()).discard(digest)
 
-    async def peer_view(self, digest: str, *, count_lookup: bool, limit: int = 1 << 30) -> PeerView:
+    async def holding_count(self, agent_id: str) -> int:
+        return len(self._agent_digests.get(agent_id, ()))
+
+    async def usage(self) -> dict[str, int]:
+        return {
+            "agents": len(self._agents),
+            "holder_digests": len(self._holders),
+            "counters": len(self._counters),
+            "retired_incarnations": len(self._retired_inc),
+            "leases": len(self._leases),
+            "lookups": len(self._lookups),
+            "bad_digests": len(self._bad),
+            "bad_reports": self._bad_reports,
+            "bad_counts": len(self._bad_counts),
+            "metainfo": len(self._meta),
+            "metainfo_bytes": sum(
+                len(seg.torrent) for _, segs in self._meta.values() for seg in segs.values()
+            ),
+            "jobs": len(self._jobs),
+        }
+
+    def _bad_for(self, digest: str, asker: str) -> frozenset[str]:
+        peers = self._bad.get(digest)
+        if not peers:
+            return frozenset()
+        return frozenset(
+            peer
+            for peer, reporters in peers.items()
+            if len(reporters) >= BAD_PEER_QUORUM or (asker and asker in reporters)
+        )
+
+    async def lookup_view(
+        self, agent_id: str, key: str, digest: str, now: float, limit: int
+    ) -> tuple[AgentRecord | None, PeerView | None]:
+        """``AuthenticatedLookup``: the asker is known here, so its own reports count."""
+        rec = self._agents.get(agent_id)
+        if rec is None or not rec.alive(now) or not hmac.compare_digest(rec.key, key):
+            return rec, None
+        return rec, await self.peer_view(digest, count_lookup=True, limit=limit, asker=agent_id)
+
+    async def peer_view(
+        self, digest: str, *, count_lookup: bool, limit: int = 1 << 30, asker: str = ""
+    ) -> PeerView:
         if count_lookup:
             self._lookups[digest] += 1
         holders = self._holders.get(digest)
         if not holders:
-            return PeerView((), frozenset(self._bad.get(digest, ())), self._metainfo(digest))
+            return PeerView((), self._bad_for(digest, asker), self._metainfo(digest))
         seq = self._holder_seq.get(digest)
         if seq is None:
             seq = self._holder_seq[digest] = tuple(holders)
@@ -152,7 +268,7 @@ class MemoryStore:
         agents = self._agents
         return PeerView(
             holders=tuple([(holders[aid], agents.get(aid)) for aid in chosen]),
-            bad_peers=frozenset(self._bad.get(digest, ())),
+            bad_peers=self._bad_for(digest, asker),
             metainfo=self._metainfo(digest),
         )
 
@@ -191,24 +307,45 @@ class MemoryStore:
             if cur is not None and cur[0] == agent_id:
                 del self._leases[(region, digest)]
 
-    async def add_bad_peer(self, digest: str, peer_id: str) -> None:
-        self._bad[digest].add(peer_id)
-        self._bad_counts[peer_id] += 1
+    async def add_bad_peer(
+        self, digest: str, peer_id: str, reporter: str, now: float, expires: float
+    ) -> None:
+        reporters = self._bad.setdefault(digest, {}).setdefault(peer_id, {})
+        if reporter not in reporters:
+            self._bad_counts[peer_id] += 1
+            self._bad_reports += 1
+        reporters[reporter] = expires
+        while self._bad_reports > MAX_BAD_REPORTS:
+            oldest = next(iter(self._bad))
+            self._bad_reports -= sum(len(r) for r in self._bad.pop(oldest).values())
 
     async def bad_peer_counts(self) -> dict[str, int]:
         return dict(self._bad_counts)
 
-    async def put_segment(self, digest: str, total_size: int, segment: SegmentMeta) -> PutStatus:
+    async def put_segment(
+        self,
+        digest: str,
+        total_size: int,
+        segment: SegmentMeta,
+        *,
+        now: float = 0.0,
+        expires: float = float("inf"),
+        replace: bool = False,
+    ) -> PutStatus:
         cur = self._meta.get(digest)
-        if cur is None:
+        if cur is None or replace:
             self._meta[digest] = (total_size, {segment.index: segment})
+            self._meta_expires[digest] = expires
             return "stored"
         size, segments = cur
         if size != total_size:
             return "conflict"
         old = segments.get(segment.index)
+        if old is not None and not same_segment(old, segment):
+            return "conflict"
+        self._meta_expires[digest] = expires
         if old is not None:
-            return "same" if old == segment else "conflict"
+            return "same"
         segments[segment.index] = segment
         return "stored"
 

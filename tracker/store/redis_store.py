@@ -7,15 +7,23 @@ Key layout (``P`` is the prefix, ``layerswarm:`` by default):
     P adig:<id>             set   digests the agent announced, to forget them when it goes
     P holders:<digest>      hash  agent id -> JSON Holding
     P counters              hash  incarnation -> JSON Counters, plus the agent's "region"
-    P lease:<region>:<dig>  hash  holder, expires
-    P hot                   zset  digest -> lookups
-    P bad:<digest>          set   peer ids reported bad for the digest;  P badcount  hash
-    P meta:<digest>         hash  total_size, <index> -> JSON SegmentMeta
+                                  (live and recently dead agents)
+    P retired               hash  "region TAB counter name" -> total of agents pruned
+    P retiredinc            hash  incarnation -> JSON counters folded into retired;
+    P retiredinc_t          zset  incarnation -> when (the newest MAX_RETIRED_INCARNATIONS kept)
+    P lease:<region>:<dig>  hash  holder, expires (Redis TTL: a minute past expires)
+    P hot                   zset  digest -> lookups (the busiest MAX_HOT kept)
+    P bad:<digest>          hash  "peer TAB reporter" -> expires (TTL: past the last expiry)
+    P badexp                zset  "digest TAB peer TAB reporter" -> expires;  P badcount  hash
+    P meta:<digest>         hash  total_size, <index> -> JSON SegmentMeta (TTL: past expires)
+    P metaexp               zset  digest -> expires
     P jobs                  hash  job id -> JSON PreheatJob;  P jobrep:<id>  hash agent -> JSON
 
-Expiry uses the tracker's clock passed in as ``now`` rather than Redis TTLs, so replicas and
-tests share one notion of time. Scripts touch keys they derive from the prefix, which a
-single Redis (or a primary with replicas) allows; Redis Cluster is not supported.
+Expiry uses the tracker's clock passed in as ``now`` (pruned by ``prune``), so replicas and
+tests share one notion of time; keys that live for a limited time also carry a Redis TTL a
+minute past their logical expiry, so a replica that stops pruning cannot leave them forever.
+Scripts touch keys they derive from the prefix, which a single Redis (or a primary with
+replicas) allows; Redis Cluster is not supported.
 """
 
 from __future__ import annotations
@@ -41,13 +49,43 @@ from tracker.model import (
     PreheatReport,
     SegmentMeta,
 )
-from tracker.store.base import BindStatus, PeerView, PutStatus
+from tracker.store.base import (
+    BAD_PEER_QUORUM,
+    MAX_HOT,
+    MAX_RETIRED_INCARNATIONS,
+    BindStatus,
+    PeerView,
+    PutStatus,
+)
 from tracker.store.memory import incarnation
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-_BIND = """
+# Adds (sign 1) or takes back (-1) one incarnation's counts (JSON with its "region") to the
+# retired totals, by region; "region TAB name" fields. Regions past the first 1000 count as
+# "(other)": the labels come from agents, and a rogue could invent one per heartbeat.
+_FOLD = """
+local function fold(prefix, raw, sign)
+  local c = cjson.decode(raw)
+  local region = c.region
+  if type(region) ~= 'string' then region = '' end
+  local rkey = prefix .. 'retired'
+  if redis.call('HEXISTS', rkey, region .. '\\tserved_cache') == 0
+     and redis.call('HLEN', rkey) >= 1000 * 6 then
+    region = '(other)'
+  end
+  for k, v in pairs(c) do
+    if k ~= 'region' and type(v) == 'number' then
+      redis.call('HINCRBY', rkey, region .. '\\t' .. k, string.format('%d', sign * v))
+    end
+  end
+end
+"""
+
+_BIND = (
+    _FOLD
+    + """
 local cur = redis.call('HMGET', KEYS[1], 'key', 'expires')
 local now = tonumber(ARGV[4])
 local status = 'new'
@@ -59,16 +97,33 @@ if cur[1] then
       redis.call('HDEL', ARGV[6] .. 'holders:' .. d, ARGV[1])
     end
     redis.call('DEL', KEYS[3])
+    -- That incarnation can never come back (its id has another key now): fold it.
+    local old_inc = redis.call('HGET', KEYS[1], 'inc')
+    if old_inc then
+      local raw = redis.call('HGET', KEYS[4], old_inc)
+      if raw then
+        fold(ARGV[6], raw, 1)
+        redis.call('HDEL', KEYS[4], old_inc)
+      end
+    end
   elseif alive then
     status = 'renewed'
   end
 end
+-- Pruned, then back under the same key: its counters count once, live again.
+local back = redis.call('HGET', ARGV[6] .. 'retiredinc', ARGV[7])
+if back then
+  fold(ARGV[6], back, -1)
+  redis.call('HDEL', ARGV[6] .. 'retiredinc', ARGV[7])
+  redis.call('ZREM', ARGV[6] .. 'retiredinc_t', ARGV[7])
+end
 redis.call('HSET', KEYS[1], 'key', ARGV[2], 'info', ARGV[3],
-           'last_seen', ARGV[4], 'expires', ARGV[5], 'ver', ARGV[9])
+           'last_seen', ARGV[4], 'expires', ARGV[5], 'ver', ARGV[9], 'inc', ARGV[7])
 redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
 redis.call('HSET', KEYS[4], ARGV[7], ARGV[8])
 return status
 """
+)
 
 # The holders part of a lookup, shared by the two scripts below. Per sampled holder one line
 # "id TAB ver TAB holding-JSON" ('' for ver when the record is gone or predates versions): the
@@ -88,7 +143,7 @@ for i = 1, #h, 2 do
   local v = redis.call('HGET', ARGV[1] .. 'agent:' .. h[i], 'ver')
   out[#out + 1] = h[i] .. '\\t' .. (v or '') .. '\\t' .. h[i + 1]
 end
-local view = {table.concat(out, '\\n'), redis.call('SMEMBERS', KEYS[3]),
+local view = {table.concat(out, '\\n'), redis.call('HGETALL', KEYS[3]),
               redis.call('HGETALL', KEYS[5])}
 """
 
@@ -135,12 +190,14 @@ if cur[1] then
   end
 end
 redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'expires', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return {1, ARGV[1], took}
 """
 
 _RENEW = """
 if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then
   redis.call('HSET', KEYS[1], 'expires', ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
   return 1
 end
 return 0
@@ -153,21 +210,76 @@ end
 return 0
 """
 
+# KEYS: meta, metaexp; ARGV: total_size, index, segment JSON, expires, ttl ms, replace, digest.
 _PUT_SEGMENT = """
-local size = redis.call('HGET', KEYS[1], 'total_size')
-if size and size ~= ARGV[1] then return 'conflict' end
-local cur = redis.call('HGET', KEYS[1], ARGV[2])
-if cur then
-  if cur == ARGV[3] then return 'same' end
-  return 'conflict'
+local status = 'stored'
+if ARGV[6] == '1' then
+  redis.call('DEL', KEYS[1])
+else
+  local size = redis.call('HGET', KEYS[1], 'total_size')
+  if size and size ~= ARGV[1] then return 'conflict' end
+  local cur = redis.call('HGET', KEYS[1], ARGV[2])
+  if cur then
+    -- One content: torrent files of it may differ in creation date, never in info hash.
+    local a, b = cjson.decode(cur), cjson.decode(ARGV[3])
+    if a.offset ~= b.offset or a.length ~= b.length or a.info_hash ~= b.info_hash then
+      return 'conflict'
+    end
+    status = 'same'
+  end
 end
-redis.call('HSET', KEYS[1], 'total_size', ARGV[1], ARGV[2], ARGV[3])
-return 'stored'
+if status == 'stored' then
+  redis.call('HSET', KEYS[1], 'total_size', ARGV[1], ARGV[2], ARGV[3])
+end
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[7])
+if tonumber(ARGV[5]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
+return status
+"""
+
+# KEYS: bad, badexp, badcount; ARGV: peer, reporter, expires, ttl ms, digest.
+_ADD_BAD = """
+local field = ARGV[1] .. '\\t' .. ARGV[2]
+if redis.call('HSET', KEYS[1], field, ARGV[3]) == 1 then
+  redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5] .. '\\t' .. field)
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[4]) then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
+return 0
+"""
+
+# Expired metainfo and bad-peer reports; lookup counts beyond the busiest; retired incarnations
+# beyond the newest. KEYS: metaexp, badexp, hot, retiredinc_t; ARGV: now, prefix, max hot,
+# max retired.
+_PRUNE_REST = """
+local now = ARGV[1]
+for _, d in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1000)) do
+  redis.call('DEL', ARGV[2] .. 'meta:' .. d)
+  redis.call('ZREM', KEYS[1], d)
+end
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)) do
+  local tab = string.find(m, '\\t', 1, true)
+  local digest, field = string.sub(m, 1, tab - 1), string.sub(m, tab + 1)
+  local bkey = ARGV[2] .. 'bad:' .. digest
+  local exp = redis.call('HGET', bkey, field)
+  if exp and tonumber(exp) <= tonumber(now) then redis.call('HDEL', bkey, field) end
+  redis.call('ZREM', KEYS[2], m)
+end
+redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[3]) + 1))
+local n = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[4])
+if n > 0 then
+  for _, inc in ipairs(redis.call('ZRANGE', KEYS[4], 0, n - 1)) do
+    redis.call('HDEL', ARGV[2] .. 'retiredinc', inc)
+    redis.call('ZREM', KEYS[4], inc)
+  end
+end
+return 0
 """
 
 # Re-checks each candidate's expiry inside the script so an agent that heartbeats between the
 # listing and the deletion is kept.
-_PRUNE = """
+_PRUNE = (
+    _FOLD
+    + """
 local now = tonumber(ARGV[1])
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 500)
 local n = 0
@@ -178,6 +290,18 @@ for _, id in ipairs(ids) do
     for _, d in ipairs(redis.call('SMEMBERS', dkey)) do
       redis.call('HDEL', ARGV[2] .. 'holders:' .. d, id)
     end
+    -- Its counters fold into the retired total, remembered in case it comes back.
+    local inc = redis.call('HGET', ARGV[2] .. 'agent:' .. id, 'inc')
+    if inc then
+      local raw = redis.call('HGET', ARGV[2] .. 'counters', inc)
+      if raw then
+        fold(ARGV[2], raw, 1)
+        redis.call('HDEL', ARGV[2] .. 'counters', inc)
+        redis.call('HSET', ARGV[2] .. 'retiredinc', inc, raw)
+        redis.call('ZADD', ARGV[2] .. 'retiredinc_t', now, inc)
+      end
+    end
+    redis.call('HDEL', ARGV[2] .. 'badcount', id)
     redis.call('DEL', dkey, ARGV[2] .. 'agent:' .. id)
     redis.call('ZREM', KEYS[1], id)
     n = n + 1
@@ -185,6 +309,7 @@ for _, id in ipairs(ids) do
 end
 return {n, #ids}
 """
+)
 
 
 def _translated(fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -203,6 +328,27 @@ def _translated(fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any
 def _num(x: float) -> str:
     # repr round-trips a float exactly and Lua's tonumber reads it back.
     return repr(float(x))
+
+
+def _ttl_ms(now: float, expires: float) -> str:
+    """A Redis TTL a minute past a logical expiry (0: none, for what never expires)."""
+    if expires == float("inf"):
+        return "0"
+    return str(max(1, int((expires - now + 60) * 1000)))
+
+
+def _bad_set(raw: list[str] | dict[str, str], asker: str) -> frozenset[str]:
+    """Peers to leave out: reported by BAD_PEER_QUORUM distinct agents, or by the asker."""
+    if isinstance(raw, list):
+        raw = dict(zip(raw[::2], raw[1::2], strict=True))
+    reporters: dict[str, int] = {}
+    mine: set[str] = set()
+    for field in raw:
+        peer, _, reporter = field.partition("\t")
+        reporters[peer] = reporters.get(peer, 0) + 1
+        if asker and reporter == asker:
+            mine.add(peer)
+    return frozenset(mine | {p for p, n in reporters.items() if n >= BAD_PEER_QUORUM})
 
 
 def _dumps(obj: Any) -> str:
@@ -256,7 +402,9 @@ class RedisStore:
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
         self._put_segment = client.register_script(_PUT_SEGMENT)
+        self._add_bad = client.register_script(_ADD_BAD)
         self._prune = client.register_script(_PRUNE)
+        self._prune_rest = client.register_script(_PRUNE_REST)
 
     @classmethod
     def from_url(
@@ -357,7 +505,12 @@ class RedisStore:
             removed, seen = await self._prune(keys=[self._k("agents")], args=[_num(now), self._p])
             total += int(removed)
             if int(seen) < 500:
-                return total
+                break
+        await self._prune_rest(
+            keys=[self._k("metaexp"), self._k("badexp"), self._k("hot"), self._k("retiredinc_t")],
+            args=[_num(now), self._p, str(MAX_HOT), str(MAX_RETIRED_INCARNATIONS)],
+        )
+        return total
 
     @_translated
     async def counter_totals(self) -> Counters:
@@ -373,7 +526,43 @@ class RedisStore:
             data = json.loads(raw)
             region = str(data.pop("region", ""))
             out[region] = out.get(region, Counters()) + Counters(**data)
+        retired = cast(dict[str, str], await self._r.hgetall(self._k("retired")))
+        by_region: dict[str, dict[str, int]] = {}
+        for field, value in retired.items():
+            region, _, name = field.rpartition("\t")
+            if name in Counters.__dataclass_fields__:
+                by_region.setdefault(region, {})[name] = max(0, int(value))
+        for region, counts in by_region.items():
+            out[region] = out.get(region, Counters()) + Counters(**counts)
         return out
+
+    @_translated
+    async def holding_count(self, agent_id: str) -> int:
+        return int(await self._r.scard(self._k("adig", agent_id)))
+
+    @_translated
+    async def usage(self) -> dict[str, int]:
+        async with self._r.pipeline(transaction=False) as pipe:
+            pipe.zcard(self._k("agents"))
+            pipe.hlen(self._k("counters"))
+            pipe.hlen(self._k("retiredinc"))
+            pipe.zcard(self._k("hot"))
+            pipe.zcard(self._k("badexp"))
+            pipe.hlen(self._k("badcount"))
+            pipe.zcard(self._k("metaexp"))
+            pipe.hlen(self._k("jobs"))
+            rows = await pipe.execute()
+        names = (
+            "agents",
+            "counters",
+            "retired_incarnations",
+            "lookups",
+            "bad_reports",
+            "bad_counts",
+            "metainfo",
+            "jobs",
+        )
+        return {n: int(v) for n, v in zip(names, rows, strict=True)}
 
     @_translated
     async def put_holdings(self, agent_id: str, holdings: Sequence[tuple[str, Holding]]) -> None:
@@ -402,12 +591,14 @@ class RedisStore:
         ]
 
     @_translated
-    async def peer_view(self, digest: str, *, count_lookup: bool, limit: int = 1 << 30) -> PeerView:
+    async def peer_view(
+        self, digest: str, *, count_lookup: bool, limit: int = 1 << 30, asker: str = ""
+    ) -> PeerView:
         holders, bad, meta = await self._view(
             keys=self._view_keys("", digest),
             args=[self._p, digest, str(limit), "1" if count_lookup else "0"],
         )
-        return await self._peer_view(digest, holders, bad, meta)
+        return await self._peer_view(digest, holders, bad, meta, asker=asker)
 
     @_translated
     async def lookup_view(
@@ -428,7 +619,9 @@ class RedisStore:
         if reply[0] != "ok":
             return rec, None
         _, ver, holders, bad, meta = reply
-        view = await self._peer_view(digest, holders, bad, meta, extra=(agent_id, ver))
+        view = await self._peer_view(
+            digest, holders, bad, meta, extra=(agent_id, ver), asker=agent_id
+        )
         asker = self._records.get(agent_id)
         if asker is None or asker[0] != ver:
             return await self.get_agent(agent_id), view
@@ -442,6 +635,7 @@ class RedisStore:
         meta: list[str],
         *,
         extra: tuple[str, str] | None = None,
+        asker: str = "",
     ) -> PeerView:
         rows = [line.split("\t", 2) for line in holders.split("\n")] if holders else []
         cache = self._records
@@ -456,7 +650,7 @@ class RedisStore:
         for aid, _, raw in rows:
             rec = loaded[aid] if aid in loaded else cache[aid][1]
             out.append((_holding_from(raw), rec))
-        return PeerView(tuple(out), frozenset(bad), self._meta_from(digest, meta))
+        return PeerView(tuple(out), _bad_set(bad, asker), self._meta_from(digest, meta))
 
     async def _load_records(self, agent_ids: list[str]) -> dict[str, AgentRecord | None]:
         async with self._r.pipeline(transaction=False) as pipe:
@@ -490,7 +684,7 @@ class RedisStore:
     ) -> LeaseResult:
         granted, holder, took = await self._acquire(
             keys=[self._k("lease", region, digest)],
-            args=[agent_id, _num(now), _num(expires), self._p],
+            args=[agent_id, _num(now), _num(expires), self._p, _ttl_ms(now, expires)],
         )
         return LeaseResult(bool(granted), holder, bool(took))
 
@@ -499,7 +693,8 @@ class RedisStore:
         self, region: str, digest: str, agent_id: str, now: float, expires: float
     ) -> bool:
         done = await self._renew(
-            keys=[self._k("lease", region, digest)], args=[agent_id, _num(expires)]
+            keys=[self._k("lease", region, digest)],
+            args=[agent_id, _num(expires), _ttl_ms(now, expires)],
         )
         return bool(done)
 
@@ -510,11 +705,13 @@ class RedisStore:
             await self._release(keys=keys, args=[agent_id])
 
     @_translated
-    async def add_bad_peer(self, digest: str, peer_id: str) -> None:
-        async with self._r.pipeline(transaction=True) as pipe:
-            pipe.sadd(self._k("bad", digest), peer_id)
-            pipe.hincrby(self._k("badcount"), peer_id, 1)
-            await pipe.execute()
+    async def add_bad_peer(
+        self, digest: str, peer_id: str, reporter: str, now: float, expires: float
+    ) -> None:
+        await self._add_bad(
+            keys=[self._k("bad", digest), self._k("badexp"), self._k("badcount")],
+            args=[peer_id, reporter, _num(expires), _ttl_ms(now, expires), digest],
+        )
 
     @_translated
     async def bad_peer_counts(self) -> dict[str, int]:
@@ -522,10 +719,28 @@ class RedisStore:
         return {k: int(v) for k, v in raw.items()}
 
     @_translated
-    async def put_segment(self, digest: str, total_size: int, segment: SegmentMeta) -> PutStatus:
+    async def put_segment(
+        self,
+        digest: str,
+        total_size: int,
+        segment: SegmentMeta,
+        *,
+        now: float = 0.0,
+        expires: float = float("inf"),
+        replace: bool = False,
+    ) -> PutStatus:
         status = await self._put_segment(
-            keys=[self._k("meta", digest)],
-            args=[str(total_size), str(segment.index), _dumps(segment.to_json())],
+            keys=[self._k("meta", digest), self._k("metaexp")],
+            args=[
+                str(total_size),
+                str(segment.index),
+                _dumps(segment.to_json()),
+                # Lua's tonumber reads "inf" as infinity; ZADD takes "+inf".
+                "+inf" if expires == float("inf") else _num(expires),
+                _ttl_ms(now, expires),
+                "1" if replace else "0",
+                digest,
+            ],
         )
         return cast(PutStatus, status)
 
