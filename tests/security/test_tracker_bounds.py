@@ -121,16 +121,21 @@ async def test_bad_peer_reports_bounded_and_scoped(
 async def test_ghost_agents_leave_bounded_state(
     tracker: Tracker, store: TrackerStore, clock: ManualClock
 ) -> None:
-    for i in range(2000):
-        await tracker.heartbeat(
-            agent(f"ghost-{i}", counters=Counters(upstream_bytes=1)), secrets.token_urlsafe(24)
-        )
+    keys = [secrets.token_urlsafe(24) for _ in range(2000)]
+    for i, key in enumerate(keys):
+        ghost = agent(f"ghost-{i}", region="eu", counters=Counters(upstream_bytes=1))
+        await tracker.heartbeat(ghost, key)
     clock.advance(TTL + 1)
     await tracker.prune()
     usage = await store.usage()
     assert usage["agents"] == 0 and usage["counters"] == 0
-    # The fleet's totals never go backwards: the ghosts' bytes are kept, as one sum.
+    # The fleet's totals never go backwards: the ghosts' bytes are kept, as one sum per region.
     assert (await store.counter_totals()).upstream_bytes == 2000
+    assert (await store.region_totals())["eu"].upstream_bytes == 2000
+    # One that comes back under its key (agents keep key and counts across restarts) counts once.
+    back = agent("ghost-0", region="eu", counters=Counters(upstream_bytes=5))
+    await tracker.heartbeat(back, keys[0])
+    assert (await store.counter_totals()).upstream_bytes == 2004
 
 
 async def test_holdings_per_agent_and_preheat_jobs_capped(
