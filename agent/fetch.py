@@ -28,10 +28,10 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import aiohttp
 
@@ -44,6 +44,8 @@ from agent.upstream import UpstreamClient, connection_failure, ensure_ok, relay_
 from layerswarm.failures import classify
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 READ_CHUNK = 1 << 20
 # Chunks at least this big are written and hashed in a thread (hashlib drops the GIL), so
@@ -329,6 +331,61 @@ def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -
     return max(0.0, when.timestamp() - now())
 
 
+async def raise_if_throttled(resp: aiohttp.ClientResponse, upstream: str) -> None:
+    """Raise _Throttled for the upstream's 429 or 503 (come back later); return otherwise."""
+    if resp.status not in (429, 503):
+        return
+    error: RegistryError = await relay_error(resp)
+    if resp.status == 503:
+        # A 503 is the upstream's trouble, not the client's: our own body, with the
+        # upstream's Retry-After so the client knows when to come back.
+        error = UpstreamError(
+            f"upstream {upstream} answered 503", status=503, headers=error.headers
+        )
+    raise _Throttled(error, parse_retry_after(resp.headers.get("Retry-After")))
+
+
+async def with_retries(
+    policy: RetryPolicy,
+    upstream: str,
+    metrics: AgentMetrics,
+    what: str,
+    attempt: Callable[[], Awaitable[_T]],
+) -> _T:
+    """Run one upstream request (``attempt``, which calls ``raise_if_throttled``) until it
+    answers, waiting out 429/503 and resets before the answer within ``policy``; then raise
+    what the client should see. For small answers (manifests): blobs resume by Range in
+    UpstreamSource instead."""
+    retries = 0
+    waited = 0.0
+    while True:
+        try:
+            return await attempt()
+        except _Throttled as exc:
+            final: RegistryError = exc.error
+            reason = f"http_{exc.error.status}"
+            delay = exc.retry_after if exc.retry_after is not None else policy.backoff(retries)
+        except UpstreamError as exc:
+            if not _reset_before_answer(exc):
+                raise
+            final, reason, delay = exc, exc.reason, policy.backoff(retries)
+        metrics.upstream_errors.labels(upstream, reason).inc()
+        retries += 1
+        if retries >= policy.attempts or waited + delay > policy.budget:
+            raise final
+        log.warning(
+            "retrying %s upstream=%s in %.2fs after %s (try %d of %d)",
+            what,
+            upstream,
+            delay,
+            reason,
+            retries + 1,
+            policy.attempts,
+        )
+        await asyncio.sleep(delay)
+        waited += delay
+
+
 def _reset_before_answer(exc: BaseException) -> bool:
     """A connection the upstream dropped before answering: worth another try, unlike a
     refused connection (upstream down: the client should hear it at once) or a timeout
@@ -422,17 +479,7 @@ class UpstreamSource:
             own_auth=job.internal,
         ) as resp:
             skip = 0
-            if resp.status in (429, 503):
-                error: RegistryError = await relay_error(resp)
-                if resp.status == 503:
-                    # A 503 is the upstream's trouble, not the client's: our own body, with
-                    # the upstream's Retry-After so the client knows when to come back.
-                    error = UpstreamError(
-                        f"upstream {job.upstream.name} answered 503",
-                        status=503,
-                        headers=error.headers,
-                    )
-                raise _Throttled(error, parse_retry_after(resp.headers.get("Retry-After")))
+            await raise_if_throttled(resp, job.upstream.name)
             if resp.status == 206 and offset:
                 start, total = _content_range(resp.headers.get("Content-Range", ""))
                 if start != offset:

@@ -16,7 +16,14 @@ from agent.access import AccessChecker
 from agent.blobstore import BlobStore, CachedBlob
 from agent.config import AgentConfig, Upstream
 from agent.errors import DigestInvalid, ManifestInvalid, UpstreamError
-from agent.fetch import BlobFetcher, Download, FetchJob
+from agent.fetch import (
+    BlobFetcher,
+    Download,
+    FetchJob,
+    RetryPolicy,
+    raise_if_throttled,
+    with_retries,
+)
 from agent.manifests import ManifestStore, StoredManifest
 from agent.metrics import AgentMetrics
 from agent.oci import MANIFEST_TYPES, Digest, digest_of, parse_digest
@@ -24,6 +31,8 @@ from agent.upstream import RelayedError, UpstreamClient, ensure_ok, read_limited
 
 log = logging.getLogger(__name__)
 
+# One try: for when an older answer can be given at once instead of waiting.
+_NO_RETRY = RetryPolicy(budget=0.0, attempts=1)
 # A joiner whose initiator's credentials were refused retries as initiator this many times.
 _MAX_JOIN_RETRIES = 3
 # Repositories whose anonymous readability was asked recently (bounded like the grants).
@@ -55,6 +64,7 @@ class Mirror:
         self._fetcher = fetcher
         self._access = access
         self._metrics = metrics
+        self._retry = RetryPolicy(budget=config.upstream_retry_wait)
         # With peers as a source, the upstream's GET is no longer the access check, so it
         # is made first (usually answered from the grants the manifest request left).
         self.check_access_first = False
@@ -114,7 +124,15 @@ class Mirror:
             and self._access.granted(auth, upstream.name, repo)
         ):
             return cached
-        try:
+        fallback = (
+            cached is not None
+            and acceptable
+            and self._access.granted(auth, upstream.name, repo, stale=True)
+        )
+        # With a last known digest to answer from, a busy upstream is not waited out.
+        retry = _NO_RETRY if fallback else self._retry
+
+        async def head() -> str | None:
             # A HEAD revalidates the tag and checks the client's access in one request, and
             # does not count against Docker Hub's pull rate limit the way a GET does.
             async with self._client.request(
@@ -126,8 +144,14 @@ class Mirror:
                 headers={"Accept": accept},
             ) as resp:
                 self._metrics.observe_rate_limit(upstream.name, resp.headers)
+                await raise_if_throttled(resp, upstream.name)
                 await ensure_ok(resp, upstream.name)
-                head_digest = resp.headers.get("Docker-Content-Digest")
+                return resp.headers.get("Docker-Content-Digest")
+
+        try:
+            head_digest = await with_retries(
+                retry, upstream.name, self._metrics, f"manifest {repo}:{tag}", head
+            )
             self._access.remember(auth, upstream.name, repo)
             if auth is not None and not internal:
                 await self._learn_anonymous(upstream, repo, tag, accept)
@@ -143,19 +167,17 @@ class Mirror:
                     )
                     return known
             stored = await self._fetch_manifest(
-                upstream, repo, tag, accept, auth, expect=None, internal=internal
+                upstream, repo, tag, accept, auth, expect=None, internal=internal, retry=retry
             )
             if not self._manifests.set_tag(
                 upstream.name, repo, tag, stored.digest, stored.media_type
             ):
                 self._metrics.no_space.labels("manifest_not_stored").inc()
             return stored
-        except UpstreamError as exc:
-            if (
-                cached is not None
-                and acceptable
-                and self._access.granted(auth, upstream.name, repo, stale=True)
-            ):
+        except (UpstreamError, RelayedError) as exc:
+            # Unreachable, failing or rate-limiting (429): not a "no" to this client.
+            unavailable = isinstance(exc, UpstreamError) or exc.status == 429
+            if unavailable and fallback and cached is not None:
                 log.warning(
                     "upstream unavailable, serving last known digest "
                     "upstream=%s repo=%s tag=%s error=%s",
@@ -215,26 +237,33 @@ class Mirror:
         *,
         expect: Digest | None,
         internal: bool = False,
+        retry: RetryPolicy | None = None,
     ) -> StoredManifest:
-        async with self._client.request(
-            upstream,
-            "GET",
-            f"/v2/{repo}/manifests/{reference}",
-            client_auth=auth,
-            own_auth=internal,
-            headers={"Accept": accept},
-        ) as resp:
-            self._metrics.observe_rate_limit(upstream.name, resp.headers)
-            await ensure_ok(resp, upstream.name)
-            try:
-                body = await read_limited(resp, self._config.max_manifest_size)
-            except UpstreamError as exc:
-                raise ManifestInvalid(
-                    f"upstream manifest larger than {self._config.max_manifest_size} bytes",
-                    status=502,
-                ) from exc
-            media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
-            header_digest = resp.headers.get("Docker-Content-Digest")
+        async def get() -> tuple[bytes, str, str | None]:
+            async with self._client.request(
+                upstream,
+                "GET",
+                f"/v2/{repo}/manifests/{reference}",
+                client_auth=auth,
+                own_auth=internal,
+                headers={"Accept": accept},
+            ) as resp:
+                self._metrics.observe_rate_limit(upstream.name, resp.headers)
+                await raise_if_throttled(resp, upstream.name)
+                await ensure_ok(resp, upstream.name)
+                try:
+                    body = await read_limited(resp, self._config.max_manifest_size)
+                except UpstreamError as exc:
+                    raise ManifestInvalid(
+                        f"upstream manifest larger than {self._config.max_manifest_size} bytes",
+                        status=502,
+                    ) from exc
+                media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
+                return body, media_type, resp.headers.get("Docker-Content-Digest")
+
+        body, media_type, header_digest = await with_retries(
+            retry or self._retry, upstream.name, self._metrics, f"manifest {repo}@{reference}", get
+        )
         self._metrics.upstream_bytes.labels(upstream.name).inc(len(body))
         if not media_type or media_type in _GENERIC_TYPES:
             media_type = _sniff_media_type(body)

@@ -141,3 +141,34 @@ async def test_an_upstream_that_keeps_failing_is_retried_a_bounded_number_of_tim
 def test_parse_retry_after(header: str | None, seconds: float | None) -> None:
     now = 1445412480.0  # Wed, 21 Oct 2015 07:28:00 GMT
     assert parse_retry_after(header, now=lambda: now) == seconds
+
+
+async def test_manifests_wait_out_429_and_503_unless_a_last_known_digest_can_answer(
+    proxy: FaultProxy,
+    registry: Registry,
+    image_factory: ImageFactory,
+    agent_factory: AgentFactory,
+) -> None:
+    image = image_factory("team/app", "v1")
+    accept = {"Accept": image.local.manifest_media_type}
+    client, _ = await agent_factory(proxy.url, name=registry.host_port, tag_ttl=0.0)
+    # Cold: nothing to fall back on, so the tag's HEAD and GET are retried as asked.
+    proxy.fail_manifests(1, status=429, retry_after="1")
+    proxy.fail_manifests(1, status=503, retry_after="1")
+    resp = await client.get(f"/v2/{image.repo}/manifests/v1", headers=accept)
+    assert resp.status == 200, await resp.text()
+    assert await resp.read() == image.manifest
+    tries = proxy.manifest_requests()
+    assert [(e.method, e.status) for e in tries][:3] == [
+        ("HEAD", 429),
+        ("HEAD", 503),
+        ("HEAD", 200),
+    ], tries
+    assert all(b.at - a.at >= 1.0 for a, b in itertools.pairwise(tries[:3]))
+    # Warm (tag TTL 0: every pull revalidates): a 429 is answered with the last known
+    # digest at once instead of being waited out or passed on.
+    before = len(proxy.manifest_requests())
+    proxy.fail_manifests(1, status=429, retry_after="30")
+    resp = await client.get(f"/v2/{image.repo}/manifests/v1", headers=accept)
+    assert resp.status == 200 and await resp.read() == image.manifest
+    assert [e.status for e in proxy.manifest_requests()[before:]] == [429]

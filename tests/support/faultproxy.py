@@ -30,6 +30,7 @@ import aiohttp
 from aiohttp import web
 
 _BLOB_RE = re.compile(r"^/v2/.+/blobs/[a-z0-9]+:[0-9a-f]+$")
+_MANIFEST_RE = re.compile(r"^/v2/.+/manifests/[^/]+$")
 # Response headers a registry client needs; hop-by-hop ones are the proxy's own business.
 _PASSED_HEADERS = (
     "Content-Type",
@@ -64,6 +65,7 @@ class FaultProxy:
         self._chunk = chunk
         self._lock = threading.Lock()
         self._fail: list[tuple[int, str | None]] = []
+        self._fail_manifests: list[tuple[int, str | None]] = []
         self._resets: list[int] = []
         self._rate: float | None = None
         self._rate_limit: tuple[int, int] | None = None
@@ -79,6 +81,17 @@ class FaultProxy:
         """Answer the next ``times`` blob GETs with ``status`` (and ``Retry-After``)."""
         with self._lock:
             self._fail += [(status, retry_after)] * times
+
+    def fail_manifests(
+        self, times: int, *, status: int = 503, retry_after: str | None = None
+    ) -> None:
+        """Answer the next ``times`` manifest requests (GET or HEAD) with ``status``."""
+        with self._lock:
+            self._fail_manifests += [(status, retry_after)] * times
+
+    def manifest_requests(self) -> list[Event]:
+        with self._lock:
+            return [e for e in self.events if _MANIFEST_RE.match(e.path)]
 
     def reset_blobs(self, times: int, *, after_bytes: int) -> None:
         """Cut the connection of the next ``times`` blob GETs after ``after_bytes`` body bytes
@@ -184,11 +197,14 @@ class FaultProxy:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         is_blob = request.method == "GET" and _BLOB_RE.match(request.path) is not None
+        is_manifest = _MANIFEST_RE.match(request.path) is not None
         fail: tuple[int, str | None] | None = None
         reset: int | None = None
         with self._lock:
             rate = self._rate if is_blob else None
-            if is_blob and self._fail:
+            if is_manifest and self._fail_manifests:
+                fail = self._fail_manifests.pop(0)
+            elif is_blob and self._fail:
                 fail = self._fail.pop(0)
             elif is_blob and self._resets:
                 reset = self._resets.pop(0)
