@@ -258,9 +258,17 @@ class BlobStore:
     def make_room(self, need: int, exclude: SpaceClaim | None = None) -> bool:
         """Collect idle partials, then evict least recently used blobs, until ``need`` bytes
         fit above the reserve; False when nothing more can go."""
-        if self.room_left(exclude) >= need:
+        room = self.room_left(exclude)
+        if room >= need:
             return True
-        for partial in self._idle_partials():
+        idle = self._idle_partials()
+        freeable = sum(_size(p) for p in idle) + self.copies * sum(
+            e.size for e in self._index.values() if e.pins == 0
+        )
+        if room + freeable < need:
+            # Emptying the cache would not be enough: keep it, and refuse.
+            return False
+        for partial in idle:
             log.info("collecting idle partial download %s to make room", partial.name)
             _remove(partial)
             if self.room_left(exclude) >= need:
@@ -314,6 +322,13 @@ class BlobStore:
                 hook(digest)
             except Exception:
                 log.exception("eviction hook failed for %s", digest)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _remove(path: Path) -> None:

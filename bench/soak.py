@@ -64,6 +64,10 @@ class SoakParams:
     rss_growth_bound: int = 32 * MiB
     fd_growth_bound: int = 32
     seed: int = 7
+    # Every loop is bounded in count as well as in time.
+    max_pulls: int = 500_000
+    max_moves: int = 10_000
+    max_restarts: int = 1_000
 
 
 @dataclass
@@ -102,6 +106,7 @@ class Soak:
         # Restart windows [(down_at, up_at)]; up_at is None while it is down.
         self.windows: list[tuple[float, float | None]] = []
         self.phase2_bytes = 0
+        self.attempts = 0
         self.phase = 1
         self.stop_at = 0.0
 
@@ -137,7 +142,8 @@ class Soak:
     # -- tasks ------------------------------------------------------------------------------
 
     async def puller(self, session: aiohttp.ClientSession) -> None:
-        while time.monotonic() < self.stop_at:
+        while time.monotonic() < self.stop_at and self.attempts < self.p.max_pulls:
+            self.attempts += 1
             repo = self.rng.choice(sorted(self.history))
             t0 = time.monotonic()
             phase = self.phase
@@ -159,7 +165,7 @@ class Soak:
             await asyncio.sleep(self.rng.uniform(0, self.p.pause))
 
     async def mover(self, session: aiohttp.ClientSession) -> None:
-        while True:
+        while self.result.tag_moves < self.p.max_moves:
             await asyncio.sleep(self.rng.uniform(*self.p.move_every))
             if time.monotonic() >= self.stop_at - self.p.tag_ttl:
                 return
@@ -180,7 +186,7 @@ class Soak:
         self.windows[-1] = (self.windows[-1][0], time.monotonic())
 
     async def restarter(self, phase1_end: float) -> None:
-        while True:
+        while self.result.restarts_kill + self.result.restarts_term < self.p.max_restarts:
             await asyncio.sleep(self.rng.uniform(*self.p.restart_every))
             if time.monotonic() >= phase1_end:
                 return
