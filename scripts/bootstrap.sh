@@ -7,9 +7,10 @@ cd "$(dirname "$0")/.."
 # prometheus: only for promtool, which checks deploy/prometheus; its service is disabled below.
 # docker.io: dockerd and the docker CLI for tests/runtime, which start their own daemon (own
 # socket and data root); the packaged service is disabled below like prometheus's.
+# chromium: headless, for tests/tracker/test_page.py (the fleet page in a real browser).
 DEBS=(python3 python3-venv python3-pip docker-registry skopeo umoci podman containerd
       redis-server iproute2 iperf3 systemd prometheus make git ca-certificates
-      wrk docker.io)  # wrk: load generator for bench/tracker_load.py; docker.io: tests/runtime
+      wrk docker.io chromium)  # wrk: load generator for bench/tracker_load.py; docker.io: tests/runtime
 missing=()
 for p in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

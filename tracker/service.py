@@ -14,7 +14,7 @@ import logging
 import random
 import re
 import secrets
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -69,6 +69,11 @@ MAX_PREHEAT_JOBS = 1000
 # A bad-peer report counts this long (the peer may have been briefly overloaded, or the
 # reporter wrong, or lying).
 BAD_PEER_TTL = 600.0
+# The fleet page's chart: this many samples of the fleet totals, at most one per heartbeat
+# interval (2 h at the default --agent-ttl), kept in this replica's memory.
+HISTORY_POINTS = 720
+# Preheat jobs shown on the fleet page, newest first.
+PAGE_JOBS = 10
 _IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,511}$")
 REPORT_STATES = ("running", "done", "failed")
 
@@ -125,6 +130,7 @@ class Tracker:
         self._seed_cache: tuple[float, list[AgentInfo]] | None = None
         # Checked once: a runtime Protocol check costs microseconds on every lookup.
         self._one_step = store if isinstance(store, AuthenticatedLookup) else None
+        self._history: deque[tuple[float, int, int]] = deque(maxlen=HISTORY_POINTS)
 
     # -- agents ---------------------------------------------------------------------------
 
@@ -514,6 +520,7 @@ class Tracker:
         """Counter totals over every agent incarnation (also by region), live agents by role."""
         regions = await self.store.region_totals()
         totals = sum(regions.values(), Counters())
+        self._sample(self.clock.now(), totals)
         agents = await self.store.live_agents(self.clock.now())
         roles = Counter(r.info.role for r in agents)
         return totals, {"peer": roles.get("peer", 0), "seed": roles.get("seed", 0)}, regions
@@ -523,13 +530,24 @@ class Tracker:
         agents = await self.store.live_agents(now)
         regions = await self.store.region_totals()
         totals = sum(regions.values(), Counters())
+        self._sample(now, totals)
+        preheats = await self._recent_preheats()
+        # The tracker sees digests only; preheat jobs are where it learns which image a
+        # layer belongs to, so the page can say "team/app:2.0" instead of a bare digest.
+        images = {
+            layer["digest"]: job["image"] for job in reversed(preheats) for layer in job["layers"]
+        }
         hottest = []
         for digest, lookups in await self.store.hottest(HOTTEST):
             view = await self.store.peer_view(digest, count_lookup=False)
             live = [h for h, r in view.holders if r is not None and r.alive(now)]
+            size = view.metainfo.total_size if view.metainfo is not None else 0
+            size = size or max((h.total_bytes for h in live), default=0)
             hottest.append(
                 {
                     "digest": digest,
+                    "image": images.get(digest),
+                    "size": size,
                     "lookups": lookups,
                     "holders": sum(1 for h in live if h.state == "holding"),
                     "fetchers": sum(1 for h in live if h.state == "fetching"),
@@ -574,7 +592,29 @@ class Tracker:
                 }
                 for region, c in sorted(regions.items())
             ],
+            "now": now,
+            "history": [
+                {"time": t, "upstream_bytes": u, "peer_bytes": p} for t, u, p in self._history
+            ],
+            "preheats": preheats,
         }
+
+    def _sample(self, now: float, totals: Counters) -> None:
+        """One point of the page's chart per heartbeat interval, whoever asks first."""
+        spacing = self.config.agent_ttl / 3
+        if self._history and now - self._history[-1][0] < spacing:
+            return
+        self._history.append((now, totals.upstream_bytes, totals.peer_bytes))
+
+    async def _recent_preheats(self) -> list[dict[str, Any]]:
+        jobs = sorted(await self.store.list_jobs(), key=lambda j: j.created, reverse=True)
+        out = []
+        for job in jobs[:PAGE_JOBS]:
+            try:
+                out.append(await self.preheat_status(job.id))
+            except NotFound:
+                continue  # expired between the listing and now
+        return out
 
     # -- upkeep -----------------------------------------------------------------------------
 

@@ -231,7 +231,10 @@ async def test_fleet_view(tracker: Tracker) -> None:
     fleet = await tracker.fleet()
     assert [a["agent_id"] for a in fleet["agents"]] == ["a1", "a2"]
     assert fleet["zones"] == [{"region": "r", "zone": "z", "agents": 2}]
-    assert fleet["hottest"] == [{"digest": D, "lookups": 1, "holders": 1, "fetchers": 0}]
+    assert fleet["hottest"] == [
+        # No preheat job named its image, and the holding stated no size.
+        {"digest": D, "image": None, "size": 0, "lookups": 1, "holders": 1, "fetchers": 0}
+    ]
     assert fleet["savings_ratio"] == 0.75
 
 
