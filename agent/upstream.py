@@ -209,6 +209,21 @@ class UpstreamClient:
                 if new_auth is not None:
                     resp.release()
                     resp = await self._send(upstream, method, url, hdrs, new_auth)
+            elif (
+                resp.status == 401
+                and client_auth is not None
+                and client_auth[:6].lower() == "basic "
+                and _origin(str(resp.url)) == _origin(upstream.url)
+            ):
+                # A client that answered the mirror's own Basic challenge (path-prefix mirror
+                # entries) holds a login, not a token: trade it for one at the realm the
+                # upstream's /v2/ names, as the client would have, and keep no copy.
+                new_auth = await self._answer_challenge(
+                    upstream, resp, scope, client_basic=client_auth
+                )
+                if new_auth is not None:
+                    resp.release()
+                    resp = await self._send(upstream, method, url, hdrs, new_auth)
             if resp.status >= 400 and _origin(str(resp.url)) != _origin(upstream.url):
                 # A storage host a redirect led to refused (an expired signed URL, or a host
                 # asking for credentials): that is the upstream failing, and relaying its
@@ -248,13 +263,21 @@ class UpstreamClient:
         raise UpstreamError(f"upstream {upstream.name}: too many redirects")
 
     async def _answer_challenge(
-        self, upstream: Upstream, resp: aiohttp.ClientResponse, scope: str
+        self,
+        upstream: Upstream,
+        resp: aiohttp.ClientResponse,
+        scope: str,
+        *,
+        client_basic: str | None = None,
     ) -> str | None:
+        """The Authorization that answers the upstream's challenge: configured credentials,
+        or (``client_basic``) a client's Basic login traded for a token that is not kept."""
         challenge = resp.headers.get("WWW-Authenticate", "")
         scheme, params = parse_challenge(challenge)
         creds = self._credentials.get(upstream.name)
         if scheme == "basic":
-            return creds.basic() if creds else None
+            # A client's Basic login was sent already and refused.
+            return creds.basic() if creds and client_basic is None else None
         if scheme != "bearer" or "realm" not in params:
             return None
         if not await self._realm_trusted(upstream, params["realm"]):
@@ -263,7 +286,8 @@ class UpstreamClient:
         want_scope = params.get("scope") or scope
         if want_scope:
             query["scope"] = want_scope
-        hdrs = {"Authorization": creds.basic()} if creds else {}
+        login = client_basic if client_basic is not None else creds.basic() if creds else None
+        hdrs = {"Authorization": login} if login else {}
         try:
             async with self._session.get(
                 params["realm"], params=query, headers=hdrs, timeout=self._timeout
@@ -285,6 +309,9 @@ class UpstreamClient:
         token = data.get("token") or data.get("access_token") if isinstance(data, dict) else None
         if not isinstance(token, str):
             return None
+        if client_basic is not None:
+            # A client's token: used for this one request, never stored.
+            return f"Bearer {token}"
         ttl = data.get("expires_in", 60)
         ttl = float(ttl) if isinstance(ttl, int | float) else 60.0
         # Refresh a little early so a token never expires between check and use.

@@ -34,6 +34,7 @@ from agent.errors import (
     NameUnknown,
     RangeInvalid,
     RegistryError,
+    Unauthorized,
     Unsupported,
     UpstreamError,
 )
@@ -60,6 +61,8 @@ _API_HEADERS = {"Docker-Distribution-API-Version": "registry/2.0"}
 _MAX_TAGS_BODY = 4 << 20
 # A joiner whose initiator's credentials were refused retries as initiator this many times.
 _MAX_JOIN_RETRIES = 3
+# How long whether an upstream challenges anonymous clients is remembered.
+_NEEDS_AUTH_TTL = 300.0
 
 
 @dataclass
@@ -101,6 +104,8 @@ class RegistryHandlers:
         self._client = client
         self._store = store
         self._metrics = metrics
+        # Per upstream: (whether /v2/ challenges anonymous clients, when that was asked).
+        self._needs_auth: dict[str, tuple[bool, float]] = {}
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/v2", self.ping)
@@ -123,7 +128,7 @@ class RegistryHandlers:
         ri.kind = "ping"
         if request.method not in ("GET", "HEAD"):
             raise Unsupported("this mirror is read-only", headers={"Allow": "GET, HEAD"})
-        auth = request.headers.get("Authorization")
+        auth = client_auth(request)
         upstream = self._ping_target(request, auth)
         if upstream is None:
             log.info("ping with credentials names no registry; not forwarding them anywhere")
@@ -135,7 +140,40 @@ class RegistryHandlers:
                     raise await relay_error(resp)
         except UpstreamError as exc:
             log.info("upstream %s not answering /v2/: %s", upstream.name, exc.message)
+        if auth is None and self._ambiguous(request) and await self._others_need_auth(upstream):
+            # The default upstream lets anyone in, but a registry reached by path prefix does
+            # not: without a challenge here, clients would never send the credentials they
+            # hold for that prefix. A Basic challenge makes them send those (or an empty
+            # Basic, read as anonymous); the upstream the path names then decides.
+            raise Unauthorized(
+                "authentication required by a registry this mirror serves",
+                headers={"WWW-Authenticate": 'Basic realm="layerswarm mirror"', **_API_HEADERS},
+            )
         return web.json_response({}, headers=_API_HEADERS)
+
+    def _ambiguous(self, request: web.Request) -> bool:
+        return "ns" not in request.query and len(self._upstreams) > 1
+
+    async def _others_need_auth(self, default: Upstream) -> bool:
+        """Does any other upstream challenge anonymous clients (asked at most every few
+        minutes per upstream)? Configured credentials answering for one count as a no."""
+        now = time.monotonic()
+        for up in self._upstreams.values():
+            if up.name == default.name:
+                continue
+            known = self._needs_auth.get(up.name)
+            if known is None or now - known[1] > _NEEDS_AUTH_TTL:
+                needs = False
+                try:
+                    async with self._client.request(up, "GET", "/v2/", client_auth=None) as resp:
+                        needs = resp.status == 401
+                except UpstreamError:
+                    needs = False
+                known = (needs, now)
+                self._needs_auth[up.name] = known
+            if known[0]:
+                return True
+        return False
 
     def _ping_target(self, request: web.Request, auth: str | None) -> Upstream | None:
         """The upstream a ``/v2/`` ping is for, or None when it can't be told and the ping
@@ -166,7 +204,7 @@ class RegistryHandlers:
             repo = f"library/{repo}"
         ri.repo = repo
         rest = m.group("rest")
-        auth = request.headers.get("Authorization")
+        auth = client_auth(request)
         if kind == "manifests":
             return await self._manifest(request, upstream, repo, rest, auth)
         if kind == "blobs":
@@ -440,6 +478,18 @@ def _link_query(link: str) -> dict[str, str] | None:
     q = parse_qs(urlsplit(m.group(1)).query)
     out = {k: q[k][0] for k in ("n", "last") if q.get(k)}
     return out or None
+
+
+def client_auth(request: web.Request) -> str | None:
+    """The client's Authorization header; an empty Basic login (what containers/image sends
+    after a Basic challenge when it holds no credentials) is no credential at all."""
+    auth = request.headers.get("Authorization")
+    if auth is None:
+        return None
+    scheme, _, value = auth.strip().partition(" ")
+    if scheme.lower() == "basic" and value.strip() in ("", "Og==", "Og"):
+        return None
+    return auth
 
 
 def _canonical_registry(name: str) -> str:
