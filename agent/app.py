@@ -163,6 +163,7 @@ async def build_app(
         metrics,
         fetcher.inflight_count,
         run_preheat,
+        mirror.invalidate_tag,
     )
     if peering.swarm is not None:
         # Peers first, the upstream when no peer can serve in time.

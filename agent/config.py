@@ -154,6 +154,16 @@ class AgentConfig:
             metavar="DURATION",
         ),
     )
+    revalidate_tags: tuple[str, ...] = field(
+        default=(),
+        metadata=setting(
+            "tags always checked with the upstream, whatever tag-ttl says (served from the "
+            "cache only when the upstream fails): a glob on the tag (latest, *-snapshot) or "
+            "on REPO:TAG (library/*:latest)",
+            repeatable=True,
+            metavar="PATTERN",
+        ),
+    )
     tag_ttl: float = field(
         default=30.0,
         metadata=setting(

@@ -160,5 +160,19 @@ class ManifestStore:
             return False
         return True
 
+    def expire_tag(self, upstream: str, repo: str, tag: str) -> bool:
+        """Make the tag's next request ask the upstream (a fleet-wide invalidation).
+
+        The record stays, as stale, so an upstream that is down meanwhile still gets the
+        last known digest served; False when there was no record.
+        """
+        key = self._tag_key(upstream, repo, tag)
+        entry = self._tags.get(key)
+        if entry is not None:
+            self._tags[key] = TagEntry(entry.digest, entry.media_type, -math.inf)
+            return True
+        # A record only on disk is read back as stale already.
+        return (self._tdir / f"{key}.json").exists()
+
     def is_fresh(self, entry: TagEntry, ttl: float) -> bool:
         return self._clock() - entry.fetched_at <= ttl

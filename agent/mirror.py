@@ -7,6 +7,7 @@ through the same access checks and the same cache.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import json
 import logging
 import time
@@ -15,7 +16,7 @@ from collections import OrderedDict
 from agent.access import AccessChecker
 from agent.blobstore import BlobStore, CachedBlob
 from agent.config import AgentConfig, Upstream
-from agent.errors import DigestInvalid, ManifestInvalid, UpstreamError
+from agent.errors import DigestInvalid, ManifestInvalid, RegistryError, UpstreamError
 from agent.fetch import (
     BlobFetcher,
     Download,
@@ -27,6 +28,7 @@ from agent.fetch import (
 from agent.manifests import ManifestStore, StoredManifest
 from agent.metrics import AgentMetrics
 from agent.oci import MANIFEST_TYPES, Digest, digest_of, parse_digest
+from agent.reference import parse_image
 from agent.upstream import RelayedError, UpstreamClient, ensure_ok, read_limited
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,27 @@ class Mirror:
         # is made first (usually answered from the grants the manifest request left).
         self.check_access_first = False
         self._anonymous_probed: OrderedDict[tuple[str, str], float] = OrderedDict()
+
+    def invalidate_tag(self, image: str) -> None:
+        """A fleet-wide tag invalidation from the tracker: revalidate that tag next time."""
+        try:
+            ref = parse_image(image)
+        except RegistryError:
+            log.warning("ignoring invalidation of %r: not an image reference", image[:200])
+            return
+        if isinstance(ref.reference, Digest) or ref.registry not in self._config.upstreams:
+            return
+        if self._manifests.expire_tag(ref.registry, ref.repo, ref.reference):
+            log.info(
+                "tag invalidated upstream=%s repo=%s tag=%s", ref.registry, ref.repo, ref.reference
+            )
+
+    def _always_revalidate(self, repo: str, tag: str) -> bool:
+        """--revalidate-tags: a pattern with a colon matches REPO:TAG, else the tag alone."""
+        return any(
+            fnmatch.fnmatchcase(f"{repo}:{tag}" if ":" in pattern else tag, pattern)
+            for pattern in self._config.revalidate_tags
+        )
 
     async def manifest(
         self,
@@ -121,6 +144,7 @@ class Mirror:
             and entry is not None
             and acceptable
             and self._manifests.is_fresh(entry, self._config.tag_ttl)
+            and not self._always_revalidate(repo, tag)
             and self._access.granted(auth, upstream.name, repo)
         ):
             return cached

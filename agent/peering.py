@@ -91,6 +91,7 @@ class Peering:
         identity: Identity,
         inflight: Callable[[], int],
         run_preheat: Callable[[str, ProgressHook], Any] | None,
+        on_invalidate: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self.client = client
@@ -111,6 +112,7 @@ class Peering:
             run_preheat,
             tracker_url=config.tracker or "embedded",
             token_file=str(config.tracker_token_file or ""),
+            on_invalidate=on_invalidate,
         )
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -179,6 +181,7 @@ def build_peering(
     metrics: AgentMetrics,
     inflight: Callable[[], int],
     run_preheat: Callable[[str, ProgressHook], Any] | None,
+    on_invalidate: Callable[[str], None] | None = None,
 ) -> Peering:
     """Remote tracker and a swarm with --tracker; otherwise an in-process tracker alone
     (one node has no peers, so no engine is started)."""
@@ -211,7 +214,17 @@ def build_peering(
             tls=tls,
         )
     peering = Peering(
-        config, client, None, engine, embedded, store, metrics, identity, inflight, run_preheat
+        config,
+        client,
+        None,
+        engine,
+        embedded,
+        store,
+        metrics,
+        identity,
+        inflight,
+        run_preheat,
+        on_invalidate,
     )
     if engine is not None:
         # The swarm asks the tracker through the peering's link, which in turn reports what

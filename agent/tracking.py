@@ -66,6 +66,9 @@ class TrackerLink:
     tracker_url: str = "embedded"
     token_file: str = ""
     state: TrackerState = field(default_factory=TrackerState)
+    # Told the image of each fleet-wide tag invalidation (agent.mirror.Mirror.invalidate_tag).
+    on_invalidate: Callable[[str], None] | None = None
+    _invalidated_up_to: float = 0.0
     _warned_at: float = -_REPEAT_WARNING_SECONDS
     _peer_ids: dict[tuple[str, int], str] = field(default_factory=dict)
     _jobs: dict[str, asyncio.Task[None]] = field(default_factory=dict)
@@ -159,6 +162,7 @@ class TrackerLink:
         try:
             interval = await self.heartbeat()
             await self._poll_tasks()
+            await self._poll_invalidations()
         except (TrackerUnavailable, StoreUnavailable) as exc:
             self._enter(TrackerState("unreachable", f"tracker {self.tracker_url}: {exc}"))
         except (Unauthorized, Forbidden) as exc:
@@ -186,6 +190,14 @@ class TrackerLink:
         if new != old or now - self._warned_at >= _REPEAT_WARNING_SECONDS:
             self._warned_at = now
             log.warning("%s; pulls go on from the upstream only", new.reason)
+
+    async def _poll_invalidations(self) -> None:
+        """Apply the tag invalidations made since the last poll: within one heartbeat."""
+        if self.on_invalidate is None:
+            return
+        for inv in await self.client.invalidations(self._invalidated_up_to):
+            self.on_invalidate(inv.image)
+            self._invalidated_up_to = max(self._invalidated_up_to, inv.created)
 
     async def _poll_tasks(self) -> None:
         if self.run_preheat is None:

@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "pki": "layerswarm.pki_cmd",
     "configure": "layerswarm.configure",
     "preheat": "layerswarm.preheat_cmd",
+    "invalidate": "layerswarm.invalidate_cmd",
     "status": "layerswarm.status_cmd",
     "doctor": "layerswarm.doctor",
 }

@@ -195,6 +195,12 @@ class TrackerAPI:
             raise TrackerRefused(201, "answer has no job id", base)
         return job_id
 
+    def invalidate(self, image: str) -> dict[str, Any]:
+        data, base = self._call("POST", "/v1/invalidations", {"image": image})
+        if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+            raise TrackerRefused(201, "answer has no invalidation id", base)
+        return data
+
     def preheat_status(self, job_id: str) -> dict[str, Any]:
         data, base = self._call("GET", f"/preheat/{job_id}")
         if not isinstance(data, dict):

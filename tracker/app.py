@@ -20,6 +20,7 @@ from tracker.server import (
     TRACKER,
     agents,
     fleet,
+    invalidations,
     lookup,
     metainfo,
     preheat,
@@ -62,7 +63,7 @@ def build_app(
     app[METRICS] = TrackerMetrics(reg)
     app[TOKEN] = token
     app[fleet.REGISTRY] = reg
-    for module in (agents, lookup, metainfo, preheat, webhooks, fleet):
+    for module in (agents, lookup, metainfo, preheat, webhooks, invalidations, fleet):
         module.add_routes(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -16,6 +16,7 @@ from tracker.model import (
     AgentInfo,
     Announcement,
     HeartbeatReply,
+    Invalidation,
     LayerProgress,
     LookupReply,
     Metainfo,
@@ -67,6 +68,10 @@ class TrackerClient(Protocol):
     async def report_bad_peer(self, peer_id: str, digest: str) -> None: ...
 
     async def tasks(self) -> list[PreheatJob]: ...
+
+    async def invalidations(self, after: float) -> list[Invalidation]:
+        """Tag invalidations created after ``after`` (the newest ``created`` seen), oldest first."""
+        ...
 
     async def report_preheat(
         self, job_id: str, layers: Sequence[LayerProgress], state: str, *, error: str | None = None
@@ -128,6 +133,9 @@ class LocalTrackerClient:
 
     async def tasks(self) -> list[PreheatJob]:
         return await self.tracker.agent_tasks(self.agent_id, self._key)
+
+    async def invalidations(self, after: float) -> list[Invalidation]:
+        return await self.tracker.invalidations(after)
 
     async def report_preheat(
         self, job_id: str, layers: Sequence[LayerProgress], state: str, *, error: str | None = None
@@ -279,6 +287,10 @@ class HttpTrackerClient:
     async def tasks(self) -> list[PreheatJob]:
         payload = await self._call("GET", self._agent("tasks"))
         return [PreheatJob.from_json(j) for j in payload["jobs"]]
+
+    async def invalidations(self, after: float) -> list[Invalidation]:
+        payload = await self._call("GET", f"/v1/invalidations?after={after!r}")
+        return [Invalidation.from_json(i) for i in payload["invalidations"]]
 
     async def report_preheat(
         self, job_id: str, layers: Sequence[LayerProgress], state: str, *, error: str | None = None

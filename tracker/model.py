@@ -468,3 +468,24 @@ class PreheatReport:
             error=d.get("error"),
             updated=d["updated"],
         )
+
+
+@dataclass(frozen=True)
+class Invalidation:
+    """ "Forget what ``image`` (a tag) pointed to": every agent drops that cached tag record."""
+
+    id: str
+    image: str
+    created: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Invalidation:
+        d = _obj(raw, "invalidation")
+        return cls(
+            id=str(_get(d, "id", str)),
+            image=str(_get(d, "image", str)),
+            created=float(_get(d, "created", (int, float))),
+        )

@@ -36,6 +36,7 @@ from tracker.model import (
     Counters,
     HeartbeatReply,
     Holding,
+    Invalidation,
     LayerProgress,
     LookupReply,
     Metainfo,
@@ -363,6 +364,26 @@ class Tracker:
         if meta is None:
             raise NotFound(f"no metainfo for {digest}")
         return meta
+
+    # -- tag invalidation -------------------------------------------------------------------
+
+    async def invalidate(self, image: str) -> Invalidation:
+        """Ask every agent to forget what the tag ``image`` pointed to (next heartbeat)."""
+        check_image(image)
+        last = image.rsplit("/", 1)[-1]
+        if "@" in image or ":" not in last:
+            raise InvalidRequest(
+                "name a tag (registry/repo:tag): a digest never changes, so there is nothing "
+                "to invalidate"
+            )
+        inv = Invalidation(secrets.token_hex(8), image, self.clock.now())
+        await self.store.put_invalidation(inv)
+        log.info("tag invalidated image=%s id=%s", image, inv.id)
+        return inv
+
+    async def invalidations(self, after: float) -> list[Invalidation]:
+        """Invalidations newer than ``after`` (a ``created`` an agent saw last), oldest first."""
+        return [i for i in await self.store.invalidations() if i.created > after]
 
     # -- preheat ----------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from tracker.model import (
     AgentRecord,
     Counters,
     Holding,
+    Invalidation,
     LeaseResult,
     Metainfo,
     PreheatJob,
@@ -30,6 +31,8 @@ MAX_HOT = 10_000
 # Dead agents' counters are folded into one retired total; the last this many are remembered
 # so an agent that comes back under the same key is not counted twice.
 MAX_RETIRED_INCARNATIONS = 10_000
+# Tag invalidations kept for agents that were away (each agent applies each one once).
+MAX_INVALIDATIONS = 1000
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,9 @@ class TrackerStore(Protocol):
     number of entries of each structure, for tests and diagnostics.
 
     Preheat: jobs by id, and per job the latest report of each agent.
+
+    Tag invalidations: ``put_invalidation`` keeps the newest ``MAX_INVALIDATIONS``;
+    ``invalidations`` returns them oldest first.
 
     Failures of the backing service raise ``tracker.errors.StoreUnavailable``.
     """
@@ -176,6 +182,10 @@ class TrackerStore(Protocol):
     async def put_report(self, job_id: str, report: PreheatReport) -> None: ...
 
     async def reports(self, job_id: str) -> list[PreheatReport]: ...
+
+    async def put_invalidation(self, inv: Invalidation) -> None: ...
+
+    async def invalidations(self) -> list[Invalidation]: ...
 
 
 @runtime_checkable

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import random
-from collections import Counter, OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -18,6 +18,7 @@ from tracker.model import (
     AgentRecord,
     Counters,
     Holding,
+    Invalidation,
     LeaseResult,
     Metainfo,
     PreheatJob,
@@ -27,6 +28,7 @@ from tracker.model import (
 from tracker.store.base import (
     BAD_PEER_QUORUM,
     MAX_HOT,
+    MAX_INVALIDATIONS,
     MAX_RETIRED_INCARNATIONS,
     BindStatus,
     PeerView,
@@ -90,6 +92,7 @@ class MemoryStore:
         self._retired: dict[str, Counters] = {}  # region -> counts of agents pruned
         self._retired_inc: OrderedDict[str, tuple[str, Counters]] = OrderedDict()
         self._jobs: dict[str, PreheatJob] = {}
+        self._invalidations: deque[Invalidation] = deque(maxlen=MAX_INVALIDATIONS)
         self._reports: dict[str, dict[str, PreheatReport]] = defaultdict(dict)
         # Per digest, its holders' ids as a sequence to sample from; dropped on any change to
         # that digest's holders (rare next to lookups), rebuilt by the next lookup. Ids only:
@@ -377,3 +380,9 @@ class MemoryStore:
 
     async def reports(self, job_id: str) -> list[PreheatReport]:
         return list(self._reports.get(job_id, {}).values())
+
+    async def put_invalidation(self, inv: Invalidation) -> None:
+        self._invalidations.append(inv)
+
+    async def invalidations(self) -> list[Invalidation]:
+        return list(self._invalidations)

@@ -17,6 +17,7 @@ Key layout (``P`` is the prefix, ``layerswarm:`` by default):
     P badexp                zset  "digest TAB peer TAB reporter" -> expires;  P badcount  hash
     P meta:<digest>         hash  total_size, <index> -> JSON SegmentMeta (TTL: past expires)
     P metaexp               zset  digest -> expires
+    P invalidations         list  JSON Invalidation, oldest first (the newest MAX_INVALIDATIONS)
     P jobs                  hash  job id -> JSON PreheatJob;  P jobrep:<id>  hash agent -> JSON
 
 Expiry uses the tracker's clock passed in as ``now`` (pruned by ``prune``), so replicas and
@@ -43,6 +44,7 @@ from tracker.model import (
     AgentRecord,
     Counters,
     Holding,
+    Invalidation,
     LeaseResult,
     Metainfo,
     PreheatJob,
@@ -52,6 +54,7 @@ from tracker.model import (
 from tracker.store.base import (
     BAD_PEER_QUORUM,
     MAX_HOT,
+    MAX_INVALIDATIONS,
     MAX_RETIRED_INCARNATIONS,
     BindStatus,
     PeerView,
@@ -761,6 +764,18 @@ class RedisStore:
             (SegmentMeta.from_json(json.loads(v)) for v in raw.values()), key=lambda s: s.index
         )
         return Metainfo(digest, size, tuple(segs))
+
+    @_translated
+    async def put_invalidation(self, inv: Invalidation) -> None:
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.rpush(self._k("invalidations"), _dumps(inv.to_json()))
+            pipe.ltrim(self._k("invalidations"), -MAX_INVALIDATIONS, -1)
+            await pipe.execute()
+
+    @_translated
+    async def invalidations(self) -> list[Invalidation]:
+        raw = await self._r.lrange(self._k("invalidations"), 0, -1)
+        return [Invalidation.from_json(json.loads(r)) for r in raw]
 
     @_translated
     async def put_job(self, job: PreheatJob) -> None:
