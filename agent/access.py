@@ -149,6 +149,12 @@ class AccessChecker:
     def origins(self, digest: Digest) -> list[tuple[str, str]]:
         return list(self._origins.get(digest, ()))
 
+    def vouched_by(self, digest: Digest, upstream: str) -> bool:
+        """May ``upstream`` speak for cached ``digest``: it came from there (or its origin is
+        unknown, from before origins were kept)?"""
+        origins = self._origins.get(digest)
+        return not origins or any(u == upstream for u, _ in origins)
+
     def remember(self, auth: str | None, upstream: str, repo: str) -> None:
         key = (credential_key(auth), upstream, repo)
         self._grants[key] = self._clock()

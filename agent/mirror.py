@@ -120,7 +120,9 @@ class Mirror:
         internal: bool = False,
     ) -> StoredManifest:
         stored = self._manifests.get(digest)
-        if stored is not None:
+        # Cached from another upstream: this one's yes would vouch for bytes it may not have
+        # (issue 10, item 6); fetching verifies it has them.
+        if stored is not None and self._access.vouched_by(digest, upstream.name):
             await self._access.check(upstream, repo, "manifests", digest, auth, internal=internal)
             return stored
         return await self._fetch_manifest(
@@ -185,7 +187,11 @@ class Mirror:
                 except DigestInvalid:
                     d = None
                 known = self._manifests.get(d) if d is not None else None
-                if known is not None and _accepts(accept, known.media_type):
+                if (
+                    known is not None
+                    and _accepts(accept, known.media_type)
+                    and self._access.vouched_by(known.digest, upstream.name)
+                ):
                     self._manifests.set_tag(
                         upstream.name, repo, tag, known.digest, known.media_type
                     )
@@ -314,6 +320,7 @@ class Mirror:
                     "upstream manifest does not match its Docker-Content-Digest", status=502
                 )
         self._access.remember(auth, upstream.name, repo)
+        self._access.record_origin(upstream.name, repo, actual)
         if not self._manifests.put(actual, media_type, body):
             self._metrics.no_space.labels("manifest_not_stored").inc()
         return StoredManifest(actual, media_type, body, fetched=True)
