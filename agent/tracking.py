@@ -238,7 +238,13 @@ class TrackerLink:
     @staticmethod
     def _layers(items: list[preheat.LayerProgress]) -> list[LayerProgress]:
         return [
-            LayerProgress(i.digest, i.size, min(i.done_bytes, i.size) if i.size else i.done_bytes)
+            LayerProgress(
+                i.digest,
+                i.size,
+                min(i.done_bytes, i.size) if i.size else i.done_bytes,
+                i.kind,
+                i.source,
+            )
             for i in items
         ]
 

@@ -26,7 +26,8 @@ from layerswarm.trackerapi import TrackerAccess, TrackerAPI, TrackerAPIError, Tr
 
 HELP = "pull images onto seeds (or every agent) ahead of a rollout, with live progress"
 
-TERMINAL = ("done", "failed")
+# no_agents: the tracker ended a job no live agent was in scope for (it says which scope).
+TERMINAL = ("done", "failed", "no_agents")
 BAR_WIDTH = 24
 
 
@@ -130,11 +131,17 @@ def agent_counts(status: dict[str, Any]) -> dict[str, int]:
     return counts
 
 
+def blobs(status: dict[str, Any]) -> list[dict[str, Any]]:
+    """The config blob first, then the layers in manifest order."""
+    config = status.get("config")
+    return ([config] if isinstance(config, dict) else []) + list(status.get("layers", []))
+
+
 def layer_lines(status: dict[str, Any]) -> list[str]:
-    """One progress line per layer: bytes over all target agents, and agents finished."""
+    """One progress line per blob: bytes over all target agents, and agents finished."""
     targets = max(len(status.get("agents", [])), 1)
     lines = []
-    for layer in status.get("layers", []):
+    for layer in blobs(status):
         size = int(layer.get("size", 0))
         done = int(layer.get("done_bytes", 0))
         want = size * targets
@@ -143,16 +150,18 @@ def layer_lines(status: dict[str, Any]) -> list[str]:
             f"  {short_digest(str(layer.get('digest', '?')))} {bar(fraction)} "
             f"{100 * min(fraction, 1.0):3.0f}% {human_bytes(min(done, want) / targets)}"
             f"/{human_bytes(size)} {layer.get('agents_done', 0)}/{targets} agents"
+            + (" (config)" if layer.get("kind") == "config" else "")
         )
     return lines
 
 
 def job_header(status: dict[str, Any]) -> str:
     c = agent_counts(status)
+    reason = status.get("reason")
     return (
         f"{status.get('image', '?')} job {status.get('id', '?')}: {status.get('state', '?')} "
         f"(agents: {c['done']} done, {c['running']} running, {c['pending']} pending, "
-        f"{c['failed']} failed)"
+        f"{c['failed']} failed)" + (f": {reason}" if reason else "")
     )
 
 
@@ -164,19 +173,44 @@ def job_block(status: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _sources(layer: dict[str, Any]) -> str:
+    got = layer.get("sources") or {}
+    return ", ".join(f"{n} from {s}" for s, n in sorted(got.items()))
+
+
 def summary(status: dict[str, Any], seconds: float) -> list[str]:
     c = agent_counts(status)
     layers = status.get("layers", [])
-    total = sum(int(x.get("size", 0)) for x in layers)
+    every = blobs(status)
+    total = sum(int(x.get("size", 0)) for x in every)
+    config = " + config" if status.get("config") else ""
     lines = [
         f"{status.get('image', '?')}: {status.get('state', '?')} in {seconds:.1f}s: "
-        f"{len(layers)} layers, {human_bytes(total)}; agents {c['done']} done, "
+        f"{len(layers)} layers{config}, {human_bytes(total)}; agents {c['done']} done, "
         f"{c['failed']} failed, {c['running'] + c['pending']} unfinished"
     ]
-    lines += [
-        f"  {x.get('digest')} {human_bytes(int(x.get('size', 0)))}"
-        for x in sorted(layers, key=lambda x: str(x.get("digest")))
-    ]
+    for x in every:
+        kind = " (config)" if x.get("kind") == "config" else ""
+        where = _sources(x)
+        lines.append(
+            f"  {x.get('digest')} {human_bytes(int(x.get('size', 0)))}{kind}"
+            + (f": {where}" if where else "")
+        )
+    by_source = status.get("bytes_by_source") or {}
+    if by_source:
+        lines.append(
+            "  bytes: "
+            + ", ".join(
+                f"{human_bytes(int(by_source.get(s, 0)))} from {s}"
+                for s in ("peer", "upstream", "cache")
+                if s in by_source
+            )
+        )
+    done_on = status.get("agents_done") or []
+    if done_on:
+        lines.append(f"  done on: {', '.join(str(a) for a in done_on)}")
+    if status.get("reason") and status.get("state") != "done":
+        lines.append(f"  {status['reason']}")
     if not status.get("agents"):
         lines.append(
             "  no live agent is in this job's scope: check `layerswarm status` and --zone/--region"

@@ -402,11 +402,20 @@ class LookupReply:
         )
 
 
+LAYER_KINDS = ("layer", "config")
+LAYER_SOURCES = ("", "cache", "peer", "upstream")
+
+
 @dataclass(frozen=True)
 class LayerProgress:
+    """One blob of a preheat: ``kind`` layer or config; ``source`` where the bytes came from
+    (cache, peer, upstream; "" while unknown)."""
+
     digest: str
     size: int
     done_bytes: int
+    kind: str = "layer"
+    source: str = ""
 
     @classmethod
     def from_json(cls, raw: Any) -> LayerProgress:
@@ -415,7 +424,13 @@ class LayerProgress:
         done = _nonneg_int(d, "done_bytes", 0)
         if size and done > size:
             raise InvalidRequest("done_bytes exceeds size")
-        return cls(check_digest(_get(d, "digest", str)), size, done)
+        kind = _get(d, "kind", str, "layer")
+        if kind not in LAYER_KINDS:
+            raise InvalidRequest(f"kind must be one of {', '.join(LAYER_KINDS)}")
+        source = _get(d, "source", str, "")
+        if source not in LAYER_SOURCES:
+            raise InvalidRequest(f"source must be one of {', '.join(LAYER_SOURCES[1:])}")
+        return cls(check_digest(_get(d, "digest", str)), size, done, kind, source)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -108,6 +108,13 @@ def _conflicts(current: Metainfo, total_size: int, segment: SegmentMeta) -> bool
     return False
 
 
+def describe_scope(job: PreheatJob) -> str:
+    who = "seeds, or every agent when no seed is live" if job.scope == "seeds" else "every agent"
+    where = [f"zone {job.zone}" if job.zone else "", f"region {job.region}" if job.region else ""]
+    place = " and ".join(w for w in where if w) or "any zone or region"
+    return f"{who}, in {place}"
+
+
 def check_image(image: str) -> str:
     if not _IMAGE.match(image) or ".." in image:
         raise InvalidRequest("image must be a reference like registry/repo:tag or repo@sha256:...")
@@ -498,28 +505,62 @@ class Tracker:
         seeds = [a for a in live if a.role == "seed"]
         targets = sorted({a.agent_id for a in live if self._assigned(job, a, seeds)} | set(reports))
         states = [reports[a].state if a in reports else "pending" for a in targets]
-        if not targets or all(s == "pending" for s in states):
+        reason = ""
+        if not targets:
+            waited = now - job.created
+            where = describe_scope(job)
+            if waited > self.no_agent_grace:
+                # Pending forever would hide the mistake (a typo in --region, no seeds yet).
+                overall = "no_agents"
+                reason = f"no live agent in scope ({where}) within {self.no_agent_grace:.0f}s"
+            else:
+                overall = "pending"
+                reason = f"no live agent in scope ({where}) yet"
+        elif all(s == "pending" for s in states):
             overall = "pending"
+            reason = (
+                f"waiting for {len(targets)} agent(s) in scope to pick it up (they ask with "
+                "every heartbeat)"
+            )
         elif any(s in ("running", "pending") for s in states):
             overall = "running"
         elif any(s == "failed" for s in states):
             overall = "failed"
         else:
             overall = "done"
-        layers: dict[str, dict[str, Any]] = {}
-        for r in reports.values():
-            for lp in r.layers:
-                agg = layers.setdefault(
+        # In the order agents report them, which is the manifest's; the config apart.
+        blobs: dict[str, dict[str, Any]] = {}
+        by_source: Counter[str] = Counter()
+        for agent_id in targets:
+            r = reports.get(agent_id)
+            for lp in r.layers if r is not None else ():
+                agg = blobs.setdefault(
                     lp.digest,
-                    {"digest": lp.digest, "size": lp.size, "done_bytes": 0, "agents_done": 0},
+                    {
+                        "digest": lp.digest,
+                        "kind": lp.kind,
+                        "size": lp.size,
+                        "done_bytes": 0,
+                        "agents_done": 0,
+                        "sources": {},
+                    },
                 )
                 agg["size"] = max(agg["size"], lp.size)
                 agg["done_bytes"] += lp.done_bytes
                 if lp.size and lp.done_bytes >= lp.size:
                     agg["agents_done"] += 1
+                if lp.source:
+                    agg["sources"][lp.source] = agg["sources"].get(lp.source, 0) + 1
+                    by_source[lp.source] += lp.done_bytes
+        layers = [b for b in blobs.values() if b["kind"] != "config"]
+        config = next((b for b in blobs.values() if b["kind"] == "config"), None)
         return {
             **job.to_json(),
             "state": overall,
+            "reason": reason,
+            "config": config,
+            "bytes_by_source": dict(by_source),
+            "agents_done": [a for a in targets if a in reports and reports[a].state == "done"],
             "agents": [
                 reports[a].to_json()
                 if a in reports
@@ -532,8 +573,14 @@ class Tracker:
                 }
                 for a in targets
             ],
-            "layers": sorted(layers.values(), key=lambda x: x["digest"]),
+            "layers": layers,
         }
+
+    @property
+    def no_agent_grace(self) -> float:
+        """A job with no live agent in scope this long after its creation ends as no_agents:
+        long enough for every agent to have sent a heartbeat in between."""
+        return 2 * self.config.agent_ttl
 
     # -- fleet ------------------------------------------------------------------------------
 

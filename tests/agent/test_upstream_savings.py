@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -70,3 +71,35 @@ async def test_fetched_saved_and_rate_limit_headroom_per_upstream(
     assert sample(metrics, "layerswarm_upstream_ratelimit_remaining", up) == 76.0
     assert sample(metrics, "layerswarm_upstream_ratelimit_limit", up) == 100.0
     assert registry.blob_fetches(image.layers[0].digest) == 1
+
+
+async def test_preheat_fetches_an_images_layers_concurrently_in_manifest_order(
+    proxy: FaultProxy,
+    registry: Registry,
+    image_factory: ImageFactory,
+    agent_factory: AgentFactory,
+) -> None:
+    """Three 256 KiB layers sent at 512 KiB/s each: one at a time, the proxy would never be
+    sending two bodies at once."""
+    from agent.preheat import preheat_image
+
+    image = image_factory("team/preheat", "v1", [256 << 10, 256 << 10, 256 << 10])
+    _, runtime = await agent_factory(proxy.url, name=registry.host_port)
+    proxy.throttle(512 << 10)
+    reports: list[list[tuple[str, str, str]]] = []
+
+    async def hook(items: list[Any]) -> None:
+        reports.append([(i.digest, i.kind, i.source) for i in items])
+
+    items = await preheat_image(
+        runtime.mirror, runtime.config.upstreams, image.ref, on_progress=hook
+    )
+    assert proxy.max_blob_bodies >= 2
+    # Manifest order, the config named as such, every blob from the upstream this time.
+    assert [(i.digest, i.kind, i.source) for i in items] == [
+        (image.config_digest, "config", "upstream"),
+        *((layer.digest, "layer", "upstream") for layer in image.layers),
+    ]
+    assert all(i.done_bytes == i.size for i in items)
+    # Reports always list every blob, in the same order.
+    assert all([r[0] for r in rep] == [i.digest for i in items] for rep in reports)

@@ -27,7 +27,12 @@ def test_preheat_pulls_every_blob_onto_the_seed_once(
     summary = out[out.index(f"{image.ref}: done in") :]
     for digest in image.blob_digests:
         assert digest in summary, summary
-    assert "3 layers" in summary and "agents 1 done, 0 failed" in summary, summary
+    assert "2 layers + config" in summary and "agents 1 done, 0 failed" in summary, summary
+    # Where the bytes came from, and on which agents the image is now.
+    assert "from upstream" in summary and "done on: " in summary, summary
+    # Manifest order, config first: not the digests' order.
+    listed = [line.split()[0] for line in summary.splitlines()[1:4]]
+    assert listed == [image.config_digest, *(layer.digest for layer in image.layers)], summary
     # Not a TTY: plain lines, no cursor movement.
     assert "\x1b[" not in out
     # The seed really fetched each blob from the upstream, exactly once.
@@ -116,3 +121,25 @@ def test_preheat_usage_errors_exit_2(tmp_path: Path) -> None:
         str(tmp_path / "absent"),
     )
     assert res.returncode == 2 and "tracker-token-file" in res.stderr
+
+
+def test_preheat_with_no_agent_in_scope_ends_and_says_which_scope(node: Node) -> None:
+    # The tracker ends such a job after two agent TTLs (6 s here), well before --timeout.
+    res = layerswarm(
+        "preheat",
+        f"{node.registry.host_port}/nothing/here:v1",
+        *node.tracker_args,
+        "--region",
+        "mars-1",
+        "--timeout",
+        "60s",
+        "--poll-interval",
+        "200ms",
+    )
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    assert "timed out" not in res.stderr
+    assert ": no_agents in " in res.stdout, res.stdout
+    assert (
+        "no live agent in scope (seeds, or every agent when no seed is live, in region mars-1)"
+        in (res.stdout)
+    )

@@ -69,6 +69,8 @@ class FaultProxy:
         self._resets: list[int] = []
         self._rate: float | None = None
         self._rate_limit: tuple[int, int] | None = None
+        self._blob_bodies = 0
+        self.max_blob_bodies = 0  # the most blob bodies it was sending at the same time
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -247,9 +249,18 @@ class FaultProxy:
             await out.prepare(request)
             if request.method == "HEAD":
                 return out
-            # The agent may hang up (it gave up on a slow body): that is not a proxy fault.
-            with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
-                await self._relay_body(request, up, out, reset, rate)
+            with self._lock:
+                if is_blob:
+                    self._blob_bodies += 1
+                    self.max_blob_bodies = max(self.max_blob_bodies, self._blob_bodies)
+            try:
+                # The agent may hang up (it gave up on a slow body): not a proxy fault.
+                with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
+                    await self._relay_body(request, up, out, reset, rate)
+            finally:
+                with self._lock:
+                    if is_blob:
+                        self._blob_bodies -= 1
             return out
 
     async def _relay_body(

@@ -195,27 +195,37 @@ async def test_preheat_assignment_and_status(tracker: Tracker, clock: ManualCloc
     assert await tracker.agent_tasks("peer1", kp) == []
     assert [j.id for j in await tracker.agent_tasks("seed1", ks)] == [job]
     assert await tracker.agent_tasks("seed-us", ku) == []
-    assert (await tracker.preheat_status(job))["state"] == "pending"
+    pending = await tracker.preheat_status(job)
+    assert pending["state"] == "pending"
+    assert pending["reason"].startswith("waiting for 1 agent(s) in scope to pick it up")
 
-    d2 = digest_of("l2")
+    # Reported in manifest order (not the digests' order), the config blob apart.
+    d2, cfg = digest_of("l2"), digest_of("config")
+    first = [LayerProgress(cfg, 5, 5, "config", "upstream"), LayerProgress(d2, 10, 0)]
     await tracker.report_preheat(
-        "seed1", ks, job, [LayerProgress(D, 100, 50), LayerProgress(d2, 10, 0)], "running"
+        "seed1", ks, job, [*first, LayerProgress(D, 100, 50, source="peer")], "running"
     )
     status = await tracker.preheat_status(job)
-    assert status["state"] == "running"
-    assert status["layers"] == sorted(
-        [
-            {"digest": D, "size": 100, "done_bytes": 50, "agents_done": 0},
-            {"digest": d2, "size": 10, "done_bytes": 0, "agents_done": 0},
-        ],
-        key=lambda x: str(x["digest"]),
-    )
-    await tracker.report_preheat(
-        "seed1", ks, job, [LayerProgress(D, 100, 100), LayerProgress(d2, 10, 10)], "done"
-    )
+    assert status["state"] == "running" and status["reason"] == ""
+    assert status["layers"] == [
+        {"digest": d2, "kind": "layer", "size": 10, "done_bytes": 0, "agents_done": 0,
+         "sources": {}},
+        {"digest": D, "kind": "layer", "size": 100, "done_bytes": 50, "agents_done": 0,
+         "sources": {"peer": 1}},
+    ]  # fmt: skip
+    assert status["config"]["digest"] == cfg and status["config"]["agents_done"] == 1
+    done = [
+        LayerProgress(cfg, 5, 5, "config", "upstream"),
+        LayerProgress(d2, 10, 10, source="upstream"),
+        LayerProgress(D, 100, 100, source="peer"),
+    ]
+    await tracker.report_preheat("seed1", ks, job, done, "done")
     status = await tracker.preheat_status(job)
     assert status["state"] == "done" and [a["agent_id"] for a in status["agents"]] == ["seed1"]
     assert all(x["agents_done"] == 1 for x in status["layers"])
+    # The summary says where the bytes came from and which agents finished.
+    assert status["bytes_by_source"] == {"upstream": 15, "peer": 100}
+    assert status["agents_done"] == ["seed1"]
     assert await tracker.agent_tasks("seed1", ks) == []
     with pytest.raises(InvalidRequest):
         await tracker.create_preheat("bad image name", "seeds")
@@ -271,3 +281,19 @@ async def test_reporting_the_lease_holder_hands_its_lease_on(tracker: Tracker) -
     await tracker.report_bad_peer("f2", keys["f2"], "holder", D)
     k3 = await join(tracker, "f3", region="r1")
     assert "holder" not in {p.agent_id for p in (await tracker.lookup("f3", k3, D)).peers}
+
+
+async def test_preheat_with_no_agent_in_scope_says_why_then_ends(
+    tracker: Tracker, clock: ManualClock
+) -> None:
+    await join(tracker, "peer1", region="eu")
+    job = await tracker.create_preheat("127.0.0.1:5000/app:v1", "seeds", region="us-west")
+    status = await tracker.preheat_status(job)
+    assert status["state"] == "pending"
+    assert status["reason"] == (
+        "no live agent in scope (seeds, or every agent when no seed is live, in region us-west) yet"
+    )
+    clock.advance(tracker.no_agent_grace + 1)
+    status = await tracker.preheat_status(job)
+    assert status["state"] == "no_agents"
+    assert status["reason"].startswith("no live agent in scope (") and "within" in status["reason"]

@@ -52,7 +52,7 @@ code{font-size:.9em}
 .job .head{display:flex;flex-wrap:wrap;gap:.4em 1em;align-items:center;margin-bottom:.4em}
 .badge{border-radius:999px;padding:.05em .6em;font-size:.8em;background:#e8ecf2}
 .badge.running{background:#dbe8fb;color:#1f56a3}.badge.done{background:#d9f2e3;color:#137a3f}
-.badge.failed{background:#fbdcdc;color:#a31f1f}.badge.pending{background:#fbefd6;color:#8a5a00}
+.badge.failed,.badge.no_agents{background:#fbdcdc;color:#a31f1f}.badge.pending{background:#fbefd6;color:#8a5a00}
 .chart svg{width:100%;height:12em;display:block;background:#fafbfd}
 .axis{display:flex;justify-content:space-between;font-size:.8em}
 .legend{display:flex;gap:1em;font-size:.85em}
@@ -255,7 +255,9 @@ def _preheats(fleet: dict[str, Any]) -> str:
             f"<h3>{_image_cell(str(job.get('image', '')))}</h3>"
             f'<span class="badge {_e(state)}">{_e(state)}</span>'
             f'<span class="muted">{_e(scope)} in {_e(where)} · {done_agents}/{len(agents)} '
-            f"agents done · {human_bytes(done)} of {human_bytes(total)}</span></div>"
+            f"agents done · {human_bytes(done)} of {human_bytes(total)}</span>"
+            + (f'<span class="reason">{_e(job["reason"])}</span>' if job.get("reason") else "")
+            + "</div>"
             f"{_bar(done / total if total else 0.0)}"
             + (
                 _table(["layer", "size", "progress", "agents done"], rows, numeric={1, 3})
