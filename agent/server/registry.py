@@ -51,12 +51,15 @@ from agent.oci import (
     validate_name,
     validate_reference,
 )
+from agent.referrers import FILTERS_HEADER, OCI_INDEX, check_artifact_type, referrers
 from agent.server.sendfile import SendfileResponse
 from agent.upstream import UpstreamClient, ensure_ok, read_limited, relay_error
 
 log = logging.getLogger(__name__)
 
-_PATH_RE = re.compile(r"^/v2/(?P<name>.+)/(?P<kind>manifests|blobs|tags)/(?P<rest>[^/]+)$")
+_PATH_RE = re.compile(
+    r"^/v2/(?P<name>.+)/(?P<kind>manifests|blobs|tags|referrers)/(?P<rest>[^/]+)$"
+)
 _API_HEADERS = {"Docker-Distribution-API-Version": "registry/2.0"}
 _MAX_TAGS_BODY = 4 << 20
 # A joiner whose initiator's credentials were refused retries as initiator this many times.
@@ -195,7 +198,12 @@ class RegistryHandlers:
                 raise Unsupported("catalog listing is not offered by this mirror")
             raise NameUnknown("no such endpoint")
         kind = m.group("kind")
-        ri.kind = {"manifests": "manifest", "blobs": "blob", "tags": "tags"}[kind]
+        ri.kind = {
+            "manifests": "manifest",
+            "blobs": "blob",
+            "tags": "tags",
+            "referrers": "referrers",
+        }[kind]
         upstream, name = self._upstream_for(request, m.group("name"))
         ri.upstream = upstream.name
         repo = validate_name(name)
@@ -209,6 +217,8 @@ class RegistryHandlers:
             return await self._manifest(request, upstream, repo, rest, auth)
         if kind == "blobs":
             return await self._blob(request, upstream, repo, rest, auth)
+        if kind == "referrers":
+            return await self._referrers(request, upstream, repo, rest, auth)
         if rest != "list":
             raise NameUnknown("no such endpoint")
         return await self._tags(request, upstream, repo, auth)
@@ -295,6 +305,24 @@ class RegistryHandlers:
         ri.bytes = len(m.body)
         self._metrics.served(ri.source, ri.upstream).inc(len(m.body))
         return web.Response(body=m.body, headers=headers)
+
+    # -- referrers (OCI 1.1) ----------------------------------------------------------
+
+    async def _referrers(
+        self, request: web.Request, upstream: Upstream, repo: str, raw: str, auth: str | None
+    ) -> web.StreamResponse:
+        subject = parse_digest(raw)
+        artifact_type = check_artifact_type(request.query.get("artifactType"))
+        ri = info(request)
+        ri.digest = str(subject)
+        ri.source = "upstream"
+        body, filtered = await referrers(
+            self._client, self._mirror, upstream, repo, subject, artifact_type, auth
+        )
+        headers = {**_API_HEADERS, "Content-Type": OCI_INDEX}
+        if filtered:
+            headers[FILTERS_HEADER] = "artifactType"
+        return web.Response(body=body if request.method == "GET" else None, headers=headers)
 
     # -- blobs ----------------------------------------------------------------------
 
