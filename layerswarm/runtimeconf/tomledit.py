@@ -29,11 +29,71 @@ def edit(text: str | None, desired: Mapping[str, Any]) -> str:
     doc = tomlkit.parse(text or "")
     _merge(doc, desired)
     out = tomlkit.dumps(doc)
-    if text is not None and "\n\n\n" not in text:
+    if text is None:
+        return out
+    out = _keep_comments_with_their_tables(text, out)
+    if "\n\n\n" not in text:
         # tomlkit puts a blank line before a table it adds even after one already there;
         # the operator's file had no double blank lines, so the edit adds none either.
         out = re.sub(r"\n{3,}", "\n\n", out)
     return out
+
+
+def _is_header(line: str) -> bool:
+    return line.lstrip().startswith("[")
+
+
+def _keep_comments_with_their_tables(old: str, new: str) -> str:
+    """Move each comment block written just above a table back above that table.
+
+    TOML does not attach comments to tables: tomlkit keeps a comment above ``[[x]]`` as the
+    end of whatever came before, so a table added in front of ``[[x]]`` lands under it and the
+    comment would describe ours. A table is recognised by its header and its first line.
+    """
+    old_lines = old.splitlines()
+    lines = new.splitlines()
+    for i, line in enumerate(old_lines):
+        if not _is_header(line) or i == 0:
+            continue
+        start = i
+        while start > 0 and old_lines[start - 1].lstrip().startswith("#"):
+            start -= 1
+        block = old_lines[start:i]
+        if not block:
+            continue
+        first = old_lines[i + 1] if i + 1 < len(old_lines) else None
+        at = _find(lines, block)
+        if at is None:
+            continue
+        after = at + len(block)
+        if after < len(lines) and lines[after] == line and _first(lines, after) == first:
+            continue  # still right above its table
+        target = next(
+            (k for k in range(after, len(lines)) if lines[k] == line and _first(lines, k) == first),
+            None,
+        )
+        if target is None:
+            continue
+        between = lines[after:target]
+        # The blank line the operator had above the comment goes with it.
+        gap = (
+            [""]
+            if start > 0 and not old_lines[start - 1].strip() and between and between[-1].strip()
+            else []
+        )
+        lines = lines[:at] + between + gap + block + lines[target:]
+    return "\n".join(lines) + ("\n" if new.endswith("\n") else "")
+
+
+def _first(lines: list[str], header: int) -> str | None:
+    return lines[header + 1] if header + 1 < len(lines) else None
+
+
+def _find(lines: list[str], block: list[str]) -> int | None:
+    for k in range(len(lines) - len(block) + 1):
+        if lines[k : k + len(block)] == block:
+            return k
+    return None
 
 
 def _plain(value: Any) -> Any:

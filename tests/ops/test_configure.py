@@ -380,6 +380,14 @@ def changed_lines(diff: str) -> tuple[list[str], list[str]]:
     return [x[1:] for x in body if x.startswith("-")], [x[1:] for x in body if x.startswith("+")]
 
 
+def follows(text: str, comment: str) -> list[str]:
+    """The two lines after ``comment`` (which must be there once)."""
+    lines = text.splitlines()
+    assert lines.count(comment) == 1, text
+    i = lines.index(comment)
+    return lines[i + 1 : i + 3]
+
+
 def without(data: dict[str, Any], registries: set[str], mirror_prefix: str) -> dict[str, Any]:
     """registries.conf data with our mirrors and the entries we added taken out."""
     out = dict(data)
@@ -430,6 +438,14 @@ def test_a_commented_registries_conf_keeps_every_line_and_gains_only_ours(
     lines = iter(new.splitlines())
     for line in original.splitlines():
         assert any(line == candidate for candidate in lines), line
+    # A comment written above a table is still right above that table, not above ours.
+    assert follows(
+        new, "# The corp cache serves digests only; tags always resolve at Docker Hub."
+    ) == [
+        "[[registry.mirror]]",
+        'location = "cache.corp.example/dockerhub"',
+    ]
+    assert follows(new, "# Short names we rely on in CI scripts.")[0] == "[aliases]"
     before, after = tomllib.loads(original), tomllib.loads(new)
     assert without(after, {"ghcr.io"}, "127.0.0.1:5050/") == before
     docker = after["registry"][0]
@@ -469,6 +485,9 @@ def test_a_commented_hosts_toml_gains_only_our_host_in_front(
         == tomllib.loads(original)["host"]["https://cache.corp.example"]
     )
     assert "# skip_verify = true   # never again, see INC-2231" in hosts.read_text()
+    assert follows(hosts.read_text(), "# The corporate pull-through cache.")[0] == (
+        '[host."https://cache.corp.example"]'
+    )
 
 
 def test_changing_our_own_value_changes_one_line(
