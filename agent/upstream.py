@@ -404,8 +404,10 @@ async def relay_error(resp: aiohttp.ClientResponse) -> RelayedError:
     return RelayedError(resp.status, body, headers)
 
 
-def upstream_failure(upstream: str, status: int) -> UpstreamError:
-    return UpstreamError(f"upstream {upstream} answered {status}", status=502, reason="status")
+def upstream_failure(upstream: str, status: int, where: str = "") -> UpstreamError:
+    """``where``: the scheme, host and port that answered (never a path: signed URLs)."""
+    at = f" at {where}" if where else ""
+    return UpstreamError(f"upstream {upstream} answered {status}{at}", status=502, reason="status")
 
 
 def connection_failure(upstream: Upstream, exc: BaseException) -> UpstreamError:
@@ -435,4 +437,4 @@ async def ensure_ok(resp: aiohttp.ClientResponse, upstream: str) -> None:
         return
     if resp.status in RELAYED_STATUSES:
         raise await relay_error(resp)
-    raise upstream_failure(upstream, resp.status)
+    raise upstream_failure(upstream, resp.status, str(resp.url.origin()))
