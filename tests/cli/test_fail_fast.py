@@ -257,6 +257,15 @@ def test_wrong_tracker_token_is_named_in_healthz_and_log(
         warning = next(line for line in agent.log().splitlines() if str(wrong) in line)
         assert tracker.url in warning, warning
         assert not CLASS_NAME.search(agent.log()), agent.log()
+        # doctor shows the agent's own view of its tracker link.
+        res = layerswarm(
+            "doctor", "--agent", agent.url, "--no-p2p", "--docker-host", "none",
+            "--data-dir", str(agent.data_dir), "--timeout", "2s",
+            "--upstream", f"{registry.host_port}={registry.url}",
+            "--default-upstream", registry.host_port,
+        )  # fmt: skip
+        warn = next(line for line in res.stdout.splitlines() if "agent tracker link" in line)
+        assert warn.startswith("WARN") and "refused" in warn and str(wrong) in warn, res.stdout
     finally:
         agent.stop()
 
