@@ -28,6 +28,7 @@ import logging
 import os
 import random
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,7 @@ class Download:
         self._changed = asyncio.Event()
         self._hasher = digest.hasher()
         self._fd: int | None = None
+        self._read_fd: int | None = None
         # Called (on the loop) after every change: the peer layer publishes segments from here.
         self.listeners: list[Callable[[Download], None]] = []
 
@@ -90,6 +92,24 @@ class Download:
 
     def _open_for_append(self) -> None:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        if self._read_fd is None:
+            # One descriptor readers duplicate, opened with the file: a reader that starts
+            # after the blob was committed and then evicted (both names gone) still reads it.
+            # It is closed when the download object goes.
+            fd = os.open(self.path, os.O_RDONLY)
+            self._read_fd = fd
+            weakref.finalize(self, os.close, fd)
+
+    def discard(self) -> None:
+        """Forget the bytes held (a partial that cannot be resumed) and start from zero.
+        Only before any reader started: nobody has seen those bytes."""
+        assert not self.started.done()
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+        self._hasher = self.digest.hasher()
+        self.written = 0
+        if self._claim is not None:
+            self._claim.written = 0
 
     async def resume_existing(self) -> None:
         """Adopt bytes a previous run left in partial/ (re-hashing them; hash state isn't saved)."""
@@ -232,7 +252,7 @@ class Download:
 
     async def stream(self, start: int, end: int) -> AsyncIterator[bytes]:
         """Yield bytes [start, end] (inclusive) as they arrive; raises the download's error."""
-        f = self._open_reader()
+        f = os.dup(self._read_fd) if self._read_fd is not None else self._open_reader()
         try:
             pos = start
             while pos <= end:
@@ -304,6 +324,10 @@ class RetryPolicy:
         base = min(self.max_backoff, self.first_backoff * 2.0**retry)
         # Jitter, so a fleet of agents reset at once do not come back in step.
         return base * random.uniform(0.5, 1.0)  # noqa: S311 - not for security
+
+
+class _StartOver(Exception):
+    """The partial bytes were discarded: fetch again from zero, at once."""
 
 
 class _Throttled(Exception):
@@ -412,7 +436,11 @@ class UpstreamSource:
         waited = 0.0
         while True:
             try:
-                await self._fetch_once(job, download)
+                try:
+                    await self._fetch_once(job, download)
+                except _StartOver:
+                    # From offset 0 now, so no second 416 can ask for another start-over.
+                    await self._fetch_once(job, download)
                 return
             except _Throttled as exc:
                 final: BaseException = exc.error
@@ -480,6 +508,22 @@ class UpstreamSource:
         ) as resp:
             skip = 0
             await raise_if_throttled(resp, job.upstream.name)
+            if resp.status == 416 and offset:
+                # partial/ holds the whole blob or more: the agent stopped between the last
+                # write and the commit. Exactly the size: verification decides; else the
+                # bytes cannot be resumed, so start over (before any reader saw them).
+                total = _range_total(resp.headers.get("Content-Range", ""))
+                if total == offset:
+                    download.set_started(total)
+                    return
+                log.warning(
+                    "discarding partial digest=%s: %d bytes, upstream says the blob is %s",
+                    job.digest,
+                    offset,
+                    total if total is not None else "shorter",
+                )
+                download.discard()
+                raise _StartOver()
             if resp.status == 206 and offset:
                 start, total = _content_range(resp.headers.get("Content-Range", ""))
                 if start != offset:
@@ -504,6 +548,12 @@ class UpstreamSource:
                 raise aiohttp.ClientPayloadError(
                     f"upstream body ended at {download.written} of {download.size} bytes"
                 )
+
+
+def _range_total(value: str) -> int | None:
+    # "bytes */1000" (a 416's Content-Range) or "bytes 0-99/1000"
+    _, _, total = value.rpartition("/")
+    return int(total) if total.strip().isdigit() else None
 
 
 def _content_range(value: str) -> tuple[int, int | None]:

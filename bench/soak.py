@@ -147,8 +147,14 @@ class Soak:
             repo = self.rng.choice(sorted(self.history))
             t0 = time.monotonic()
             phase = self.phase
+
+            def counted(n: int, phase: int = phase) -> None:
+                # Bytes of a phase-2 request count for phase 2, also in a pull that fails.
+                if phase == 2 and self.phase == 2:
+                    self.phase2_bytes += n
+
             try:
-                got = await pull_image(session, self.agent.url, repo, "live")
+                got = await pull_image(session, self.agent.url, repo, "live", on_bytes=counted)
             except PullError as exc:
                 if not isinstance(exc, CorruptPull) and self.disrupted(t0, time.monotonic()):
                     self.result.pulls_disrupted += 1
@@ -156,8 +162,6 @@ class Soak:
                 else:
                     self.result.errors.append(f"{repo}: {exc}")
                 continue
-            if phase == 2 and self.phase == 2:
-                self.phase2_bytes += got.bytes
             if got.manifest_digest not in self.acceptable(repo, t0):
                 self.result.stale_tag_answers += 1
                 self.result.errors.append(f"{repo}: stale tag answer {got.manifest_digest}")
@@ -333,10 +337,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--json", type=Path, help="also write the result here")
+    ap.add_argument(
+        "--workdir", type=Path, help="run (and keep logs and data) here instead of a temp dir"
+    )
     args = ap.parse_args(argv)
     params = SoakParams(duration=args.minutes * 60)
-    with tempfile.TemporaryDirectory(prefix="layerswarm-soak-") as tmp:
-        result = asyncio.run(soak(params, Path(tmp)))
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        result = asyncio.run(soak(params, args.workdir))
+    else:
+        with tempfile.TemporaryDirectory(prefix="layerswarm-soak-") as tmp:
+            result = asyncio.run(soak(params, Path(tmp)))
     print(report(result))
     if args.json:
         args.json.write_text(json.dumps(asdict(result), indent=2))

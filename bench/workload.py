@@ -13,6 +13,7 @@ import json
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -132,9 +133,18 @@ async def get_verified(
 
 
 async def pull_image(
-    session: aiohttp.ClientSession, agent: str, repo: str, tag: str, concurrency: int = 4
+    session: aiohttp.ClientSession,
+    agent: str,
+    repo: str,
+    tag: str,
+    concurrency: int = 4,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> PullResult:
-    """Resolve ``tag`` through the agent, then fetch config and layers, each verified."""
+    """Resolve ``tag`` through the agent, then fetch config and layers, each verified.
+
+    ``on_bytes`` hears of every complete body as it arrives, also in a pull that fails
+    later, so byte counts can be compared with what the agent says it served."""
+    count = on_bytes or (lambda _n: None)
     url = f"{agent}/v2/{repo}/manifests/{tag}"
     try:
         async with session.get(url, headers={"Accept": MANIFEST_TYPE}) as r:
@@ -146,6 +156,7 @@ async def pull_image(
         raise PullError(f"{url}: {type(exc).__name__}: {exc}") from exc
     if header != digest_of(body):
         raise CorruptPull(f"{url}: manifest does not hash to its Docker-Content-Digest")
+    count(len(body))
     doc = json.loads(body)
     wanted = [doc["config"]["digest"], *(x["digest"] for x in doc["layers"])]
     sem = asyncio.Semaphore(concurrency)
@@ -153,6 +164,7 @@ async def pull_image(
     async def one(d: str) -> int:
         async with sem:
             data, _ = await get_verified(session, f"{agent}/v2/{repo}/blobs/{d}", d)
+            count(len(data))
             return len(data)
 
     sizes = await asyncio.gather(*(one(d) for d in wanted))

@@ -11,6 +11,7 @@ import pytest
 
 from agent.blobstore import BlobStore
 from agent.errors import NoSpace
+from agent.fetch import Download
 from agent.oci import Digest
 
 
@@ -162,3 +163,26 @@ def test_reopen_with_blobs_used_at_the_same_instant(tmp_path: Path) -> None:
     again = BlobStore(tmp_path, max_bytes=10_000, clock=Clock())
     again.open()
     assert set(again.digests()) == set(digests)
+
+
+async def test_a_reader_of_a_finished_download_survives_its_blob_being_evicted(
+    tmp_path: Path,
+) -> None:
+    """Found by the soak: a client joining a download got its headers, then the download was
+    committed and evicted (a small, busy cache) before the client's reader opened the file,
+    and the body was cut at 0 bytes."""
+    store = BlobStore(tmp_path, max_bytes=1 << 20, clock=Clock())
+    store.open()
+    data = os.urandom(300_000)
+    digest = Digest("sha256", hashlib.sha256(data).hexdigest())
+    dl = Download(digest, store.partial_path(digest), store)
+    await dl.resume_existing()
+    dl.set_started(len(data))
+    await dl.append(data)
+    dl.verify()
+    dl.close_file()
+    dl.finish(store.commit(digest, dl.path).path)
+    store.remove(digest)  # evicted before the follower's first read
+    assert not dl.path.exists() and not store.path_for(digest).exists()
+    got = b"".join([chunk async for chunk in dl.stream(0, len(data) - 1)])
+    assert got == data

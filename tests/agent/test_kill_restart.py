@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.agent.conftest import AgentProcFactory
 from tests.conftest import ImageFactory
 from tests.support.agent import AgentProc
 from tests.support.faultproxy import FaultProxy
@@ -126,3 +127,27 @@ def run_scenario(
     assert agent.metric("layerswarm_served_bytes_total", 'source="cache"') == (
         served_before + small.size
     )
+
+
+@pytest.mark.parametrize("extra", [0, 1000], ids=["whole-blob", "longer-than-blob"])
+def test_partial_holding_the_whole_blob_or_more_is_finished_not_stuck(
+    registry: Registry, image_factory: ImageFactory, agent_proc: AgentProcFactory, extra: int
+) -> None:
+    """Found by the soak: an agent stopped between the last write and the commit left the
+    whole blob in partial/; after a restart every pull of it got 502 (the upstream answers a
+    Range from the end with 416) and the partial stayed forever."""
+    image = image_factory(layers=[MiB])
+    layer = image.layers[0]
+    agent = agent_proc(registry)
+    agent.stop()
+    partial = agent.data_dir / "partial" / f"sha256-{layer.digest.split(':')[1]}"
+    partial.write_bytes(image.blob(layer.digest) + b"\0" * extra)
+    agent.start()
+    assert fetch(f"{agent.url}/v2/{image.repo}/blobs/{layer.digest}") == image.blob(layer.digest)
+    refused = registry.requests(kind="blobs", reference=layer.digest, statuses=(416,))
+    assert len(refused) == 1, registry.proc.log_tail()
+    full = registry.requests(kind="blobs", reference=layer.digest, statuses=(200,))
+    # Exactly the blob: nothing more to fetch. Longer: discarded and fetched once from zero.
+    assert len(full) == (0 if extra == 0 else 1), registry.proc.log_tail()
+    assert not partial.exists()
+    assert verified_cache(agent.data_dir) == {layer.digest.split(":")[1]: True}
