@@ -20,10 +20,16 @@ _HEADER_RE = re.compile(
 )
 # Credentials without their header name (a parser quoting just the value).
 _SCHEME_RE = re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]+")
+# Signed storage URLs (S3, GCS, CDNs) a redirect may name: their signature is a credential.
+_SIGNED_RE = re.compile(
+    r"(?i)([?&](?:x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature"
+    r"|signature|sig|token|access_token)=)[^&\s'\"]+"
+)
 
 
 def redact(text: str) -> str:
     text = _HEADER_RE.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
+    text = _SIGNED_RE.sub(lambda m: m.group(1) + REDACTED, text)
     return _SCHEME_RE.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
 
 

@@ -63,6 +63,8 @@ def test_redact_forms() -> None:
         f"X-Layerswarm-Agent-Key: {SECRET}",
         f"got b'Bearer {SECRET}'",
         f"Set-Cookie: a={SECRET}; Path=/",
+        f"redirect to https://s3.example/blob?X-Amz-Signature={SECRET}&X-Amz-Expires=60",
+        f"GET /x?sig={SECRET}",
     ):
         assert SECRET not in redact(text), text
 
