@@ -106,6 +106,9 @@ async def test_bad_peer_reports_bounded_and_scoped(
             await tracker.report_bad_peer("rogue", kr, f"ghost-{i}", digest_of(f"x{i}"))
     usage = await store.usage()
     assert usage["bad_reports"] == 0 and usage["bad_counts"] == 0
+    # Reports on a real agent, for many layers: all expire (more than one prune batch).
+    for i in range(1500):
+        await tracker.report_bad_peer("rogue", kr, "victim", digest_of(f"y{i}"))
     # One report silences the victim for the reporter only, and only for a while.
     await tracker.report_bad_peer("rogue", kr, "victim", d)
     assert [p.agent_id for p in (await tracker.lookup("honest", kh, d)).peers] == ["victim"]

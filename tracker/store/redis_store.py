@@ -255,11 +255,13 @@ return 0
 # max retired.
 _PRUNE_REST = """
 local now = ARGV[1]
-for _, d in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1000)) do
+local metas = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1000)
+for _, d in ipairs(metas) do
   redis.call('DEL', ARGV[2] .. 'meta:' .. d)
   redis.call('ZREM', KEYS[1], d)
 end
-for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)) do
+local reports = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
+for _, m in ipairs(reports) do
   local tab = string.find(m, '\\t', 1, true)
   local digest, field = string.sub(m, 1, tab - 1), string.sub(m, tab + 1)
   local bkey = ARGV[2] .. 'bad:' .. digest
@@ -275,7 +277,7 @@ if n > 0 then
     redis.call('ZREM', KEYS[4], inc)
   end
 end
-return 0
+return math.max(#metas, #reports)
 """
 
 # Re-checks each candidate's expiry inside the script so an agent that heartbeats between the
@@ -509,10 +511,20 @@ class RedisStore:
             total += int(removed)
             if int(seen) < 500:
                 break
-        await self._prune_rest(
-            keys=[self._k("metaexp"), self._k("badexp"), self._k("hot"), self._k("retiredinc_t")],
-            args=[_num(now), self._p, str(MAX_HOT), str(MAX_RETIRED_INCARNATIONS)],
-        )
+        # Batches of 1000 keep each script short; a bounded number of them per prune keeps up
+        # with any rate a tracker can accept between two prunes.
+        for _ in range(100):
+            done = await self._prune_rest(
+                keys=[
+                    self._k("metaexp"),
+                    self._k("badexp"),
+                    self._k("hot"),
+                    self._k("retiredinc_t"),
+                ],
+                args=[_num(now), self._p, str(MAX_HOT), str(MAX_RETIRED_INCARNATIONS)],
+            )
+            if int(done) < 1000:
+                break
         return total
 
     @_translated
