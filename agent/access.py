@@ -57,6 +57,9 @@ class AccessChecker:
         self._wall = wall_clock
         self._grants: OrderedDict[tuple[str, str, str], float] = OrderedDict()
         self._repo_digests: OrderedDict[tuple[str, str, Digest], None] = OrderedDict()
+        # Blob sizes as upstreams state them (HEAD answers, manifest descriptors): the only
+        # sizes a download believes (peers and the tracker are never asked).
+        self._sizes: OrderedDict[tuple[str, Digest], int] = OrderedDict()
         # Anonymous grants (what the upstream serves to anyone) are no secret, so they alone
         # are kept on disk: a restarted agent can serve public images through an outage.
         self._state_file = state_file
@@ -184,6 +187,20 @@ class AccessChecker:
 
     def link_manifest(self, upstream: str, repo: str, body: bytes) -> None:
         self.link(upstream, repo, referenced_digests(body))
+        for digest, size in descriptor_sizes(body):
+            self.remember_size(upstream, digest, size)
+
+    def remember_size(self, upstream: str, digest: Digest, size: int) -> None:
+        key = (upstream, digest)
+        self._sizes[key] = size
+        self._sizes.move_to_end(key)
+        while len(self._sizes) > _MAX_REPO_DIGESTS:
+            self._sizes.popitem(last=False)
+
+    def size_of(self, upstream: str, digest: Digest) -> int | None:
+        """The blob's size as this upstream stated it (per upstream: one upstream's word
+        never decides what another's clients are told)."""
+        return self._sizes.get((upstream, digest))
 
     def granted(self, auth: str | None, upstream: str, repo: str, *, stale: bool = False) -> bool:
         at = self._grants.get((credential_key(auth), upstream, repo))
@@ -260,6 +277,9 @@ class AccessChecker:
                 headers=headers,
             ) as resp:
                 await ensure_ok(resp, upstream.name)
+                length = resp.headers.get("Content-Length", "")
+            if kind == "blobs" and length.isdigit() and len(length) < 19:
+                self.remember_size(upstream.name, digest, int(length))
             self.remember(auth, upstream.name, repo)
             self.link(upstream.name, repo, [digest])
             return
@@ -278,6 +298,32 @@ class AccessChecker:
 
 class BlobNotVouched(BlobUnknown):
     """A cached blob came from upstreams that do not confirm this client may read it."""
+
+
+def descriptor_sizes(body: bytes) -> list[tuple[Digest, int]]:
+    """(digest, size) of every descriptor in a manifest or index that states a size."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return []
+    if not isinstance(doc, dict):
+        return []
+    descs: list[object] = [doc.get("config")]
+    for key in ("layers", "manifests", "blobs"):
+        if isinstance(doc.get(key), list):
+            descs.extend(doc[key])
+    out: list[tuple[Digest, int]] = []
+    for d in descs:
+        if not isinstance(d, dict):
+            continue
+        raw, size = d.get("digest"), d.get("size")
+        if not isinstance(raw, str) or type(size) is not int or not 0 <= size < 1 << 50:
+            continue
+        try:
+            out.append((parse_digest(raw), size))
+        except DigestInvalid:
+            continue
+    return out
 
 
 def referenced_digests(body: bytes) -> list[Digest]:

@@ -161,7 +161,7 @@ async def build_app(
         session,
         store,
         metrics,
-        fetcher.inflight_count,
+        fetcher,
         run_preheat,
         mirror.invalidate_tag,
     )

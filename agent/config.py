@@ -76,6 +76,12 @@ def _parse_role(raw: str) -> str:
     return raw
 
 
+def _parse_transport(raw: str) -> str:
+    if raw not in ("relay", "torrent"):
+        raise ConfigError(f"peer-transport must be relay or torrent, got {raw!r}")
+    return raw
+
+
 def _parse_hostport_str(raw: str) -> str:
     parse_hostport(raw)
     return raw
@@ -284,6 +290,23 @@ class AgentConfig:
         default=None,
         metadata=setting("this agent's private key (PEM) for peer TLS", parse=Path, metavar="FILE"),
     )
+    peer_transport: str = field(
+        default="relay",
+        metadata=setting(
+            "relay: stream each blob from one parent and pass it on as it arrives (chains "
+            "scheduled through the tracker); torrent: libtorrent swarms of fixed segments",
+            parse=_parse_transport,
+            metavar="relay|torrent",
+        ),
+    )
+    peer_children: int = field(
+        default=1,
+        metadata=setting(
+            "relay: agents one agent streams a blob to at once; 1 makes chains, each link at "
+            "full speed",
+            metavar="N",
+        ),
+    )
     p2p: bool = field(
         default=True,
         metadata=setting("fetch from and seed to peers (off: a plain pull-through mirror)"),
@@ -318,6 +341,8 @@ class AgentConfig:
                 raise ConfigError(f"{name.replace('_', '-')} must not be negative")
         if self.max_connections < 1:
             raise ConfigError("max-connections must be at least 1")
+        if not 1 <= self.peer_children <= 64:
+            raise ConfigError("peer-children must be between 1 and 64")
         mib = 1 << 20
         if not (mib <= self.segment_size <= 256 * mib) or self.segment_size % mib:
             raise ConfigError("segment-size must be a whole number of MiB between 1M and 256M")

@@ -64,17 +64,28 @@ class FetchJob:
     auth: str | None
     # Started by the agent itself (preheat, resume): it may run its own token flow.
     internal: bool = False
+    # The blob's size as the upstream states it (its HEAD answer or a manifest descriptor).
+    # Peers and the tracker never decide a blob's size: it is the length clients are told
+    # and the point where a download from peers stops.
+    size: int | None = None
 
 
 class Download:
     """A blob on its way into the cache; readers follow it as it grows."""
 
-    def __init__(self, digest: Digest, path: Path, store: BlobStore | None = None) -> None:
+    def __init__(
+        self,
+        digest: Digest,
+        path: Path,
+        store: BlobStore | None = None,
+        expected_size: int | None = None,
+    ) -> None:
         self.digest = digest
         self.path = path
         self._store = store
         self._claim: SpaceClaim | None = store.start_partial(digest) if store else None
-        self.size: int | None = None
+        self.expected_size = expected_size
+        self.size: int | None = expected_size
         self.written = 0
         self.source = "upstream"
         self.finished = False
@@ -85,6 +96,12 @@ class Download:
         self._hasher = digest.hasher()
         self._fd: int | None = None
         self._read_fd: int | None = None
+        # Every source that wrote bytes into this download: the upstream alone is trusted
+        # to be streamed to clients before the whole blob verified.
+        self.sources_used: set[str] = set()
+        # Bumped when the bytes so far are thrown away (peers sent a wrong blob); readers
+        # of the old bytes are cut off.
+        self.generation = 0
         # Called (on the loop) after every change: the peer layer publishes segments from here.
         self.listeners: list[Callable[[Download], None]] = []
 
@@ -120,6 +137,8 @@ class Download:
         if size:
             await asyncio.to_thread(self._hash_file_prefix, size)
             self.written = size
+            # Whoever wrote them (maybe peers) is not known any more: not trusted to stream.
+            self.sources_used.add("resumed")
             self._open_for_append()
         # Otherwise the file is created by set_started: a digest the upstream does not have
         # must leave nothing behind in partial/.
@@ -183,7 +202,30 @@ class Download:
         self.written += len(chunk)
         if self._claim is not None:
             self._claim.written = self.written
+        self.sources_used.add(self.source)
         self._notify()
+
+    def restart(self) -> None:
+        """Throw away every byte so far (they failed verification) and start from zero."""
+        # Truncated in place, not replaced: the readers' shared descriptor stays on this file.
+        if self._fd is None:
+            self._open_for_append()
+        assert self._fd is not None
+        os.ftruncate(self._fd, 0)
+        self._hasher = self.digest.hasher()
+        self.written = 0
+        if self._claim is not None:
+            self._claim.written = 0
+        self.sources_used.clear()
+        self.generation += 1
+        self._notify()
+
+    @property
+    def trusted_stream(self) -> bool:
+        """May clients read this download before it verified? Only while every byte came
+        from the upstream: bytes from peers reach a client once the whole blob matched its
+        digest, so a wrong blob from a peer is fetched again instead of failing the pull."""
+        return self.source == "upstream" and self.sources_used <= {"upstream"}
 
     def verify(self) -> None:
         actual = self._hasher.hexdigest()
@@ -202,8 +244,18 @@ class Download:
             self._store.end_partial(self._claim)
 
     def set_started(self, size: int | None) -> None:
-        """The source can deliver (``size`` bytes, when known). Raises NoSpace, before any
-        client has seen a header, when the blob cannot fit on this node's disk."""
+        """The source can deliver (``size`` bytes, when it says). Raises NoSpace, before any
+        client has seen a header, when the blob cannot fit on this node's disk.
+
+        With an expected size (the upstream's) a different claim is refused: the client's
+        Content-Length and the end of every stream come from the upstream, not a source.
+        """
+        if self.expected_size is not None:
+            if size is not None and size != self.expected_size:
+                raise BlobIntegrityError(
+                    f"{self.digest}: source says {size} bytes, the upstream {self.expected_size}"
+                )
+            size = self.expected_size
         if size is not None:
             if self._claim is not None and self._store is not None and self._claim.size != size:
                 self._claim.written = self.written
@@ -253,9 +305,12 @@ class Download:
     async def stream(self, start: int, end: int) -> AsyncIterator[bytes]:
         """Yield bytes [start, end] (inclusive) as they arrive; raises the download's error."""
         f = os.dup(self._read_fd) if self._read_fd is not None else self._open_reader()
+        generation = self.generation
         try:
             pos = start
             while pos <= end:
+                if self.generation != generation:
+                    raise BlobIntegrityError(f"{self.digest} was restarted: its bytes were wrong")
                 avail = self.available()
                 if avail > pos:
                     n = min(avail, end + 1) - pos
@@ -586,6 +641,9 @@ class BlobFetcher:
     def inflight(self, digest: Digest) -> Download | None:
         return self._inflight.get(digest)
 
+    def downloads(self) -> list[Download]:
+        return list(self._inflight.values())
+
     def start(self, job: FetchJob) -> tuple[Download, bool]:
         """The download for ``job.digest``: an existing one, or a new one started now.
 
@@ -595,7 +653,7 @@ class BlobFetcher:
         existing = self._inflight.get(job.digest)
         if existing is not None:
             return existing, False
-        dl = Download(job.digest, self.store.partial_path(job.digest), self.store)
+        dl = Download(job.digest, self.store.partial_path(job.digest), self.store, job.size)
         self._inflight[job.digest] = dl
         task = asyncio.create_task(self._run(job, dl), name=f"download {job.digest}")
         self._tasks.add(task)
@@ -607,34 +665,26 @@ class BlobFetcher:
         self.metrics.inflight.inc()
         try:
             await dl.resume_existing()
-            last_error: BaseException | None = None
-            for source in self.sources:
-                dl.source = source.name
+            for round_ in range(2):
+                await self._try_sources(job, dl)
+                dl.close_file()
                 try:
-                    await source.fetch(job, dl)
-                    last_error = None
+                    dl.verify()
                     break
-                except SourceUnavailable as exc:
-                    log.info(
-                        "source=%s cannot serve digest=%s at offset=%d: %s",
-                        source.name,
-                        job.digest,
-                        dl.written,
-                        exc,
-                    )
-                    last_error = exc
-                    continue
-            if last_error is not None:
-                raise UpstreamError(f"no source could deliver {job.digest}", status=503)
-            dl.close_file()
-            try:
-                dl.verify()
-            except BlobIntegrityError:
-                self.metrics.verify_failures.labels(dl.source).inc()
-                dl.path.unlink(missing_ok=True)
-                for corrupt_hook in self.on_corrupt:
-                    corrupt_hook(job.digest, dl.source)
-                raise
+                except BlobIntegrityError as exc:
+                    tainted = dl.sources_used - {"upstream"}
+                    self.metrics.verify_failures.labels(dl.source).inc()
+                    for corrupt_hook in self.on_corrupt:
+                        for source_name in tainted or {dl.source}:
+                            corrupt_hook(job.digest, source_name)
+                    if not tainted or round_:
+                        dl.path.unlink(missing_ok=True)
+                        raise
+                    # Peers delivered a wrong blob; no client has read any of it (they wait
+                    # for verification). The peer source now refuses this digest, so the
+                    # next round comes from the upstream.
+                    log.error("wrong bytes from peers for %s (%s); fetching again", job.digest, exc)
+                    dl.restart()
             cached = self.store.commit(job.digest, dl.path)
             dl.finish(cached.path)
             self.metrics.fetch_seconds.labels(dl.source).observe(time.monotonic() - t0)
@@ -690,6 +740,24 @@ class BlobFetcher:
             dl.written,
         )
         dl.fail(exc)
+
+    async def _try_sources(self, job: FetchJob, dl: Download) -> None:
+        last_error: BaseException | None = None
+        for source in self.sources:
+            dl.source = source.name
+            try:
+                await source.fetch(job, dl)
+                return
+            except SourceUnavailable as exc:
+                log.info(
+                    "source=%s cannot serve digest=%s at offset=%d: %s",
+                    source.name,
+                    job.digest,
+                    dl.written,
+                    exc,
+                )
+                last_error = exc
+        raise UpstreamError(f"no source could deliver {job.digest}", status=503) from last_error
 
     async def close(self) -> None:
         for task in list(self._tasks):

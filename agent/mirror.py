@@ -348,9 +348,15 @@ class Mirror:
             cached = self._store.get(digest)
             if cached is not None:
                 return cached
-            dl, created = self._fetcher.start(
-                FetchJob(upstream, repo, digest, auth, internal=internal)
+            job = FetchJob(
+                upstream,
+                repo,
+                digest,
+                auth,
+                internal=internal,
+                size=self._access.size_of(upstream.name, digest),
             )
+            dl, created = self._fetcher.start(job)
             if created:
                 self._access.record_origin(upstream.name, repo, digest)
             try:

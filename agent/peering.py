@@ -12,7 +12,8 @@ import logging
 import shutil
 import socket
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import aiohttp
 from prometheus_client import CollectorRegistry
@@ -20,11 +21,14 @@ from prometheus_client import CollectorRegistry
 from agent.blobstore import BlobStore
 from agent.config import AgentConfig
 from agent.counters import LifetimeCounters
+from agent.fetch import BlobFetcher, BlobSource
 from agent.identity import Identity
 from agent.metrics import AgentMetrics
+from agent.oci import Digest
 from agent.p2p.engine import FleetTLS
 from agent.p2p.libtorrent_impl import EngineOptions, LibtorrentEngine
 from agent.preheat import ProgressHook
+from agent.relay.peers import Relay, client_context, server_context
 from agent.swarm import SegmentFiles, Swarm
 from agent.tracking import TrackerLink
 from layerswarm.settings import ConfigError
@@ -76,32 +80,51 @@ def advertise_address(config: AgentConfig) -> str:
         return "127.0.0.1"
 
 
+class PeerSide(Protocol):
+    """What the mirror needs of a peer transport (the relay or the torrent swarm)."""
+
+    def source(self) -> BlobSource: ...
+
+    def seeded(self) -> list[Digest]: ...
+
+    def on_cached(self, digest: Digest, path: Path, size: int) -> None: ...
+
+    def on_evict(self, digest: Digest) -> None: ...
+
+    def on_corrupt(self, digest: Digest, source: str) -> None: ...
+
+    async def start(self, cached: Callable[[Digest], bool]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 class Peering:
-    """The agent's tracker link and, when other agents can be peers, its swarm."""
+    """The agent's tracker link and, when other agents can be peers, its peer transport."""
 
     def __init__(
         self,
         config: AgentConfig,
         client: TrackerClient,
-        swarm: Swarm | None,
+        swarm: PeerSide | None,
         engine: LibtorrentEngine | None,
         embedded: Tracker | None,
         store: BlobStore,
         metrics: AgentMetrics,
         identity: Identity,
-        inflight: Callable[[], int],
+        fetcher: BlobFetcher,
         run_preheat: Callable[[str, ProgressHook], Any] | None,
         on_invalidate: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self.client = client
         self.swarm = swarm
+        self.relay: Relay | None = None
         self.engine = engine
         self.embedded = embedded
         self._store = store
         self._metrics = metrics
         self._identity = identity
-        self._inflight = inflight
+        self._fetcher = fetcher
         self._address = advertise_address(config)
         self._uploaded_seen = 0
         self._lifetime = LifetimeCounters(config.data_dir)
@@ -110,6 +133,7 @@ class Peering:
             self.describe,
             self.held,
             run_preheat,
+            self.fetching,
             tracker_url=config.tracker or "embedded",
             token_file=str(config.tracker_token_file or ""),
             on_invalidate=on_invalidate,
@@ -121,15 +145,33 @@ class Peering:
         return AgentInfo(
             agent_id=self._identity.agent_id,
             address=self._address,
-            peer_port=self.engine.peer_port if self.engine is not None else 0,
+            peer_port=self._peer_port(),
             zone=self.config.zone,
             region=self.config.region,
             role="seed" if self.config.role == "seed" else "peer",
             free_bytes=usage.free,
-            load=float(self._inflight()),
+            load=float(self._fetcher.inflight_count()),
             # Across restarts, so the tracker's fleet totals never go backwards.
             counters=self._lifetime.total(_counters(self._metrics.registry)),
         )
+
+    def _peer_port(self) -> int:
+        if self.engine is not None:
+            return self.engine.peer_port
+        if self.relay is not None:
+            return self.relay.peer_port
+        return 0
+
+    def fetching(self) -> list[Announcement]:
+        """Blobs this agent fetches from the upstream now: announcing their progress with
+        every heartbeat keeps the region's lease, so nobody else fetches them meanwhile."""
+        if self.relay is None:
+            return []
+        return [
+            Announcement(str(dl.digest), "fetching", dl.written, dl.size or 0)
+            for dl in self._fetcher.downloads()
+            if dl.source == "upstream" and not dl.finished
+        ]
 
     def held(self) -> list[Announcement]:
         if self.swarm is None:
@@ -179,12 +221,12 @@ def build_peering(
     session: aiohttp.ClientSession,
     store: BlobStore,
     metrics: AgentMetrics,
-    inflight: Callable[[], int],
+    fetcher: BlobFetcher,
     run_preheat: Callable[[str, ProgressHook], Any] | None,
     on_invalidate: Callable[[str], None] | None = None,
 ) -> Peering:
-    """Remote tracker and a swarm with --tracker; otherwise an in-process tracker alone
-    (one node has no peers, so no engine is started)."""
+    """Remote tracker and a peer transport with --tracker; otherwise an in-process tracker
+    alone (one node has no peers, so no transport is started)."""
     embedded: Tracker | None = None
     client: TrackerClient
     if config.tracker:
@@ -194,14 +236,15 @@ def build_peering(
     else:
         embedded = embedded_tracker()
         client = local_client(embedded, identity.agent_id, identity.key)
+    p2p = config.p2p and bool(config.tracker)
+    tls = read_fleet_tls(config) if p2p else None
+    if p2p and tls is None:
+        log.warning(
+            "peer transfers are not encrypted and any host can join the swarms: set "
+            "--peer-ca-file, --peer-cert-file and --peer-key-file for fleet-only TLS"
+        )
     engine: LibtorrentEngine | None = None
-    if config.p2p and config.tracker:
-        tls = read_fleet_tls(config)
-        if tls is None:
-            log.warning(
-                "peer transfers are not encrypted and any host can join the swarms: set "
-                "--peer-ca-file, --peer-cert-file and --peer-key-file for fleet-only TLS"
-            )
+    if p2p and config.peer_transport == "torrent":
         host, port = config.peer_host_port
         engine = LibtorrentEngine(
             EngineOptions(
@@ -222,7 +265,7 @@ def build_peering(
         store,
         metrics,
         identity,
-        inflight,
+        fetcher,
         run_preheat,
         on_invalidate,
     )
@@ -237,6 +280,27 @@ def build_peering(
             segment_size=config.segment_size,
             peer_wait=config.peer_wait,
         )
+    elif p2p:
+        server_ssl = client_ssl = None
+        if tls is not None:
+            assert config.peer_cert_file is not None and config.peer_key_file is not None
+            cert, key = str(config.peer_cert_file), str(config.peer_key_file)
+            server_ssl = server_context(tls, cert, key)
+            client_ssl = client_context(tls, cert, key)
+        relay = Relay(
+            identity.agent_id,
+            peering.link,
+            store,
+            fetcher,
+            metrics,
+            listen=config.peer_host_port,
+            peer_wait=config.peer_wait,
+            max_children=config.peer_children,
+            server_ssl=server_ssl,
+            client_ssl=client_ssl,
+        )
+        peering.relay = relay
+        peering.swarm = relay
     return peering
 
 

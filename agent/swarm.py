@@ -57,6 +57,7 @@ class PeerRef:
     host: str
     port: int
     progress_bytes: int = 0  # for an agent still fetching; 0 when it holds the blob
+    fetching: bool = False  # still fetching (progress may be 0), not holding the whole blob
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,8 @@ class TrackerLink:
     describe: Callable[[], AgentInfo]
     held: Callable[[], list[Announcement]]
     run_preheat: PreheatRunner | None = None
+    # Progress of blobs this agent fetches upstream, sent with every heartbeat (lease upkeep).
+    fetching: Callable[[], list[Announcement]] | None = None
     default_interval: float = 10.0
     # Where the tracker is and which token file we use, for messages (never the token).
     tracker_url: str = "embedded"
@@ -96,7 +98,9 @@ class TrackerLink:
         for p in reply.peers:
             self._peer_ids[(p.address, p.port)] = p.agent_id
             fetching = p.progress_bytes if p.state == "fetching" else 0
-            peers.append(PeerRef(p.agent_id, p.address, p.port, fetching))
+            peers.append(
+                PeerRef(p.agent_id, p.address, p.port, fetching, fetching=p.state == "fetching")
+            )
         meta = reply.metainfo
         segments = (
             [SegmentRef(s.index, s.offset, s.length, s.info_hash, s.torrent) for s in meta.segments]
@@ -150,10 +154,11 @@ class TrackerLink:
 
     async def heartbeat(self) -> float:
         reply = await self.client.heartbeat(self.describe())
+        items = list(self.fetching()) if self.fetching is not None else []
         if reply.registered or reply.reannounce:
-            held = self.held()
-            if held:
-                await self.client.announce_many(held)
+            items.extend(self.held())
+        if items:
+            await self.client.announce_many(items)
         return reply.heartbeat_interval or self.default_interval
 
     async def run_once(self) -> None:

@@ -282,6 +282,12 @@ class Tracker:
             if lease.took_over:
                 log.info("lease taken over digest=%s region=%s agent=%s", digest, region, agent_id)
         chosen = select_peers(classes, self.config.max_peers, self._rng)
+        if action == "wait" and lease_holder and all(i.agent_id != lease_holder for i, _ in chosen):
+            # Followers stream from the agent fetching upstream as its bytes arrive: hand it
+            # out even before its first progress announcement reaches us.
+            holder = await self.store.get_agent(lease_holder)
+            if holder is not None and holder.alive(now) and lease_holder not in bad:
+                chosen = [(holder.info, Holding(lease_holder, "fetching", 0, 0, now)), *chosen]
         peers = tuple(
             Peer(
                 agent_id=info.agent_id,

@@ -346,9 +346,25 @@ class RegistryHandlers:
                 headers["Content-Length"] = str(size)
             return web.Response(headers=headers)
         opened = await self._mirror.open_blob(upstream, repo, digest, auth)
+        if isinstance(opened, Download) and not opened.trusted_stream and request.method == "GET":
+            # Bytes from peers reach a client only once the whole blob verified.
+            opened = await self._verified(opened)
         if isinstance(opened, CachedBlob):
             return await self._send_cached(request, opened)
         return await self._send_download(request, opened)
+
+    async def _verified(self, dl: Download) -> CachedBlob | Download:
+        while not dl.finished:
+            if dl.trusted_stream:
+                return dl  # peers gave up; the upstream streams the rest
+            await dl.wait_changed()
+        if isinstance(dl.error, RegistryError):
+            raise dl.error
+        if dl.error is not None:
+            raise UpstreamError(f"could not fetch {dl.digest}: {dl.error}", status=502)
+        cached = self._store.get(dl.digest)
+        # Evicted in the instant since: the finished download still reads its file.
+        return cached if cached is not None else dl
 
     def _blob_headers(self, digest: Digest) -> dict[str, str]:
         return {

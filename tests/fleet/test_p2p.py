@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.netns]
 
 MiB = 1 << 20
 SEGMENT = ("--segment-size", "2M")
+TORRENT = ("--peer-transport", "torrent")
 
 
 def pull_all(fleet: Fleet, indexes: list[int], image: Image) -> list[Path]:
@@ -98,11 +99,10 @@ def test_fetching_agent_killed_mid_layer(fleet: FleetFactory) -> None:
     first = concurrent.futures.ThreadPoolExecutor(1)
     try:
         first.submit(f.pull, 1, image, check=False)
+        # Agent 1 holds the lease once its partial file grows: it is mid-layer.
+        partial = f.agents[1].data_dir / "partial" / layer.replace(":", "-")
         deadline = time.monotonic() + 60
-        while True:
-            meta = f.tracker_get(f"/v1/metainfo/{layer}", check=False)
-            if isinstance(meta, dict) and len(meta.get("segments", [])) >= 1:
-                break
+        while not (partial.exists() and partial.stat().st_size >= 2 * MiB):
             assert time.monotonic() < deadline, logs(f)
             time.sleep(0.1)
         others = concurrent.futures.ThreadPoolExecutor(2)
@@ -177,14 +177,56 @@ def test_private_layer_from_peers_only_for_allowed_clients(fleet: FleetFactory) 
     assert f.metric(2, "layerswarm_peer_bytes_total") >= 3 * MiB
 
 
+def test_corrupt_relay_parent_never_breaks_a_pull(fleet: FleetFactory) -> None:
+    """A member that claims a layer and streams garbage of the right length: the pull still
+    gets the right bytes (from the upstream, fetched again), the client never sees the bad
+    ones, the bad parent is reported, and no bad byte reaches a cache."""
+    f = fleet(3)
+    image = f.push_image([6 * MiB])
+    layer = image.layers[0].digest
+    f.start_agent(1)
+    compare_dir_with_image(f.pull(1, image), image)
+    # The honest holder leaves: the only holder the tracker can hand out is the bad one.
+    f.agents[1].stop()
+    evil_host = f.topo.hosts[3]
+    evil = evil_host.popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.fleet.evil_relay",
+            evil_host.ip,
+            "6881",
+            f.tracker_url,
+            str(f.token_file),
+            layer,
+            str(len(image.blob(layer))),
+        ],
+        stdout=subprocess.PIPE,
+        cwd=str(Path(__file__).resolve().parents[2]),
+    )
+    assert evil.stdout is not None
+    assert evil.stdout.readline().strip() == b"ready"
+    f.start_agent(2, extra=("--peer-wait", "5s"))
+    compare_dir_with_image(f.pull(2, image), image)
+    evil.send_signal(signal.SIGTERM)
+    out, _ = evil.communicate(timeout=30)
+    sent = int(out.decode().split("bytes_sent=")[1])
+    assert sent >= len(image.blob(layer)), "the bad parent was never used: the test proved nothing"
+    blob = f.agents[2].data_dir / "blobs" / "sha256" / layer.split(":")[1]
+    assert blob.read_bytes() == image.blob(layer)
+    assert f.metric(2, "layerswarm_verify_failures_total", 'source="peer"') >= 1, logs(f)
+    assert f.tracker is not None
+    assert "bad peer reported" in f.tracker.log_tail(200), logs(f)
+
+
 def test_corrupt_peer_never_breaks_a_pull(fleet: FleetFactory) -> None:
-    """A member serving garbage for every segment: pulls still get the right bytes, the bad
-    peer is banned and reported, and no bad byte reaches a cache."""
+    """Torrent transport: a member serving garbage for every segment: pulls still get the
+    right bytes, the bad peer is banned and reported, and no bad byte reaches a cache."""
     f = fleet(3)
     image = f.push_image([6 * MiB])
     layer = image.layers[0].digest
     # Agent 1 seeds slowly, so the downloader also asks the bad peer for pieces.
-    f.start_agent(1, extra=(*SEGMENT, "--upload-rate", "1M"))
+    f.start_agent(1, extra=(*TORRENT, *SEGMENT, "--upload-rate", "1M"))
     compare_dir_with_image(f.pull(1, image), image)
     meta = f.tracker_get(f"/v1/metainfo/{layer}")
     assert isinstance(meta, dict)
@@ -207,7 +249,7 @@ def test_corrupt_peer_never_breaks_a_pull(fleet: FleetFactory) -> None:
     )
     assert evil.stdout is not None
     assert evil.stdout.readline().strip() == b"ready"
-    f.start_agent(2, extra=(*SEGMENT, "--peer-wait", "5s"))
+    f.start_agent(2, extra=(*TORRENT, *SEGMENT, "--peer-wait", "5s"))
     compare_dir_with_image(f.pull(2, image), image)
     evil.send_signal(signal.SIGTERM)
     out, _ = evil.communicate(timeout=30)

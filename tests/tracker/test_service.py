@@ -87,7 +87,9 @@ async def test_cold_fetch_lease_then_peers(tracker: Tracker, clock: ManualClock)
     first = await tracker.lookup("a1", keys["a1"], D)
     assert (first.action, first.peers) == ("fetch", ())
     wait = await tracker.lookup("a2", keys["a2"], D)
-    assert (wait.action, wait.lease_holder, wait.peers) == ("wait", "a1", ())
+    # Waiters get the lease holder as a parent at once, before its first announcement.
+    assert (wait.action, wait.lease_holder) == ("wait", "a1")
+    assert [(p.agent_id, p.state, p.progress_bytes) for p in wait.peers] == [("a1", "fetching", 0)]
     # Once the holder announces progress, waiters get it as a peer to pipeline from.
     await tracker.announce("a1", keys["a1"], D, "fetching", progress_bytes=10, total_bytes=100)
     wait = await tracker.lookup("a2", keys["a2"], D)
@@ -96,6 +98,16 @@ async def test_cold_fetch_lease_then_peers(tracker: Tracker, clock: ManualClock)
     await tracker.announce("a1", keys["a1"], D, "holding", progress_bytes=100, total_bytes=100)
     done = await tracker.lookup("a3", keys["a3"], D)
     assert done.action == "peers" and [p.agent_id for p in done.peers] == ["a1"]
+
+
+async def test_dead_lease_holder_is_not_handed_out(tracker: Tracker, clock: ManualClock) -> None:
+    keys = {a: await join(tracker, a, region="eu") for a in ("a1", "a2")}
+    assert (await tracker.lookup("a1", keys["a1"], D)).action == "fetch"
+    clock.advance(tracker.config.agent_ttl + 1)
+    await tracker.heartbeat(agent("a2", region="eu"), keys["a2"])
+    reply = await tracker.lookup("a2", keys["a2"], D)
+    # The lease passes to the asker; the dead holder is nobody's parent.
+    assert reply.action == "fetch" and reply.peers == ()
 
 
 async def test_lease_per_region(tracker: Tracker) -> None:

@@ -1,0 +1,118 @@
+"""The relay transport as the agent sees it: one object built in one place, with the same
+hooks the torrent swarm offers (source, cache events, what to announce)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from agent.blobstore import BlobStore
+from agent.fetch import BlobFetcher
+from agent.metrics import AgentMetrics
+from agent.oci import Digest
+from agent.p2p.engine import FleetTLS
+from agent.relay.server import PeerServer
+from agent.relay.source import RelaySource
+from agent.relay.state import RelayState
+from agent.swarm import Coordinator, CoordinatorUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def server_context(tls: FleetTLS, cert_file: str, key_file: str) -> ssl.SSLContext:
+    """Peers must show a certificate from the fleet CA (mutual TLS)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cadata=tls.ca_pem.decode())
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_cert_chain(cert_file, key_file)
+    return ctx
+
+
+def client_context(tls: FleetTLS, cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A parent must show a certificate from the fleet CA. Agent certificates name agents,
+    not addresses, so membership of the fleet is what is checked, not the host name."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=tls.ca_pem.decode())
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_cert_chain(cert_file, key_file)
+    return ctx
+
+
+class Relay:
+    def __init__(
+        self,
+        agent_id: str,
+        coordinator: Coordinator,
+        store: BlobStore,
+        fetcher: BlobFetcher,
+        metrics: AgentMetrics,
+        *,
+        listen: tuple[str, int],
+        peer_wait: float,
+        max_children: int,
+        server_ssl: ssl.SSLContext | None = None,
+        client_ssl: ssl.SSLContext | None = None,
+    ) -> None:
+        self._coordinator = coordinator
+        self._store = store
+        self._listen = listen
+        self._server_ssl = server_ssl
+        self.state = RelayState(agent_id)
+        self.server = PeerServer(self.state, store, fetcher, metrics, max_children=max_children)
+        self._source = RelaySource(
+            self.state, coordinator, metrics, peer_wait=peer_wait, ssl_context=client_ssl
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def peer_port(self) -> int:
+        return self.server.port
+
+    async def start(self, cached: Callable[[Digest], bool]) -> None:
+        del cached  # every cached blob is served as it is: nothing to re-seed
+        await self.server.start(*self._listen, self._server_ssl)
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        for t in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await self.server.close()
+        await self._source.close()
+
+    def seeded(self) -> list[Digest]:
+        return self._store.digests()
+
+    def source(self) -> RelaySource:
+        return self._source
+
+    # -- cache events ---------------------------------------------------------------
+
+    def on_cached(self, digest: Digest, _path: object, size: int) -> None:
+        self._source.forget(digest)
+        self._spawn(self._announce(digest, "holding", size))
+
+    def on_evict(self, digest: Digest) -> None:
+        self._spawn(self._withdraw(digest))
+
+    def on_corrupt(self, digest: Digest, source: str) -> None:
+        self._source.on_corrupt(digest, source)
+
+    async def _announce(self, digest: Digest, state: str, size: int) -> None:
+        try:
+            await self._coordinator.announce(str(digest), state, size, size)
+        except CoordinatorUnavailable:
+            log.info("tracker unavailable; digest=%s is announced with the next register", digest)
+
+    async def _withdraw(self, digest: Digest) -> None:
+        with contextlib.suppress(CoordinatorUnavailable):
+            await self._coordinator.withdraw(str(digest))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,197 @@
+"""The peer port: other agents stream blobs from here, cached or still arriving.
+
+``GET /v1/blobs/<digest>`` with ``Range: bytes=<offset>-`` and the asking agent's id in
+``X-Layerswarm-Agent``. Answers:
+
+* 200/206 with the bytes from ``offset`` on, streamed as they arrive, and this agent's
+  lineage (``X-Layerswarm-Lineage``, comma-separated ids from the root of the chain);
+* 404 when this agent neither holds nor is fetching the blob;
+* 409 when it is fetching but has no live source yet, or the asker is its ancestor: serving
+  then could make a parent wait on its own descendant;
+* 503 when every child slot for the blob is taken (the asker tries another parent);
+* 416 for a malformed or unsatisfiable range.
+
+Only an agent of the fleet gets here: with fleet TLS the listener demands a certificate from
+the fleet CA. Bytes of a download are read from its partial file with the last byte held back
+until the whole blob verified, so a child never completes a blob this agent could not verify.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import ssl
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from agent.blobstore import BlobStore, CachedBlob
+from agent.errors import DigestInvalid
+from agent.fetch import BlobFetcher, Download
+from agent.metrics import AgentMetrics
+from agent.oci import Digest, parse_digest
+from agent.relay.state import RelayState
+from agent.server.sendfile import SendfileResponse
+
+log = logging.getLogger(__name__)
+
+AGENT_HEADER = "X-Layerswarm-Agent"
+LINEAGE_HEADER = "X-Layerswarm-Lineage"
+SIZE_HEADER = "X-Layerswarm-Size"
+_RANGE = re.compile(r"^bytes=(\d{1,18})-$")
+_AGENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+def parse_offset(value: str | None) -> int:
+    if not value:
+        return 0
+    m = _RANGE.match(value)
+    if m is None:
+        raise web.HTTPRequestRangeNotSatisfiable(text="only 'bytes=N-' ranges are served")
+    return int(m.group(1))
+
+
+class PeerServer:
+    def __init__(
+        self,
+        state: RelayState,
+        store: BlobStore,
+        fetcher: BlobFetcher,
+        metrics: AgentMetrics,
+        *,
+        max_children: int,
+    ) -> None:
+        self._state = state
+        self._store = store
+        self._fetcher = fetcher
+        self._metrics = metrics
+        self._max_children = max_children
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=1 << 10)
+        app.router.add_get("/v1/blobs/{digest}", self.blob)
+        app.router.add_get("/healthz", self._health)
+        return app
+
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
+        """Bind the peer port; raises OSError when it cannot (the agent then stops)."""
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context, backlog=512)
+        try:
+            await site.start()
+        except BaseException:
+            await self._runner.cleanup()
+            self._runner = None
+            raise
+        server = site._server  # aiohttp exposes no public way to the bound port
+        assert server is not None
+        sockets: list[socket.socket] = list(getattr(server, "sockets", []) or [])
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        log.info("peer server listening host=%s port=%d tls=%s", host, self.port, bool(ssl_context))
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _health(self, _request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def blob(self, request: web.Request) -> web.StreamResponse:
+        try:
+            digest = parse_digest(request.match_info["digest"])
+        except DigestInvalid:
+            raise web.HTTPBadRequest(text="not a digest") from None
+        child = request.headers.get(AGENT_HEADER, "")
+        if not _AGENT_ID.match(child):
+            raise web.HTTPBadRequest(text=f"{AGENT_HEADER} must name the asking agent")
+        offset = parse_offset(request.headers.get("Range"))
+        cached = self._store.get(digest)
+        if cached is not None:
+            return await self._admit(request, digest, child, offset, cached)
+        dl = self._fetcher.inflight(digest)
+        if dl is None:
+            raise web.HTTPNotFound(text="not here")
+        if dl.source != "upstream":
+            feed = self._state.feeds.get(digest)
+            if feed is None:
+                raise web.HTTPConflict(text="no source yet")
+            if child in feed.lineage:
+                raise web.HTTPConflict(text="asker is an ancestor")
+        return await self._admit(request, digest, child, offset, dl)
+
+    async def _admit(
+        self,
+        request: web.Request,
+        digest: Digest,
+        child: str,
+        offset: int,
+        what: CachedBlob | Download,
+    ) -> web.StreamResponse:
+        if self._state.children.get(digest, 0) >= self._max_children:
+            raise web.HTTPServiceUnavailable(text="no free child slot")
+        size = what.size
+        if size is not None and offset > size:
+            raise web.HTTPRequestRangeNotSatisfiable(text=f"offset beyond {size}")
+        headers = {LINEAGE_HEADER: ",".join(self._state.lineage(digest))}
+        if size is not None:
+            headers[SIZE_HEADER] = str(size)
+        status = 206 if offset else 200
+        self._state.add_child(digest)
+        log.debug("serving child=%s digest=%s offset=%d", child, digest, offset)
+        try:
+            if isinstance(what, CachedBlob):
+                with self._store.pin(digest):
+                    resp = SendfileResponse(
+                        what.path, offset, what.size - offset, status=status, headers=headers
+                    )
+                    await resp.prepare(request)
+                self._metrics.peer_uploaded_bytes.inc(what.size - offset)
+                return resp
+            return await self._stream(request, what, offset, status, headers)
+        finally:
+            self._state.remove_child(digest)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        dl: Download,
+        offset: int,
+        status: int,
+        headers: dict[str, str],
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(status=status, headers=headers)
+        if dl.size is not None:
+            resp.content_length = dl.size - offset
+        else:
+            resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        sent = 0
+        try:
+            async for chunk in _follow(dl, offset):
+                await resp.write(chunk)
+                sent += len(chunk)
+                self._metrics.peer_uploaded_bytes.inc(len(chunk))
+        except Exception as exc:
+            # The child must see a short body, never a complete one we could not verify.
+            log.info("relay to child cut digest=%s after %d bytes: %s", dl.digest, sent, exc)
+            if request.transport is not None:
+                request.transport.abort()
+            return resp
+        await resp.write_eof()
+        return resp
+
+
+async def _follow(dl: Download, offset: int) -> AsyncIterator[bytes]:
+    # A size learnt after we started (from the upstream's first answer) ends the stream too.
+    end = dl.size - 1 if dl.size is not None else 1 << 62
+    pos = offset
+    async for chunk in dl.stream(offset, end):
+        yield chunk
+        pos += len(chunk)
+        if dl.finished and dl.error is None and pos >= dl.written:
+            return

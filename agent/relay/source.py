@@ -1,0 +1,324 @@
+"""Fetching a blob from one parent at a time, as the tracker's plan says.
+
+The plan comes from one tracker lookup: ``fetch`` (this agent holds the region's lease: the
+upstream source runs next and this agent becomes the root of the blob's chains) or follow
+peers. A follower announces itself as fetching (so later followers can attach below it),
+then asks a few candidates at once and streams from the first that admits it. When the
+parent's stream breaks or stalls, it reports the parent and attaches elsewhere, resuming at
+its offset; when nobody admits it for ``peer_wait`` seconds, or the lease comes back to it,
+the upstream continues from the same offset.
+
+Tracker requests per blob: one announce, one lookup, one holding announce, plus at most
+``_MAX_LOOKUPS - 1`` more lookups while no candidate admits this agent. There is no
+polling: the parent's open stream is the notification that bytes arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from agent.fetch import Download, FetchJob, SourceUnavailable
+from agent.metrics import AgentMetrics
+from agent.oci import Digest
+from agent.relay.server import AGENT_HEADER, LINEAGE_HEADER, SIZE_HEADER
+from agent.relay.state import RelayState
+from agent.swarm import Coordinator, CoordinatorUnavailable, Lookup, PeerRef
+
+log = logging.getLogger(__name__)
+
+# Candidates asked at once: a black-holed peer costs one header timeout, not one per peer.
+_PARALLEL_ASKS = 3
+_HEADER_TIMEOUT = 2.0
+# Lookups per blob while no candidate admits us (the first one included).
+_MAX_LOOKUPS = 3
+_RELOOKUP_AFTER = 1.0
+# Downloads whose parents are remembered until verified (oldest forgotten first).
+_MAX_BLAME = 1000
+
+
+@dataclass
+class _Attached:
+    peer: PeerRef
+    resp: aiohttp.ClientResponse
+    lineage: tuple[str, ...]
+
+
+class RelaySource:
+    """The ``BlobSource`` of the relay transport (see agent.relay)."""
+
+    name = "peer"
+
+    def __init__(
+        self,
+        state: RelayState,
+        coordinator: Coordinator,
+        metrics: AgentMetrics,
+        *,
+        peer_wait: float,
+        ssl_context: ssl.SSLContext | None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._state = state
+        self._coordinator = coordinator
+        self._metrics = metrics
+        self._peer_wait = peer_wait
+        self._ssl = ssl_context
+        self._scheme = "https" if ssl_context is not None else "http"
+        self._clock = clock
+        # Spreads simultaneous followers over candidates; no cryptographic need.
+        self._rng = rng or random.Random()  # noqa: S311
+        self._session: aiohttp.ClientSession | None = None
+        # Digests whose peer copy failed verification: fetched from upstream for a while.
+        self._distrust: dict[Digest, float] = {}
+        self.distrust_seconds = 600.0
+        # Parents that sent bytes of a download still in flight, to blame if it fails.
+        self._parents: dict[Digest, set[str]] = {}
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ssl=self._ssl or False),
+                auto_decompress=False,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    # -- trust ----------------------------------------------------------------------
+
+    def on_corrupt(self, digest: Digest, source: str) -> None:
+        """A blob from peers failed its digest check: take it from the upstream for a while."""
+        if source != self.name:
+            return
+        log.error("peers delivered wrong bytes for %s; using the upstream", digest)
+        self._distrust[digest] = self._clock() + self.distrust_seconds
+        # Which of them lied is not known: every parent that sent bytes of it is reported.
+        for parent in self._parents.pop(digest, set()):
+            self._spawn_report(digest, parent)
+
+    def forget(self, digest: Digest) -> None:
+        """``digest`` verified: nobody is to blame."""
+        self._parents.pop(digest, None)
+
+    def _distrusted(self, digest: Digest) -> bool:
+        until = self._distrust.get(digest)
+        if until is None:
+            return False
+        if until < self._clock():
+            del self._distrust[digest]
+            return False
+        return True
+
+    # -- BlobSource -------------------------------------------------------------------
+
+    async def fetch(self, job: FetchJob, download: Download) -> None:
+        digest = str(job.digest)
+        if self._distrusted(job.digest):
+            raise SourceUnavailable("peers served this blob wrongly before")
+        size = job.size
+        # Announce first: a follower that looks up after us finds us as a possible parent.
+        try:
+            await self._coordinator.announce(digest, "fetching", download.written, size)
+            lookup = await self._coordinator.lookup(digest)
+        except CoordinatorUnavailable as exc:
+            raise SourceUnavailable("tracker unavailable") from exc
+        if lookup.action == "fetch":
+            raise SourceUnavailable("this agent holds the lease: upstream, then peers from us")
+        try:
+            await self._follow(job, download, lookup)
+        finally:
+            self._state.detach(job.digest)
+
+    async def _follow(self, job: FetchJob, download: Download, lookup: Lookup) -> None:
+        digest = job.digest
+        lookups = 1
+        last_lookup = self._clock()
+        failed: set[str] = set()
+        deadline = self._clock() + self._peer_wait
+        backoff = 0.05
+        while True:
+            size = job.size if job.size is not None else None
+            if size is not None and download.written >= size:
+                return
+            attached = await self._attach(digest, download.written, lookup, failed)
+            if attached is None:
+                if self._clock() >= deadline:
+                    raise SourceUnavailable(f"no peer admitted this agent in {self._peer_wait:g}s")
+                await asyncio.sleep(backoff * (1 + self._rng.random()))
+                backoff = min(backoff * 2, 0.5)
+                if lookups < _MAX_LOOKUPS and self._clock() - last_lookup >= _RELOOKUP_AFTER:
+                    lookups += 1
+                    last_lookup = self._clock()
+                    lookup = await self._lookup(str(digest))
+                    if lookup.action == "fetch":
+                        raise SourceUnavailable("the lease passed to this agent")
+                    failed.clear()
+                continue
+            backoff = 0.05
+            outcome = await self._stream(job, download, attached)
+            if outcome is None:
+                return
+            failed.add(attached.peer.agent_id)
+            log.info(
+                "parent %s of %s failed at offset %d: %s",
+                attached.peer.agent_id,
+                digest,
+                download.written,
+                outcome,
+            )
+            if attached.peer.agent_id == lookup.lease_holder:
+                # The root of every chain stopped: void its lease and ask who fetches now.
+                with contextlib.suppress(CoordinatorUnavailable):
+                    await self._coordinator.report_unresponsive(str(digest), attached.peer.agent_id)
+                lookups += 1
+                last_lookup = self._clock()
+                lookup = await self._lookup(str(digest))
+                if lookup.action == "fetch":
+                    raise SourceUnavailable(f"took over the lease of {attached.peer.agent_id}")
+            else:
+                self._spawn_report(digest, attached.peer.agent_id)
+            deadline = self._clock() + self._peer_wait
+
+    async def _lookup(self, digest: str) -> Lookup:
+        try:
+            return await self._coordinator.lookup(digest)
+        except CoordinatorUnavailable as exc:
+            raise SourceUnavailable("tracker unavailable") from exc
+
+    # -- choosing a parent ----------------------------------------------------------------
+
+    def _candidates(self, lookup: Lookup, failed: set[str]) -> list[PeerRef]:
+        me = self._state.agent_id
+        usable = [p for p in lookup.peers if p.agent_id not in failed and p.agent_id != me]
+        holders = [p for p in usable if not p.fetching]
+        fetching = [p for p in usable if p.fetching]
+        self._rng.shuffle(holders)
+        self._rng.shuffle(fetching)
+        # Holders first (complete, never wait on anyone), then the lease holder (fed by the
+        # upstream), then followers furthest along: the likeliest to have a free slot and
+        # a source of their own are asked first.
+        fetching.sort(key=lambda p: (p.agent_id != lookup.lease_holder, -p.progress_bytes))
+        return holders + fetching
+
+    async def _attach(
+        self, digest: Digest, offset: int, lookup: Lookup, failed: set[str]
+    ) -> _Attached | None:
+        """Ask candidates, a few at a time; the first that streams to us is our parent."""
+        candidates = self._candidates(lookup, failed)
+        for i in range(0, len(candidates), _PARALLEL_ASKS):
+            batch = candidates[i : i + _PARALLEL_ASKS]
+            asks = [asyncio.create_task(self._ask(p, digest, offset, failed)) for p in batch]
+            winner: _Attached | None = None
+            try:
+                for fut in asyncio.as_completed(asks):
+                    got = await fut
+                    if got is not None and winner is None:
+                        winner = got
+                        break
+            finally:
+                for t in asks:
+                    t.cancel()
+                for t in asks:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        other = await t
+                        if other is not None and other is not winner:
+                            other.resp.close()
+            if winner is not None:
+                return winner
+        return None
+
+    async def _ask(
+        self, peer: PeerRef, digest: Digest, offset: int, failed: set[str]
+    ) -> _Attached | None:
+        url = f"{self._scheme}://{_host(peer.host)}:{peer.port}/v1/blobs/{digest}"
+        headers = {AGENT_HEADER: self._state.agent_id}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        try:
+            async with asyncio.timeout(_HEADER_TIMEOUT):
+                resp = await self._http().get(url, headers=headers)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            log.debug("peer %s for %s unreachable: %s", peer.agent_id, digest, exc)
+            failed.add(peer.agent_id)
+            return None
+        if resp.status not in (200, 206):
+            log.debug("peer %s refused %s: %d", peer.agent_id, digest, resp.status)
+            if resp.status == 404:
+                failed.add(peer.agent_id)
+            resp.close()
+            return None
+        lineage = tuple(x for x in resp.headers.get(LINEAGE_HEADER, "").split(",") if x)
+        if self._state.agent_id in lineage:
+            resp.close()
+            return None
+        log.debug("attached to parent %s for %s at offset %d", peer.agent_id, digest, offset)
+        return _Attached(peer, resp, lineage or (peer.agent_id,))
+
+    # -- streaming ------------------------------------------------------------------------
+
+    async def _stream(self, job: FetchJob, download: Download, parent: _Attached) -> str | None:
+        """Copy the parent's stream into the download; None when the blob is complete,
+        else why the parent failed us."""
+        resp = parent.resp
+        digest = job.digest
+        size = job.size
+        if size is None:
+            # The upstream gave no size (it was unreachable at the access check): the
+            # parent's says when to stop; the digest check still decides what is kept.
+            claimed = resp.headers.get(SIZE_HEADER, "")
+            size = int(claimed) if claimed.isdigit() else None
+        self._state.attach(digest, parent.peer.agent_id, parent.lineage)
+        self._parents.setdefault(digest, set()).add(parent.peer.agent_id)
+        while len(self._parents) > _MAX_BLAME:
+            del self._parents[next(iter(self._parents))]
+        download.set_started(job.size)
+        # A parent deep in a chain may wait on its own parent: give it longer before we
+        # call it stalled, so the agent nearest a stall reacts first.
+        stall = self._peer_wait + 2.0 * max(0, len(parent.lineage) - 1)
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(stall):
+                        chunk = await resp.content.readany()
+                except TimeoutError:
+                    return f"no bytes for {stall:g}s"
+                except (aiohttp.ClientError, OSError) as exc:
+                    return f"stream broke: {exc}"
+                if not chunk:
+                    break
+                if size is not None and download.written + len(chunk) > size:
+                    return "parent sent more bytes than the blob has"
+                await download.append(chunk)
+                self._metrics.peer_bytes.inc(len(chunk))
+            if size is not None and download.written >= size:
+                return None
+            if size is None and download.written:
+                return None
+            return f"stream ended at {download.written} bytes"
+        finally:
+            resp.close()
+            self._state.detach(digest)
+
+    def _spawn_report(self, digest: Digest, agent_id: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._report(digest, agent_id))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _report(self, digest: Digest, agent_id: str) -> None:
+        with contextlib.suppress(CoordinatorUnavailable):
+            await self._coordinator.report_unresponsive(str(digest), agent_id)
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
