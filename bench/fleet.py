@@ -1,8 +1,8 @@
 """Fleet rollout benchmark: N nodes pull one image at the same moment, four ways.
 
     python -m bench.fleet [--nodes 8] [--image-mib 64] [--layers 4] [--upstream-mbit 50]
-        [--node-mbit 80] [--segment-size 4M] [--out DIR]
-        [--scenarios direct,regional-cache,layerswarm-cold,layerswarm-preheated]
+        [--node-mbit 80] [--segment-size 4M] [--out DIR] [--transports relay,torrent]
+        [--repeat 3] [--scenarios direct,regional-cache,layerswarm-cold,layerswarm-preheated]
 
 Every scenario gets a fresh topology of network namespaces (nothing shared, no cache left
 over) with the same image bytes and the same link shapes:
@@ -15,7 +15,9 @@ over) with the same image bytes and the same link shapes:
 
 All skopeo processes wait on one go-file and are released together (the barrier); a node's
 time runs from the release to its skopeo's exit. The upstream's access log says how many
-blob bytes really crossed the WAN. Outputs: results.json, results.md and cdf.png in --out.
+blob bytes really crossed the WAN; the switch's port counters, sampled twice a second, give
+each host's bytes in and out over time. Outputs in --out: results.json, results.md, cdf.png
+and timeline.png (per-node receive and send rates: do followers feed each other?).
 """
 
 from __future__ import annotations
@@ -78,6 +80,8 @@ class Params:
     capacity: bool = True  # measure the machine's capacity first
     seed: int = 7
     agent_args: tuple[str, ...] = ()  # extra flags for every agent, e.g. ("--peer-wait", "60")
+    transports: tuple[str, ...] = ("relay",)  # layerswarm scenarios run once per transport
+    repeat: int = 1  # runs of each scenario; tables report each and the median
 
     @property
     def cache_rate_mbit(self) -> float:
@@ -107,6 +111,14 @@ class ScenarioResult:
     wall_seconds: float
     preheat_seconds: float | None = None
     notes: list[str] = field(default_factory=list)
+    label: str = ""  # scenario[transport]
+    # Per host index: [(seconds since the barrier, bytes received, bytes sent)], from the
+    # switch's counters of the host's port (payload plus headers).
+    timeline: dict[str, list[tuple[float, int, int]]] = field(default_factory=dict)
+    # Tracker requests by endpoint during the rollout, heartbeats apart, per node.
+    tracker_requests_per_node: dict[str, float] = field(default_factory=dict)
+    # Bytes under each node's data dir / bytes of its cached blobs, after the rollout.
+    disk_ratio: float | None = None
 
     @property
     def times(self) -> list[float]:
@@ -118,7 +130,10 @@ class ScenarioResult:
 
     def summary(self) -> dict[str, Any]:
         t = self.times
+        requests = {k: v for k, v in self.tracker_requests_per_node.items() if k != "heartbeat"}
         return {
+            "tracker_requests_per_node": round(sum(requests.values()), 1),
+            "disk_ratio": round(self.disk_ratio, 3) if self.disk_ratio is not None else None,
             "upstream_ratio": round(self.upstream_ratio, 3),
             "upstream_ratio_rollout": round(self.upstream_bytes_rollout / self.image_bytes, 3),
             "p50": round(percentile(t, 50), 2),
@@ -202,8 +217,11 @@ def http_json(host: Host, method: str, url: str, token: str, body: Any = None) -
 class ScenarioRun:
     """A fresh topology with the upstream, the scenario's parts, and N nodes ready to pull."""
 
-    def __init__(self, name: str, params: Params, layout: ImageLayout, work: Path) -> None:
+    def __init__(
+        self, name: str, params: Params, layout: ImageLayout, work: Path, transport: str = "relay"
+    ) -> None:
         self.name = name
+        self.transport = transport
         self.p = params
         self.layout = layout
         self.work = work
@@ -225,6 +243,7 @@ class ScenarioRun:
         self.agents: list[AgentProc] = []
         self.image: Image | None = None
         self.notes: list[str] = []
+        self.timeline: dict[str, list[tuple[float, int, int]]] = {}
 
     # hosts
     @property
@@ -314,6 +333,7 @@ class ScenarioRun:
                 "--zone", "z1", "--region", "r1",
                 "--role", role,
                 "--segment-size", self.p.segment_size,
+                "--peer-transport", self.transport,
                 *self.p.agent_args,
             ],
         )  # fmt: skip
@@ -355,6 +375,55 @@ class ScenarioRun:
                 raise ProcError(f"preheat failed: {json.dumps(status)[:2000]}")
             time.sleep(0.5)
         raise ProcError(f"preheat not done in {self.p.timeout}s: {json.dumps(status)[:2000]}")
+
+    # instruments
+    def link_counters(self) -> dict[int, tuple[int, int]]:
+        """Host index -> (bytes the host received, bytes it sent), read off its switch port
+        in one command for the whole fleet (the switch's tx is the host's rx)."""
+        res = subprocess.run(
+            ["ip", "-n", self.topo.switch, "-s", "-j", "link", "show"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+        out: dict[int, tuple[int, int]] = {}
+        if res.returncode != 0:
+            return out
+        for link in json.loads(res.stdout):
+            name = link.get("ifname", "")
+            if name.startswith("v") and name[1:].isdigit():
+                st = link["stats64"]
+                out[int(name[1:])] = (int(st["tx"]["bytes"]), int(st["rx"]["bytes"]))
+        return out
+
+    def tracker_requests(self) -> dict[str, float]:
+        """Tracker requests so far by endpoint, from its own metrics."""
+        if self.tracker is None:
+            return {}
+        script = (
+            "import sys, urllib.request; "
+            "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())"
+        )
+        res = self.tracker_host.run(
+            [sys.executable, "-c", script, f"{self.tracker_url}/metrics"], timeout=30
+        )
+        counts: dict[str, float] = defaultdict(float)
+        for line in res.stdout.splitlines():
+            if line.startswith("layerswarm_tracker_requests_total{"):
+                labels, _, value = line.rpartition(" ")
+                endpoint = labels.split('endpoint="', 1)[1].split('"', 1)[0]
+                counts[endpoint] += float(value)
+        return dict(counts)
+
+    def disk_ratio(self) -> float | None:
+        """Bytes under every node's data dir / bytes of the blobs they cached."""
+        total = blobs = 0
+        for agent in self.agents:
+            for path in agent.data_dir.rglob("*"):
+                if path.is_file():
+                    size = path.stat().st_size
+                    total += size
+                    if "blobs" in path.relative_to(agent.data_dir).parts[:1]:
+                        blobs += size
+        return total / blobs if blobs else None
 
     # the rollout
     def _registries_conf(self, host: Host) -> Path:
@@ -428,14 +497,38 @@ class ScenarioRun:
         meter = CpuMeter()
         servers = self.server_pids()
         server_cpu0 = sum(proc_cpu_seconds(pid) for pid in servers)
-        with concurrent.futures.ThreadPoolExecutor(len(procs)) as pool:
+        base = self.link_counters()
+        samples: list[tuple[float, dict[int, tuple[int, int]]]] = []
+        done = threading.Event()
+
+        def sample(t0: float) -> None:
+            while not done.wait(0.5):
+                samples.append((time.monotonic() - t0, self.link_counters()))
+
+        with concurrent.futures.ThreadPoolExecutor(len(procs) + 1) as pool:
             meter.start()
             t0 = time.monotonic()
             go.touch()
+            sampler = pool.submit(sample, t0)
             futures = [pool.submit(wait, i, p) for i, (_, _, p) in enumerate(procs)]
             for f in futures:
                 f.result()
+            done.set()
+            sampler.result()
         cpu = meter.stop()
+        samples.append((time.monotonic() - t0, self.link_counters()))
+        self.timeline = {
+            str(idx): [
+                (
+                    round(t, 2),
+                    c[idx][0] - base.get(idx, (0, 0))[0],
+                    c[idx][1] - base.get(idx, (0, 0))[1],
+                )
+                for t, c in samples
+                if idx in c
+            ]
+            for idx in base
+        }
         wall = max(ends.values()) - t0
         own = sum(proc_cpu_seconds(pid) for pid in servers) - server_cpu0
         own += sum(client_cpu.values())
@@ -484,20 +577,33 @@ def _keep_logs(work: Path, dest: Path) -> None:
 
 
 def run_scenario(
-    name: str, p: Params, layout: ImageLayout, work: Path, logs: Path | None = None
+    name: str,
+    p: Params,
+    layout: ImageLayout,
+    work: Path,
+    logs: Path | None = None,
+    transport: str = "relay",
 ) -> ScenarioResult:
     work.mkdir(parents=True, exist_ok=True)
     image_bytes = sum(len(layout.blob(d)) for d in layout.blob_digests)
-    log.info("scenario %s: setting up %d nodes", name, p.nodes)
-    with ScenarioRun(name, p, layout, work) as run:
+    label = f"{name}[{transport}]" if name.startswith("layerswarm") else name
+    log.info("scenario %s: setting up %d nodes", label, p.nodes)
+    with ScenarioRun(name, p, layout, work, transport) as run:
         run.setup()
         preheat_s = None
         if name == "layerswarm-preheated":
             preheat_s = run.preheat()
-            log.info("scenario %s: preheat done in %.1fs", name, preheat_s)
+            log.info("scenario %s: preheat done in %.1fs", label, preheat_s)
         before = len(run.upstream_blob_lines())
-        log.info("scenario %s: rollout", name)
+        requests0 = run.tracker_requests()
+        log.info("scenario %s: rollout", label)
         nodes, cpu, own_cores, wall = run.rollout()
+        requests1 = run.tracker_requests()
+        per_node = {
+            k: round((v - requests0.get(k, 0.0)) / p.nodes, 2)
+            for k, v in requests1.items()
+            if v > requests0.get(k, 0.0)
+        }
         lines = run.upstream_blob_lines()
         by_remote: dict[str, int] = defaultdict(int)
         for remote, size in lines:
@@ -520,6 +626,10 @@ def run_scenario(
             wall_seconds=wall,
             preheat_seconds=preheat_s,
             notes=run.notes,
+            label=label,
+            timeline=run.timeline,
+            tracker_requests_per_node=per_node,
+            disk_ratio=run.disk_ratio() if run.layerswarm else None,
         )
     if logs is not None:
         _keep_logs(work, logs)
@@ -593,9 +703,15 @@ def run(p: Params, out: Path) -> dict[str, Any]:
         layout = build_image(work / "image", [layer_bytes] * p.layers, seed=p.seed, tag=TAG)
         results = []
         for name in p.scenarios:
-            res = run_scenario(name, p, layout, work / name, out / "logs" / name)
-            log.info("scenario %s: %s", name, res.summary())
-            results.append(res)
+            transports = p.transports if name.startswith("layerswarm") else ("",)
+            for transport in transports:
+                for rep in range(p.repeat):
+                    tag = f"{name}-{transport}-{rep}" if transport else f"{name}-{rep}"
+                    res = run_scenario(
+                        name, p, layout, work / tag, out / "logs" / tag, transport or "relay"
+                    )
+                    log.info("scenario %s: %s", res.label, res.summary())
+                    results.append(res)
         doc = {
             "params": asdict(p),
             "machine": {"cores": os.cpu_count(), **capacity},
@@ -603,11 +719,12 @@ def run(p: Params, out: Path) -> dict[str, Any]:
             "image_bytes": results[0].image_bytes if results else 0,
             "scenarios": [{**asdict(r), "summary": r.summary(), "times": r.times} for r in results],
         }
-        from bench.fleet_report import write_cdf, write_markdown
+        from bench.fleet_report import write_cdf, write_markdown, write_timelines
 
         (out / "results.json").write_text(json.dumps(doc, indent=2))
         (out / "results.md").write_text(write_markdown(doc))
         write_cdf(doc, out / "cdf.png")
+        write_timelines(doc, out / "timeline.png")
         return doc
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -629,6 +746,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Params, Path]:
     ap.add_argument(
         "--agent-args", default="", help='extra agent flags, space-separated: "--peer-wait 60"'
     )
+    ap.add_argument(
+        "--transports", default="relay", help="relay,torrent: layerswarm runs per transport"
+    )
+    ap.add_argument("--repeat", type=int, default=d.repeat, help="runs of each scenario")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
     p = Params(
@@ -643,6 +764,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Params, Path]:
         timeout=a.timeout,
         capacity=not a.no_capacity,
         agent_args=tuple(a.agent_args.split()),
+        transports=tuple(t.strip() for t in a.transports.split(",") if t.strip()),
+        repeat=a.repeat,
     )
     out = a.out or Path("bench/out") / time.strftime("fleet-%Y%m%d-%H%M%S")
     return p, out
