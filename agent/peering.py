@@ -296,6 +296,7 @@ def build_peering(
             listen=config.peer_host_port,
             peer_wait=config.peer_wait,
             max_children=config.peer_children,
+            upload_rate=config.upload_rate,
             server_ssl=server_ssl,
             client_ssl=client_ssl,
         )

@@ -53,6 +53,7 @@ class Relay:
         listen: tuple[str, int],
         peer_wait: float,
         max_children: int,
+        upload_rate: int = 0,
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,
     ) -> None:
@@ -61,7 +62,9 @@ class Relay:
         self._listen = listen
         self._server_ssl = server_ssl
         self.state = RelayState(agent_id)
-        self.server = PeerServer(self.state, store, fetcher, metrics, max_children=max_children)
+        self.server = PeerServer(
+            self.state, store, fetcher, metrics, max_children=max_children, upload_rate=upload_rate
+        )
         self._source = RelaySource(
             self.state, coordinator, metrics, peer_wait=peer_wait, ssl_context=client_ssl
         )

@@ -18,10 +18,13 @@ until the whole blob verified, so a child never completes a blob this agent coul
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import re
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -52,6 +55,24 @@ def parse_offset(value: str | None) -> int:
     return int(m.group(1))
 
 
+class Pacer:
+    """One upload budget for the whole agent (``--upload-rate``): each write reserves its
+    slot in time, so concurrent children share the rate instead of each getting it."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._next = 0.0
+
+    async def take(self, n: int) -> None:
+        if self.rate <= 0:
+            return
+        now = time.monotonic()
+        start = max(now, self._next)
+        self._next = start + n / self.rate
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
 class PeerServer:
     def __init__(
         self,
@@ -61,12 +82,14 @@ class PeerServer:
         metrics: AgentMetrics,
         *,
         max_children: int,
+        upload_rate: int = 0,
     ) -> None:
         self._state = state
         self._store = store
         self._fetcher = fetcher
         self._metrics = metrics
         self._max_children = max_children
+        self._pacer = Pacer(upload_rate)
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -144,7 +167,7 @@ class PeerServer:
         self._state.add_child(digest)
         log.debug("serving child=%s digest=%s offset=%d", child, digest, offset)
         try:
-            if isinstance(what, CachedBlob):
+            if isinstance(what, CachedBlob) and self._pacer.rate <= 0:
                 with self._store.pin(digest):
                     resp = SendfileResponse(
                         what.path, offset, what.size - offset, status=status, headers=headers
@@ -152,38 +175,55 @@ class PeerServer:
                     await resp.prepare(request)
                 self._metrics.peer_uploaded_bytes.inc(what.size - offset)
                 return resp
-            return await self._stream(request, what, offset, status, headers)
+            with self._store.pin(digest):
+                return await self._stream(request, what, offset, status, headers)
         finally:
             self._state.remove_child(digest)
 
     async def _stream(
         self,
         request: web.Request,
-        dl: Download,
+        what: CachedBlob | Download,
         offset: int,
         status: int,
         headers: dict[str, str],
     ) -> web.StreamResponse:
         resp = web.StreamResponse(status=status, headers=headers)
-        if dl.size is not None:
-            resp.content_length = dl.size - offset
+        if what.size is not None:
+            resp.content_length = what.size - offset
         else:
             resp.enable_chunked_encoding()
         await resp.prepare(request)
         sent = 0
+        chunks = _follow(what, offset) if isinstance(what, Download) else _read(what, offset)
         try:
-            async for chunk in _follow(dl, offset):
+            async for chunk in chunks:
+                await self._pacer.take(len(chunk))
                 await resp.write(chunk)
                 sent += len(chunk)
                 self._metrics.peer_uploaded_bytes.inc(len(chunk))
         except Exception as exc:
             # The child must see a short body, never a complete one we could not verify.
-            log.info("relay to child cut digest=%s after %d bytes: %s", dl.digest, sent, exc)
+            log.info("relay to child cut digest=%s after %d bytes: %s", what.digest, sent, exc)
             if request.transport is not None:
                 request.transport.abort()
             return resp
         await resp.write_eof()
         return resp
+
+
+async def _read(blob: CachedBlob, offset: int) -> AsyncIterator[bytes]:
+    fd = await asyncio.to_thread(os.open, blob.path, os.O_RDONLY)
+    try:
+        pos = offset
+        while pos < blob.size:
+            data = await asyncio.to_thread(os.pread, fd, min(256 << 10, blob.size - pos), pos)
+            if not data:
+                raise OSError(f"cached {blob.digest} is shorter than {blob.size}")
+            pos += len(data)
+            yield data
+    finally:
+        os.close(fd)
 
 
 async def _follow(dl: Download, offset: int) -> AsyncIterator[bytes]:

@@ -25,6 +25,8 @@ class RelayState:
     feeds: dict[Digest, Feed] = field(default_factory=dict)
     # Children being served now, per blob: the admission rule counts them.
     children: dict[Digest, int] = field(default_factory=dict)
+    # Most children ever served at once for one blob (the admission rule's witness).
+    peak_children: int = 0
 
     def lineage(self, digest: Digest) -> tuple[str, ...]:
         feed = self.feeds.get(digest)
@@ -37,7 +39,8 @@ class RelayState:
         self.feeds.pop(digest, None)
 
     def add_child(self, digest: Digest) -> None:
-        self.children[digest] = self.children.get(digest, 0) + 1
+        n = self.children[digest] = self.children.get(digest, 0) + 1
+        self.peak_children = max(self.peak_children, n)
 
     def remove_child(self, digest: Digest) -> None:
         left = self.children.get(digest, 0) - 1
