@@ -313,8 +313,13 @@ class Download:
                     raise BlobIntegrityError(f"{self.digest} was restarted: its bytes were wrong")
                 avail = self.available()
                 if avail > pos:
-                    n = min(avail, end + 1) - pos
-                    data = await asyncio.to_thread(os.pread, f, min(n, READ_CHUNK), pos)
+                    n = min(avail, end + 1, pos + READ_CHUNK) - pos
+                    # Small reads come from the page cache in microseconds: a thread hop per
+                    # read would cost more than the read (relays read as bytes trickle in).
+                    if n <= _THREAD_CHUNK:
+                        data = os.pread(f, n, pos)
+                    else:
+                        data = await asyncio.to_thread(os.pread, f, n, pos)
                     if not data:
                         raise RuntimeError(f"cache file of {self.digest} shorter than written")
                     pos += len(data)

@@ -172,7 +172,12 @@ class PeerServer:
                     resp = SendfileResponse(
                         what.path, offset, what.size - offset, status=status, headers=headers
                     )
-                    await resp.prepare(request)
+                    try:
+                        await resp.prepare(request)
+                    except ConnectionError as exc:
+                        # The child left (it asked several parents at once and chose another).
+                        log.debug("child %s left digest=%s: %s", child, digest, exc)
+                        return resp
                 self._metrics.peer_uploaded_bytes.inc(what.size - offset)
                 return resp
             with self._store.pin(digest):
