@@ -119,6 +119,7 @@ class ScenarioResult:
     tracker_requests_per_node: dict[str, float] = field(default_factory=dict)
     # Bytes under each node's data dir / bytes of its cached blobs, after the rollout.
     disk_ratio: float | None = None
+    cpu_client_cores: float = 0.0  # of cpu_bench_cores, the clients' (skopeo) share
 
     @property
     def times(self) -> list[float]:
@@ -130,7 +131,12 @@ class ScenarioResult:
 
     def summary(self) -> dict[str, Any]:
         t = self.times
-        requests = {k: v for k, v in self.tracker_requests_per_node.items() if k != "heartbeat"}
+        # Heartbeats and the preheat-task poll that rides on each are not per-blob work.
+        requests = {
+            k: v
+            for k, v in self.tracker_requests_per_node.items()
+            if not k.endswith(("/heartbeat", "/tasks", "/metrics"))
+        }
         return {
             "tracker_requests_per_node": round(sum(requests.values()), 1),
             "disk_ratio": round(self.disk_ratio, 3) if self.disk_ratio is not None else None,
@@ -244,6 +250,7 @@ class ScenarioRun:
         self.image: Image | None = None
         self.notes: list[str] = []
         self.timeline: dict[str, list[tuple[float, int, int]]] = {}
+        self.client_cores = 0.0
 
     # hosts
     @property
@@ -531,6 +538,7 @@ class ScenarioRun:
         }
         wall = max(ends.values()) - t0
         own = sum(proc_cpu_seconds(pid) for pid in servers) - server_cpu0
+        self.client_cores = sum(client_cpu.values()) / wall if wall > 0 else 0.0
         own += sum(client_cpu.values())
         results = []
         for i, (host, dest, p) in enumerate(procs):
@@ -630,6 +638,7 @@ def run_scenario(
             timeline=run.timeline,
             tracker_requests_per_node=per_node,
             disk_ratio=run.disk_ratio() if run.layerswarm else None,
+            cpu_client_cores=run.client_cores,
         )
     if logs is not None:
         _keep_logs(work, logs)

@@ -81,7 +81,7 @@ def write_markdown(doc: dict[str, Any]) -> str:
             f"| {sm['upstream_ratio_rollout']:.2f}x | {sm['p50']:.1f} | {sm['p99']:.1f} "
             f"| {sm['max']:.1f} | {s['bound_seconds']:.1f} "
             f"| {sm['max_over_bound']:.2f} | {s['cpu_busy'] * 100:.0f}% "
-            f"| {s['cpu_bench_cores']:.2f} "
+            f"| {s['cpu_bench_cores']:.2f} ({s.get('cpu_client_cores', 0):.2f} clients) "
             f"| {sm.get('tracker_requests_per_node', 0):.1f} "
             f"| {f'{disk:.2f}x' if disk is not None else '-'} "
             f"| {'yes' if sm['all_verified'] else 'NO'} |"

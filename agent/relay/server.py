@@ -8,7 +8,8 @@
 * 404 when this agent neither holds nor is fetching the blob;
 * 409 when it is fetching but has no live source yet, or the asker is its ancestor: serving
   then could make a parent wait on its own descendant;
-* 503 when every child slot for the blob is taken (the asker tries another parent);
+* 503 when every child slot for the blob is taken, naming the children (ids only) in
+  ``X-Layerswarm-Children``: the asker tries them next if the tracker vouched for them;
 * 416 for a malformed or unsatisfiable range.
 
 Only an agent of the fleet gets here: with fleet TLS the listener demands a certificate from
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 AGENT_HEADER = "X-Layerswarm-Agent"
 LINEAGE_HEADER = "X-Layerswarm-Lineage"
 SIZE_HEADER = "X-Layerswarm-Size"
+CHILDREN_HEADER = "X-Layerswarm-Children"
 _RANGE = re.compile(r"^bytes=(\d{1,18})-$")
 _AGENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
@@ -155,8 +157,13 @@ class PeerServer:
         offset: int,
         what: CachedBlob | Download,
     ) -> web.StreamResponse:
-        if self._state.children.get(digest, 0) >= self._max_children:
-            raise web.HTTPServiceUnavailable(text="no free child slot")
+        if self._state.child_count(digest) >= self._max_children:
+            # Naming the children lets the asker walk down to the free end of the chain
+            # instead of waiting and asking around again.
+            raise web.HTTPServiceUnavailable(
+                text="no free child slot",
+                headers={CHILDREN_HEADER: ",".join(self._state.children.get(digest, ()))},
+            )
         size = what.size
         if size is not None and offset > size:
             raise web.HTTPRequestRangeNotSatisfiable(text=f"offset beyond {size}")
@@ -164,7 +171,7 @@ class PeerServer:
         if size is not None:
             headers[SIZE_HEADER] = str(size)
         status = 206 if offset else 200
-        self._state.add_child(digest)
+        self._state.add_child(digest, child)
         log.debug("serving child=%s digest=%s offset=%d", child, digest, offset)
         try:
             if isinstance(what, CachedBlob) and self._pacer.rate <= 0:
@@ -183,7 +190,7 @@ class PeerServer:
             with self._store.pin(digest):
                 return await self._stream(request, what, offset, status, headers)
         finally:
-            self._state.remove_child(digest)
+            self._state.remove_child(digest, child)
 
     async def _stream(
         self,

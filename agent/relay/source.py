@@ -29,7 +29,7 @@ import aiohttp
 from agent.fetch import Download, FetchJob, SourceUnavailable
 from agent.metrics import AgentMetrics
 from agent.oci import Digest
-from agent.relay.server import AGENT_HEADER, LINEAGE_HEADER, SIZE_HEADER
+from agent.relay.server import AGENT_HEADER, CHILDREN_HEADER, LINEAGE_HEADER, SIZE_HEADER
 from agent.relay.state import RelayState
 from agent.swarm import Coordinator, CoordinatorUnavailable, Lookup, PeerRef
 
@@ -41,6 +41,7 @@ _HEADER_TIMEOUT = 2.0
 # Lookups per blob while no candidate admits us (the first one included).
 _MAX_LOOKUPS = 3
 _RELOOKUP_AFTER = 1.0
+_MAX_HINTS = 8
 _BATCH = 256 << 10
 _BATCH_WAIT = 0.01
 # Downloads whose parents are remembered until verified (oldest forgotten first).
@@ -149,26 +150,32 @@ class RelaySource:
         last_lookup = self._clock()
         failed: set[str] = set()
         deadline = self._clock() + self._peer_wait
-        backoff = 0.05
         while True:
             size = job.size if job.size is not None else None
             if size is not None and download.written >= size:
                 return
             attached = await self._attach(digest, download.written, lookup, failed)
             if attached is None:
-                if self._clock() >= deadline:
-                    raise SourceUnavailable(f"no peer admitted this agent in {self._peer_wait:g}s")
-                await asyncio.sleep(backoff * (1 + self._rng.random()))
-                backoff = min(backoff * 2, 0.5)
-                if lookups < _MAX_LOOKUPS and self._clock() - last_lookup >= _RELOOKUP_AFTER:
+                # Candidates that answered "busy" or "no source yet" are alive and worth
+                # waiting for; when every one failed (silent, unreachable, not holding it)
+                # waiting buys nothing: one more lookup, then the upstream.
+                all_failed = not self._candidates(lookup, failed)
+                if self._clock() >= deadline or (all_failed and lookups >= _MAX_LOOKUPS):
+                    raise SourceUnavailable(
+                        f"no peer could serve this agent ({len(failed)} failed)"
+                    )
+                if not all_failed:
+                    # Alive but busy: chains free up as they form, so ask again soon.
+                    await asyncio.sleep(0.02 + 0.03 * self._rng.random())
+                if lookups < _MAX_LOOKUPS and (
+                    all_failed or self._clock() - last_lookup >= _RELOOKUP_AFTER
+                ):
                     lookups += 1
                     last_lookup = self._clock()
                     lookup = await self._lookup(str(digest))
                     if lookup.action == "fetch":
                         raise SourceUnavailable("the lease passed to this agent")
-                    failed.clear()
                 continue
-            backoff = 0.05
             outcome = await self._stream(job, download, attached)
             if outcome is None:
                 return
@@ -217,33 +224,58 @@ class RelaySource:
     async def _attach(
         self, digest: Digest, offset: int, lookup: Lookup, failed: set[str]
     ) -> _Attached | None:
-        """Ask candidates, a few at a time; the first that streams to us is our parent."""
-        candidates = self._candidates(lookup, failed)
-        for i in range(0, len(candidates), _PARALLEL_ASKS):
-            batch = candidates[i : i + _PARALLEL_ASKS]
-            asks = [asyncio.create_task(self._ask(p, digest, offset, failed)) for p in batch]
-            winner: _Attached | None = None
-            try:
-                for fut in asyncio.as_completed(asks):
-                    got = await fut
-                    if got is not None and winner is None:
-                        winner = got
-                        break
-            finally:
-                for t in asks:
-                    t.cancel()
-                for t in asks:
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        other = await t
-                        if other is not None and other is not winner:
-                            other.resp.close()
+        """Ask candidates, a few at a time; the first that streams to us is our parent.
+
+        A busy candidate names its children: they are asked next, so a newcomer walks down
+        a chain to its free end in a few round trips. Only agents the tracker handed out are
+        ever dialled; a name that is not among them is ignored.
+        """
+        known = {p.agent_id: p for p in lookup.peers}
+        queue = self._candidates(lookup, failed)
+        tried: set[str] = set()
+        while queue:
+            batch: list[PeerRef] = []
+            while queue and len(batch) < _PARALLEL_ASKS:
+                peer = queue.pop(0)
+                if peer.agent_id not in tried and peer.agent_id not in failed:
+                    tried.add(peer.agent_id)
+                    batch.append(peer)
+            if not batch:
+                return None
+            winner, hints = await self._ask_batch(batch, digest, offset, failed)
             if winner is not None:
                 return winner
+            below = [known[h] for h in hints if h in known and h not in tried]
+            queue = below + queue
         return None
+
+    async def _ask_batch(
+        self, batch: list[PeerRef], digest: Digest, offset: int, failed: set[str]
+    ) -> tuple[_Attached | None, list[str]]:
+        asks = [asyncio.create_task(self._ask(p, digest, offset, failed)) for p in batch]
+        winner: _Attached | None = None
+        hints: list[str] = []
+        try:
+            for fut in asyncio.as_completed(asks):
+                got = await fut
+                if isinstance(got, _Attached):
+                    winner = got
+                    break
+                hints.extend(got)
+        finally:
+            for t in asks:
+                t.cancel()
+            for t in asks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    other = await t
+                    if isinstance(other, _Attached) and other is not winner:
+                        other.resp.close()
+        return winner, hints
 
     async def _ask(
         self, peer: PeerRef, digest: Digest, offset: int, failed: set[str]
-    ) -> _Attached | None:
+    ) -> _Attached | list[str]:
+        """The parent's stream, or the children it named when it had no free slot."""
         url = f"{self._scheme}://{_host(peer.host)}:{peer.port}/v1/blobs/{digest}"
         headers = {AGENT_HEADER: self._state.agent_id}
         if offset:
@@ -254,18 +286,25 @@ class RelaySource:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.debug("peer %s for %s unreachable: %s", peer.agent_id, digest, exc)
             failed.add(peer.agent_id)
-            return None
+            return []
         if resp.status not in (200, 206):
             log.debug("peer %s refused %s: %d", peer.agent_id, digest, resp.status)
             if resp.status == 404:
                 failed.add(peer.agent_id)
+            names = resp.headers.get(CHILDREN_HEADER, "") if resp.status == 503 else ""
             resp.close()
-            return None
+            return [n for n in names.split(",")[:_MAX_HINTS] if n]
         lineage = tuple(x for x in resp.headers.get(LINEAGE_HEADER, "").split(",") if x)
         if self._state.agent_id in lineage:
             resp.close()
-            return None
-        log.debug("attached to parent %s for %s at offset %d", peer.agent_id, digest, offset)
+            return []
+        log.info(
+            "following parent=%s digest=%s offset=%d depth=%d",
+            peer.agent_id,
+            digest,
+            offset,
+            len(lineage),
+        )
         return _Attached(peer, resp, lineage or (peer.agent_id,))
 
     # -- streaming ------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 from agent.oci import Digest
@@ -23,8 +24,9 @@ class Feed:
 class RelayState:
     agent_id: str
     feeds: dict[Digest, Feed] = field(default_factory=dict)
-    # Children being served now, per blob: the admission rule counts them.
-    children: dict[Digest, int] = field(default_factory=dict)
+    # Children being served now, per blob, by agent id: the admission rule counts them and
+    # a refused asker is told who they are (the free end of the chain is below them).
+    children: dict[Digest, list[str]] = field(default_factory=dict)
     # Most children ever served at once for one blob (the admission rule's witness).
     peak_children: int = 0
 
@@ -38,13 +40,19 @@ class RelayState:
     def detach(self, digest: Digest) -> None:
         self.feeds.pop(digest, None)
 
-    def add_child(self, digest: Digest) -> None:
-        n = self.children[digest] = self.children.get(digest, 0) + 1
-        self.peak_children = max(self.peak_children, n)
+    def child_count(self, digest: Digest) -> int:
+        return len(self.children.get(digest, ()))
 
-    def remove_child(self, digest: Digest) -> None:
-        left = self.children.get(digest, 0) - 1
-        if left > 0:
-            self.children[digest] = left
-        else:
-            self.children.pop(digest, None)
+    def add_child(self, digest: Digest, child: str) -> None:
+        kids = self.children.setdefault(digest, [])
+        kids.append(child)
+        self.peak_children = max(self.peak_children, len(kids))
+
+    def remove_child(self, digest: Digest, child: str) -> None:
+        kids = self.children.get(digest)
+        if kids is None:
+            return
+        with contextlib.suppress(ValueError):
+            kids.remove(child)
+        if not kids:
+            del self.children[digest]
