@@ -27,7 +27,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -104,7 +104,9 @@ class Coordinator(Protocol):
     """What the agent needs from the tracker. Every method raises CoordinatorUnavailable
     when no tracker answers in time; the agent then behaves as a plain mirror."""
 
-    async def lookup(self, digest: str) -> Lookup: ...
+    async def lookup(self, digest: str, named: Sequence[str] = ()) -> Lookup:
+        """``named``: agent ids to vouch for as well (see tracker.service.Tracker.lookup)."""
+        ...
 
     async def publish_segment(
         self, digest: str, segment: SegmentRef, total_size: int | None

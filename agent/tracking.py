@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -92,8 +92,8 @@ class TrackerLink:
             log.warning("tracker %s refused a request: %s", self.tracker_url, exc)
             raise CoordinatorUnavailable(str(exc)) from exc
 
-    async def lookup(self, digest: str) -> Lookup:
-        reply = await self._call(lambda: self.client.lookup(digest))
+    async def lookup(self, digest: str, named: Sequence[str] = ()) -> Lookup:
+        reply = await self._call(lambda: self.client.lookup(digest, named))
         peers = []
         for p in reply.peers:
             self._peer_ids[(p.address, p.port)] = p.agent_id

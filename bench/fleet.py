@@ -42,7 +42,11 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.agent import AgentProc
-from tests.support.clients import compare_dir_with_image, write_registries_conf
+from tests.support.clients import (
+    compare_dir_with_image,
+    compare_oci_with_image,
+    write_registries_conf,
+)
 from tests.support.images import Image, ImageLayout, build_image, push
 from tests.support.netns import Host, Topology, delete_stale_namespaces
 from tests.support.procs import Proc, ProcError, require_binary, wait_for_port
@@ -81,6 +85,10 @@ class Params:
     seed: int = 7
     agent_args: tuple[str, ...] = ()  # extra flags for every agent, e.g. ("--peer-wait", "60")
     transports: tuple[str, ...] = ("relay",)  # layerswarm scenarios run once per transport
+    # Where skopeo copies to. "oci" (a layout) fetches layers concurrently, as Docker and
+    # containerd do; "dir" fetches them one after another (containers/image copies into a
+    # dir: destination serially), which the figures before the relay transport used.
+    client_dest: str = "oci"
     repeat: int = 1  # runs of each scenario; tables report each and the median
 
     @property
@@ -462,9 +470,10 @@ class ScenarioRun:
         for host in self.node_hosts:
             dest = self.work / f"pull-{host.index}"
             conf = self._registries_conf(host)
+            target = f"oci:{dest}:{TAG}" if self.p.client_dest == "oci" else f"dir:{dest}"
             skopeo = [
                 "skopeo", "--registries-conf", str(conf), "copy", "--quiet", "--src-no-creds",
-                f"docker://{self.image.ref}", f"dir:{dest}",
+                f"docker://{self.image.ref}", target,
             ]  # fmt: skip
             # The barrier: each process is already running in its namespace and execs skopeo
             # as soon as the go-file exists (polled every 10 ms, a few wake-ups per second).
@@ -545,7 +554,10 @@ class ScenarioRun:
             nr = NodeResult(host.index - 2, ends[i] - t0, p.returncode, verified=False)
             if p.returncode == 0:
                 try:
-                    compare_dir_with_image(dest, self.image)
+                    if self.p.client_dest == "oci":
+                        compare_oci_with_image(dest, self.image)
+                    else:
+                        compare_dir_with_image(dest, self.image)
                     nr.verified = True
                 except AssertionError as exc:
                     nr.error = str(exc)[:500]
@@ -759,6 +771,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Params, Path]:
         "--transports", default="relay", help="relay,torrent: layerswarm runs per transport"
     )
     ap.add_argument("--repeat", type=int, default=d.repeat, help="runs of each scenario")
+    ap.add_argument(
+        "--client-dest",
+        choices=("oci", "dir"),
+        default=d.client_dest,
+        help="oci: skopeo fetches layers concurrently (like Docker, containerd); dir: serially",
+    )
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
     p = Params(
@@ -775,6 +793,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Params, Path]:
         agent_args=tuple(a.agent_args.split()),
         transports=tuple(t.strip() for t in a.transports.split(",") if t.strip()),
         repeat=a.repeat,
+        client_dest=a.client_dest,
     )
     out = a.out or Path("bench/out") / time.strftime("fleet-%Y%m%d-%H%M%S")
     return p, out

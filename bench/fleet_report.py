@@ -56,7 +56,8 @@ def write_markdown(doc: dict[str, Any]) -> str:
     lines = [
         f"Image {mib:.1f} MiB in {p['layers']} layers; {p['nodes']} nodes; upstream "
         f"{p['upstream_mbit']:g} Mbit/s, node links {p['node_mbit']:g} Mbit/s, "
-        f"segment {p['segment_size']}; {m.get('cores')} cores.",
+        f"segment {p['segment_size']}; {m.get('cores')} cores; client skopeo to "
+        f"{p.get('client_dest', 'dir')}:.",
         "",
     ]
     if "iperf3_mbit" in m:

@@ -55,7 +55,9 @@ class TrackerClient(Protocol):
 
     async def withdraw(self, digest: str) -> None: ...
 
-    async def lookup(self, digest: str) -> LookupReply: ...
+    async def lookup(self, digest: str, named: Sequence[str] = ()) -> LookupReply:
+        """Peers for ``digest``; ``named`` agent ids are vouched for too when alive."""
+        ...
 
     async def put_metainfo(
         self, digest: str, total_size: int, segment: SegmentMeta
@@ -114,8 +116,8 @@ class LocalTrackerClient:
     async def withdraw(self, digest: str) -> None:
         await self.tracker.withdraw(self.agent_id, self._key, digest)
 
-    async def lookup(self, digest: str) -> LookupReply:
-        return await self.tracker.lookup(self.agent_id, self._key, digest)
+    async def lookup(self, digest: str, named: Sequence[str] = ()) -> LookupReply:
+        return await self.tracker.lookup(self.agent_id, self._key, digest, named)
 
     async def put_metainfo(self, digest: str, total_size: int, segment: SegmentMeta) -> Metainfo:
         return await self.tracker.put_metainfo(
@@ -262,10 +264,11 @@ class HttpTrackerClient:
     async def withdraw(self, digest: str) -> None:
         await self._call("POST", self._agent("withdraw"), {"digest": digest})
 
-    async def lookup(self, digest: str) -> LookupReply:
-        return LookupReply.from_json(
-            await self._call("POST", self._agent("lookup"), {"digest": digest})
-        )
+    async def lookup(self, digest: str, named: Sequence[str] = ()) -> LookupReply:
+        body: dict[str, Any] = {"digest": digest}
+        if named:
+            body["agents"] = list(named)
+        return LookupReply.from_json(await self._call("POST", self._agent("lookup"), body))
 
     async def put_metainfo(self, digest: str, total_size: int, segment: SegmentMeta) -> Metainfo:
         body = {**segment.to_json(), "total_size": total_size}

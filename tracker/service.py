@@ -75,6 +75,8 @@ BAD_PEER_TTL = 600.0
 HISTORY_POINTS = 720
 # Preheat jobs shown on the fleet page, newest first.
 PAGE_JOBS = 10
+# Agent ids one lookup may ask the tracker to vouch for.
+MAX_NAMED = 16
 _IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,511}$")
 REPORT_STATES = ("running", "done", "failed")
 
@@ -230,8 +232,20 @@ class Tracker:
             raise Forbidden(f"agent {agent_id} is registered under another key")
         return rec
 
-    async def lookup(self, agent_id: str, key: str, digest: str) -> LookupReply:
+    async def lookup(
+        self, agent_id: str, key: str, digest: str, named: Sequence[str] = ()
+    ) -> LookupReply:
+        """Peers for ``digest`` and what to do (fetch with the lease, wait, or use peers).
+
+        ``named``: agent ids another agent pointed this one to (the children of a busy relay
+        parent); each that is alive is handed out too, so an agent only ever dials addresses
+        the tracker vouches for.
+        """
         check_digest(digest)
+        if len(named) > MAX_NAMED:
+            raise InvalidRequest(f"at most {MAX_NAMED} named agents per lookup")
+        for other in named:
+            check_agent_id(other)
         now = self.clock.now()
         # Bounded sample: a layer held by thousands costs a lookup no more than one held by 64.
         # The price is that a region's only holder may be missed among many elsewhere, which
@@ -288,6 +302,14 @@ class Tracker:
             holder = await self.store.get_agent(lease_holder)
             if holder is not None and holder.alive(now) and lease_holder not in bad:
                 chosen = [(holder.info, Holding(lease_holder, "fetching", 0, 0, now)), *chosen]
+        listed = {i.agent_id for i, _ in chosen}
+        for other in named:
+            if other in listed or other == agent_id or other in bad:
+                continue
+            rec_other = await self.store.get_agent(other)
+            if rec_other is not None and rec_other.alive(now):
+                listed.add(other)
+                chosen.append((rec_other.info, Holding(other, "fetching", 0, 0, now)))
         peers = tuple(
             Peer(
                 agent_id=info.agent_id,

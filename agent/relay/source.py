@@ -21,7 +21,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 _PARALLEL_ASKS = 3
 _HEADER_TIMEOUT = 2.0
 # Lookups per blob while no candidate admits us (the first one included).
-_MAX_LOOKUPS = 3
+_MAX_LOOKUPS = 4
 _RELOOKUP_AFTER = 1.0
 _MAX_HINTS = 8
 _BATCH = 256 << 10
@@ -154,7 +154,8 @@ class RelaySource:
             size = job.size if job.size is not None else None
             if size is not None and download.written >= size:
                 return
-            attached = await self._attach(digest, download.written, lookup, failed)
+            unknown: set[str] = set()
+            attached = await self._attach(digest, download.written, lookup, failed, unknown)
             if attached is None:
                 # Candidates that answered "busy" or "no source yet" are alive and worth
                 # waiting for; when every one failed (silent, unreachable, not holding it)
@@ -167,12 +168,15 @@ class RelaySource:
                 if not all_failed:
                     # Alive but busy: chains free up as they form, so ask again soon.
                     await asyncio.sleep(0.02 + 0.03 * self._rng.random())
+                named = sorted(unknown)[:_MAX_HINTS]
                 if lookups < _MAX_LOOKUPS and (
-                    all_failed or self._clock() - last_lookup >= _RELOOKUP_AFTER
+                    all_failed or named or self._clock() - last_lookup >= _RELOOKUP_AFTER
                 ):
+                    # Busy parents named children we do not know: ask the tracker to vouch
+                    # for them, so we can walk on to the free end of their chain.
                     lookups += 1
                     last_lookup = self._clock()
-                    lookup = await self._lookup(str(digest))
+                    lookup = await self._lookup(str(digest), named)
                     if lookup.action == "fetch":
                         raise SourceUnavailable("the lease passed to this agent")
                 continue
@@ -200,9 +204,9 @@ class RelaySource:
                 self._spawn_report(digest, attached.peer.agent_id)
             deadline = self._clock() + self._peer_wait
 
-    async def _lookup(self, digest: str) -> Lookup:
+    async def _lookup(self, digest: str, named: Sequence[str] = ()) -> Lookup:
         try:
-            return await self._coordinator.lookup(digest)
+            return await self._coordinator.lookup(digest, named)
         except CoordinatorUnavailable as exc:
             raise SourceUnavailable("tracker unavailable") from exc
 
@@ -222,7 +226,7 @@ class RelaySource:
         return holders + fetching
 
     async def _attach(
-        self, digest: Digest, offset: int, lookup: Lookup, failed: set[str]
+        self, digest: Digest, offset: int, lookup: Lookup, failed: set[str], unknown: set[str]
     ) -> _Attached | None:
         """Ask candidates, a few at a time; the first that streams to us is our parent.
 
@@ -246,6 +250,7 @@ class RelaySource:
             if winner is not None:
                 return winner
             below = [known[h] for h in hints if h in known and h not in tried]
+            unknown.update(h for h in hints if h not in known and h not in tried)
             queue = below + queue
         return None
 

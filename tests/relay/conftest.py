@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,9 +93,9 @@ class CountingCoordinator:
         self._link = link
         self.calls: list[str] = []
 
-    async def lookup(self, digest: str) -> Lookup:
+    async def lookup(self, digest: str, named: Sequence[str] = ()) -> Lookup:
         self.calls.append("lookup")
-        return await self._link.lookup(digest)
+        return await self._link.lookup(digest, named)
 
     async def publish_segment(
         self, digest: str, segment: SegmentRef, total_size: int | None

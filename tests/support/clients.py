@@ -161,6 +161,20 @@ def compare_dir_with_image(dest_dir: Path, image: Image) -> None:
         assert got == want, f"blob {digest}: {len(got)} bytes differ from the {len(want)} built"
 
 
+def compare_oci_with_image(layout_dir: Path, image: Image) -> None:
+    """Assert an ``oci:`` layout copy holds the image's manifest and every blob, byte for byte."""
+    blobs = layout_dir / "blobs" / "sha256"
+    manifest_path = blobs / image.manifest_digest.split(":", 1)[1]
+    assert manifest_path.exists(), f"manifest {image.manifest_digest} missing from {layout_dir}"
+    assert manifest_path.read_bytes() == image.manifest
+    for digest in image.blob_digests:
+        path = blobs / digest.split(":", 1)[1]
+        assert path.exists(), f"blob {digest} missing from {layout_dir}"
+        got = path.read_bytes()
+        want = image.blob(digest)
+        assert got == want, f"blob {digest}: {len(got)} bytes differ from the {len(want)} built"
+
+
 # ---- podman ---------------------------------------------------------------------------------
 
 

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from tracker.model import check_digest
+from tracker.errors import InvalidRequest
+from tracker.model import check_agent_id, check_digest
 from tracker.server import METRICS, TRACKER, agent_credentials, field_str, read_json, reply
+from tracker.service import MAX_NAMED
 
 
 async def lookup(request: web.Request) -> web.Response:
     agent_id, key = agent_credentials(request)
     body = await read_json(request)
     digest = check_digest(field_str(body, "digest"))
-    result = await request.app[TRACKER].lookup(agent_id, key, digest)
+    wanted = body.get("agents", [])
+    if not isinstance(wanted, list) or len(wanted) > MAX_NAMED:
+        raise InvalidRequest(f"agents must be a list of at most {MAX_NAMED} agent ids")
+    named = [check_agent_id(a) if isinstance(a, str) else check_agent_id("") for a in wanted]
+    result = await request.app[TRACKER].lookup(agent_id, key, digest, named)
     request.app[METRICS].lookup_done(result.action)
     return reply(result.to_json())
 
