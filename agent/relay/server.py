@@ -44,6 +44,8 @@ AGENT_HEADER = "X-Layerswarm-Agent"
 LINEAGE_HEADER = "X-Layerswarm-Lineage"
 SIZE_HEADER = "X-Layerswarm-Size"
 CHILDREN_HEADER = "X-Layerswarm-Children"
+SMALL_BLOB = 2 << 20
+SMALL_CHILDREN = 64
 _RANGE = re.compile(r"^bytes=(\d{1,18})-$")
 _AGENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
@@ -157,14 +159,17 @@ class PeerServer:
         offset: int,
         what: CachedBlob | Download,
     ) -> web.StreamResponse:
-        if self._state.child_count(digest) >= self._max_children:
+        size = what.size
+        # Chains pay off when the transfer time dominates; a small blob (a config, a tiny
+        # layer) goes to everyone who asks at once instead of waiting for a chain to form.
+        limit = self._max_children if size is None or size > SMALL_BLOB else SMALL_CHILDREN
+        if self._state.child_count(digest) >= limit:
             # Naming the children lets the asker walk down to the free end of the chain
             # instead of waiting and asking around again.
             raise web.HTTPServiceUnavailable(
                 text="no free child slot",
                 headers={CHILDREN_HEADER: ",".join(self._state.children.get(digest, ()))},
             )
-        size = what.size
         if size is not None and offset > size:
             raise web.HTTPRequestRangeNotSatisfiable(text=f"offset beyond {size}")
         headers = {LINEAGE_HEADER: ",".join(self._state.lineage(digest))}

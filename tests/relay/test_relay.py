@@ -143,8 +143,8 @@ async def test_black_holed_peers_cost_one_header_timeout(
 
 async def test_parent_refuses_its_ancestor_and_a_second_child(make_node: NodeFactory) -> None:
     """The admission rule that keeps chains acyclic and every link at full speed."""
-    data, digest = make_blob(2 * MiB)
-    up = ScriptedUpstream({digest: data}, rate=1e6)
+    data, digest = make_blob(4 * MiB)
+    up = ScriptedUpstream({digest: data}, rate=2e6)
     root = await make_node("root", up)
     tasks = [asyncio.create_task(root.pull(digest, len(data)))]
     while not any(d.written for d in root.fetcher.downloads()):
@@ -193,3 +193,22 @@ async def test_resume_from_an_offset(make_node: NodeFactory, offset: int) -> Non
     async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as resp:
         assert resp.status == (206 if offset else 200)
         assert await resp.read() == data[offset:]
+
+
+async def test_small_blobs_go_to_every_asker_at_once(make_node: NodeFactory) -> None:
+    """A config or a tiny layer: no chain is worth its round trips."""
+    data, digest = make_blob(64 << 10)
+    up = ScriptedUpstream({digest: data})
+    holder = await make_node("holder", up, upload_rate=100_000)
+    holder.seed(digest, data)
+    url = f"http://127.0.0.1:{holder.relay.peer_port}/v1/blobs/{digest}"
+    async with aiohttp.ClientSession() as http:
+        first = await http.get(url, headers={AGENT_HEADER: "a"})
+        second = await http.get(url, headers={AGENT_HEADER: "b"})
+        try:
+            assert (first.status, second.status) == (200, 200)
+            assert holder.relay.state.peak_children == 2
+            assert await first.read() == data and await second.read() == data
+        finally:
+            first.close()
+            second.close()
