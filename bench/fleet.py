@@ -55,7 +55,16 @@ from tests.support.registry import Registry
 log = logging.getLogger("bench.fleet")
 
 MiB = 1 << 20
-SCENARIOS = ("direct", "regional-cache", "layerswarm-cold", "layerswarm-preheated")
+SCENARIOS = (
+    "direct",
+    "regional-cache",
+    "layerswarm-cold",
+    "layerswarm-preheated",
+    "layerswarm-blackholed",
+)
+DEFAULT_SCENARIOS = SCENARIOS[:4]
+BLACKHOLES = 3
+BLACKHOLE_PORT = 6900
 REPO = "team/app"
 TAG = "v1"
 TRACKER_PORT = 7070
@@ -79,7 +88,7 @@ class Params:
     node_mbit: float = 40
     cache_mbit: float | None = None  # None: same link as a node
     segment_size: str = "4M"
-    scenarios: tuple[str, ...] = SCENARIOS
+    scenarios: tuple[str, ...] = DEFAULT_SCENARIOS
     timeout: float = 300.0  # per rollout, per preheat
     capacity: bool = True  # measure the machine's capacity first
     seed: int = 7
@@ -239,7 +248,11 @@ class ScenarioRun:
         self.p = params
         self.layout = layout
         self.work = work
-        self.extra_host = name in ("regional-cache", "layerswarm-preheated")
+        self.extra_host = name in (
+            "regional-cache",
+            "layerswarm-preheated",
+            "layerswarm-blackholed",
+        )
         self.layerswarm = name.startswith("layerswarm")
         n_hosts = 2 + params.nodes + (1 if self.extra_host else 0)
         node_rate = _rate(params.node_mbit)
@@ -317,6 +330,21 @@ class ScenarioRun:
             if self.name == "layerswarm-preheated":
                 self._start_agent(self.extra, "seed")
             self._wait_agents(len(self.agents))
+            if self.name == "layerswarm-blackholed":
+                self._start_blackholes()
+
+    def _start_blackholes(self) -> None:
+        assert self.image is not None
+        blobs = [f"{d}:{len(self.layout.blob(d))}" for d in self.image.blob_digests]
+        proc = self.extra.popen(
+            [sys.executable, "-m", "bench.blackhole", self.extra.ip, str(BLACKHOLE_PORT),
+             str(BLACKHOLES), self.tracker_url, str(self.work / "tracker-token"), *blobs],
+            stdout=subprocess.PIPE,
+            cwd=str(Path(__file__).resolve().parents[1]),
+        )  # fmt: skip
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != b"ready":
+            raise ProcError("the black-hole peers did not start")
 
     def _start_tracker(self) -> None:
         token_file = self.work / "tracker-token"
@@ -763,7 +791,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Params, Path]:
     ap.add_argument("--segment-size", default=d.segment_size)
     ap.add_argument("--timeout", type=float, default=d.timeout)
     ap.add_argument("--no-capacity", action="store_true", help="skip the capacity check")
-    ap.add_argument("--scenarios", default=",".join(SCENARIOS))
+    ap.add_argument(
+        "--scenarios",
+        default=",".join(DEFAULT_SCENARIOS),
+        help=f"some of {','.join(SCENARIOS)}; layerswarm-blackholed: every holder the tracker "
+        "hands out accepts connections and never sends a byte (compare with direct)",
+    )
     ap.add_argument(
         "--agent-args", default="", help='extra agent flags, space-separated: "--peer-wait 60"'
     )

@@ -105,6 +105,14 @@ def write_markdown(doc: dict[str, Any]) -> str:
                 f"| {_median([x['upstream_ratio'] for x in sums]):.2f}x |"
             )
         lines.append("")
+    direct = [s["summary"]["max"] for s in doc["scenarios"] if s["scenario"] == "direct"]
+    holed = [s for s in doc["scenarios"] if s["scenario"] == "layerswarm-blackholed"]
+    if direct and holed:
+        for s in holed:
+            lines.append(
+                f"{_label(s)}: slowest node / slowest direct node = "
+                f"{s['summary']['max'] / _median(direct):.2f}"
+            )
     for s in doc["scenarios"]:
         if s.get("preheat_seconds") is not None:
             lines.append(f"{_label(s)}: preheat took {s['preheat_seconds']:.1f} s (untimed).")

@@ -149,6 +149,7 @@ class RelaySource:
         lookups = 1
         last_lookup = self._clock()
         failed: set[str] = set()
+        reported: set[str] = set()
         deadline = self._clock() + self._peer_wait
         while True:
             size = job.size if job.size is not None else None
@@ -169,11 +170,18 @@ class RelaySource:
                     # Alive but busy: chains free up as they form, so ask again soon.
                     await asyncio.sleep(0.02 + 0.03 * self._rng.random())
                 named = sorted(unknown)[:_MAX_HINTS]
+                dead = failed - reported
                 if lookups < _MAX_LOOKUPS and (
-                    all_failed or named or self._clock() - last_lookup >= _RELOOKUP_AFTER
+                    all_failed or named or dead or self._clock() - last_lookup >= _RELOOKUP_AFTER
                 ):
-                    # Busy parents named children we do not know: ask the tracker to vouch
-                    # for them, so we can walk on to the free end of their chain.
+                    # Peers that claimed the blob and could not serve it are reported first:
+                    # a region "held" only by such claims would otherwise never hand anyone
+                    # the lease. Busy parents' children we do not know are named, so the
+                    # tracker can vouch for them and we can walk on to the end of their chain.
+                    for peer_id in sorted(dead):
+                        with contextlib.suppress(CoordinatorUnavailable):
+                            await self._coordinator.report_unresponsive(str(digest), peer_id)
+                    reported |= dead
                     lookups += 1
                     last_lookup = self._clock()
                     lookup = await self._lookup(str(digest), named)
@@ -184,6 +192,7 @@ class RelaySource:
             if outcome is None:
                 return
             failed.add(attached.peer.agent_id)
+            reported.add(attached.peer.agent_id)
             log.info(
                 "parent %s of %s failed at offset %d: %s",
                 attached.peer.agent_id,
