@@ -20,6 +20,7 @@ until the whole blob verified, so a child never completes a blob this agent coul
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -45,6 +46,9 @@ LINEAGE_HEADER = "X-Layerswarm-Lineage"
 SIZE_HEADER = "X-Layerswarm-Size"
 CHILDREN_HEADER = "X-Layerswarm-Children"
 SMALL_BLOB = 2 << 20
+# The kernel doubles it: 256 KiB in flight, 50 ms at 40 Mbit/s, a link's worth at 10 Gbit/s
+# and a LAN round trip of 0.2 ms.
+_SEND_BUFFER = 128 << 10
 SMALL_CHILDREN = 64
 _RANGE = re.compile(r"^bytes=(\d{1,18})-$")
 _AGENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -176,6 +180,7 @@ class PeerServer:
         if size is not None:
             headers[SIZE_HEADER] = str(size)
         status = 206 if offset else 200
+        _small_send_buffer(request)
         self._state.add_child(digest, child)
         log.debug("serving child=%s digest=%s offset=%d", child, digest, offset)
         try:
@@ -227,6 +232,17 @@ class PeerServer:
             return resp
         await resp.write_eof()
         return resp
+
+
+def _small_send_buffer(request: web.Request) -> None:
+    """Keep what sits in this socket's send buffer (sent for the program, not yet for the
+    network) to a few milliseconds of a link: every hop of a chain adds its buffer to the
+    lag between the head and the tail, and the tail's lag is the rollout's last seconds.
+    Measured: kernel autotuning let ~0.5 s per hop build up on 40 Mbit/s links."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)
 
 
 async def _read(blob: CachedBlob, offset: int) -> AsyncIterator[bytes]:

@@ -197,9 +197,10 @@ async def test_resume_from_an_offset(make_node: NodeFactory, offset: int) -> Non
 
 async def test_small_blobs_go_to_every_asker_at_once(make_node: NodeFactory) -> None:
     """A config or a tiny layer: no chain is worth its round trips."""
-    data, digest = make_blob(64 << 10)
+    data, digest = make_blob(MiB)
     up = ScriptedUpstream({digest: data})
-    holder = await make_node("holder", up, upload_rate=100_000)
+    # Paced so the first child is still being served when the second asks.
+    holder = await make_node("holder", up, upload_rate=1_000_000)
     holder.seed(digest, data)
     url = f"http://127.0.0.1:{holder.relay.peer_port}/v1/blobs/{digest}"
     async with aiohttp.ClientSession() as http:
