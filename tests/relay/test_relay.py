@@ -9,19 +9,26 @@ import aiohttp
 import pytest
 
 from agent.relay.server import AGENT_HEADER, LINEAGE_HEADER
-from tests.relay.conftest import NodeFactory, ScriptedUpstream, SilentPeer, announce_held, make_blob
+from tests.relay.conftest import (
+    Node,
+    NodeFactory,
+    ScriptedUpstream,
+    SilentPeer,
+    announce_held,
+    make_blob,
+)
 from tracker.model import AgentInfo
 from tracker.service import Tracker
 
 MiB = 1 << 20
 
 
-def uploaded(node: object) -> float:
-    return node.metrics.peer_uploaded_bytes._value.get()  # type: ignore[attr-defined, no-any-return]  # prometheus_client keeps no public reader for one counter
+def uploaded(node: Node) -> float:
+    return node.metrics.registry.get_sample_value("layerswarm_peer_sent_bytes_total") or 0.0
 
 
-def received(node: object) -> float:
-    return node.metrics.peer_bytes._value.get()  # type: ignore[attr-defined, no-any-return]  # same
+def received(node: Node) -> float:
+    return node.metrics.registry.get_sample_value("layerswarm_peer_received_bytes_total") or 0.0
 
 
 async def test_followers_of_a_holder_form_chains(make_node: NodeFactory) -> None:
@@ -108,7 +115,7 @@ async def test_corrupt_parent_blob_is_fetched_again_from_upstream(
     assert sum(b for _, _, b in up.served) == len(data)
     assert "report" in victim.coordinator.calls
     # The victim now holds the right bytes and the liar is no longer handed out to it.
-    view = await tracker.store.peer_view(str(digest), count_lookup=False)
+    view = await tracker.store.peer_view(str(digest), count_lookup=False, asker="victim")
     assert "liar" in view.bad_peers
 
 
