@@ -49,6 +49,7 @@ SMALL_BLOB = 2 << 20
 # The kernel doubles it: 256 KiB in flight, 50 ms at 40 Mbit/s, a link's worth at 10 Gbit/s
 # and a LAN round trip of 0.2 ms.
 _SEND_BUFFER = 128 << 10
+_START_WAIT = 2.0
 SMALL_CHILDREN = 64
 _RANGE = re.compile(r"^bytes=(\d{1,18})-$")
 _AGENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -147,6 +148,12 @@ class PeerServer:
         dl = self._fetcher.inflight(digest)
         if dl is None:
             raise web.HTTPNotFound(text="not here")
+        if not dl.started.done():
+            # Its source has not answered yet (no partial file exists before it does): a
+            # moment's wait beats sending the child away to look for another parent.
+            await asyncio.wait({dl.started}, timeout=_START_WAIT)  # never cancels it
+        if not dl.started.done() or dl.started.cancelled() or dl.started.exception():
+            raise web.HTTPConflict(text="no source yet")
         if dl.source != "upstream":
             feed = self._state.feeds.get(digest)
             if feed is None:
