@@ -259,3 +259,35 @@ def test_corrupt_peer_never_breaks_a_pull(fleet: FleetFactory) -> None:
     assert blob.read_bytes() == image.blob(layer)
     assert f.tracker is not None
     assert "bad peer reported" in f.tracker.log_tail(200), logs(f)
+
+
+def test_after_a_tracker_restart_new_agents_still_use_peers(fleet: FleetFactory) -> None:
+    """A tracker restart (memory store: everything forgotten): the holder re-registers and
+    re-announces on its next heartbeat, and an agent started afterwards gets the layer from
+    it, not from the upstream (agents started after a restart used to wait out --peer-wait on
+    every blob and go upstream)."""
+    f = fleet(2)
+    assert f.tracker is not None and f.registry is not None
+    f.tracker.stop()
+    # A short agent TTL makes heartbeats every second, so the test waits seconds, not tens.
+    f.start_tracker("--agent-ttl", "3")
+    image = f.push_image([4 * MiB])
+    layer = image.layers[0].digest
+    f.start_agent(1)
+    compare_dir_with_image(f.pull(1, image), image)
+    f.tracker.stop()
+    assert not f.tracker.running
+    f.start_tracker("--agent-ttl", "3")
+    deadline = time.monotonic() + 40
+    while True:
+        fleet_view = f.tracker_get("/v1/fleet", check=False)
+        if isinstance(fleet_view, dict) and len(fleet_view.get("agents", [])) >= 1:
+            break
+        assert time.monotonic() < deadline, logs(f)
+        time.sleep(0.3)
+    # Its holdings go in the same heartbeat that registers it; one more beat for margin.
+    time.sleep(1.5)
+    f.start_agent(2, extra=("--peer-wait", "30s"))
+    compare_dir_with_image(f.pull(2, image), image)
+    assert f.registry.blob_fetches(layer) == 1, logs(f)
+    assert f.metric(2, "layerswarm_peer_bytes_total") >= 4 * MiB, logs(f)
