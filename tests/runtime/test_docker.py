@@ -9,6 +9,9 @@ upstream served something is read from its access log, never guessed.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,3 +209,23 @@ def test_cached_image_still_pulls_with_the_upstream_stopped(
         assert pulled_image_id(engine, "app:v1") == image.config_digest
     finally:
         hub.registry.start()
+
+
+def test_a_reload_picks_up_the_mirrors_configure_wrote(
+    engine: Dockerd, daemon_json: Path, agent: AgentProc
+) -> None:
+    """configure's note says `systemctl reload docker`: dockerd rereads registry-mirrors on
+    SIGHUP, without a restart (last in this module: it changes the engine's mirrors)."""
+    other = "http://127.0.0.1:9"
+    res = layerswarm("configure", "docker", "--mirror", other, "--daemon-json", str(daemon_json))
+    assert res.returncode == 0 and "systemctl reload docker" in res.stdout, res.stdout
+    os.kill(engine.proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while True:
+        mirrors = json.loads(
+            engine.docker("info", "--format", "{{json .RegistryConfig.Mirrors}}").stdout
+        )
+        if mirrors == [other + "/", agent.url + "/"]:
+            break
+        assert time.monotonic() < deadline, (mirrors, engine.proc.log_tail())
+        time.sleep(0.2)
