@@ -30,6 +30,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -832,8 +833,15 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Params, Path]:
     return p, out
 
 
+def _exit_on_sigterm(_sig: int, _frame: object) -> None:
+    # A killed benchmark must still delete its namespaces and stop its servers (the
+    # topologies' `finally` blocks run on SystemExit, not on a bare SIGTERM).
+    raise SystemExit(143)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     p, out = parse_args(argv)
     doc = run(p, out)
     print((out / "results.md").read_text())

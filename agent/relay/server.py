@@ -49,7 +49,9 @@ SMALL_BLOB = 2 << 20
 # The kernel doubles it: 256 KiB in flight, 50 ms at 40 Mbit/s, a link's worth at 10 Gbit/s
 # and a LAN round trip of 0.2 ms.
 _SEND_BUFFER = 128 << 10
-_START_WAIT = 2.0
+# Well under the asker's header timeout (agent.relay.source), or a parent merely waiting
+# for its upstream's first answer would look dead to its child and be reported.
+_START_WAIT = 0.5
 SMALL_CHILDREN = 64
 _RANGE = re.compile(r"^bytes=(\d{1,18})-$")
 _AGENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")

@@ -44,7 +44,8 @@ _RELOOKUP_AFTER = 1.0
 _MAX_HINTS = 8
 _BATCH = 256 << 10
 _BATCH_WAIT = 0.01
-# Downloads whose parents are remembered until verified (oldest forgotten first).
+# Downloads whose parents are remembered until verified, and digests distrusted after a
+# wrong blob from peers (oldest forgotten first in both).
 _MAX_BLAME = 1000
 
 
@@ -86,6 +87,7 @@ class RelaySource:
         self.distrust_seconds = 600.0
         # Parents that sent bytes of a download still in flight, to blame if it fails.
         self._parents: dict[Digest, set[str]] = {}
+        self._reports: set[asyncio.Task[None]] = set()
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -96,6 +98,11 @@ class RelaySource:
         return self._session
 
     async def close(self) -> None:
+        for task in list(self._reports):
+            task.cancel()
+        for task in list(self._reports):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._session is not None:
             await self._session.close()
 
@@ -107,6 +114,8 @@ class RelaySource:
             return
         log.error("peers delivered wrong bytes for %s; using the upstream", digest)
         self._distrust[digest] = self._clock() + self.distrust_seconds
+        while len(self._distrust) > _MAX_BLAME:
+            del self._distrust[next(iter(self._distrust))]
         # Which of them lied is not known: every parent that sent bytes of it is reported.
         for parent in self._parents.pop(digest, set()):
             self._spawn_report(digest, parent)
@@ -152,8 +161,7 @@ class RelaySource:
         reported: set[str] = set()
         deadline = self._clock() + self._peer_wait
         while True:
-            size = job.size if job.size is not None else None
-            if size is not None and download.written >= size:
+            if job.size is not None and download.written >= job.size:
                 return
             unknown: set[str] = set()
             attached = await self._attach(digest, download.written, lookup, failed, unknown)
@@ -163,6 +171,13 @@ class RelaySource:
                 # waiting buys nothing: one more lookup, then the upstream.
                 all_failed = not self._candidates(lookup, failed)
                 if self._clock() >= deadline or (all_failed and lookups >= _MAX_LOOKUPS):
+                    log.info(
+                        "no parent for digest=%s after %d lookups: %d candidates failed (%s)",
+                        digest,
+                        lookups,
+                        len(failed),
+                        ",".join(sorted(failed)[:8]),
+                    )
                     raise SourceUnavailable(
                         f"no peer could serve this agent ({len(failed)} failed)"
                     )
@@ -171,8 +186,11 @@ class RelaySource:
                     await asyncio.sleep(0.02 + 0.03 * self._rng.random())
                 named = sorted(unknown)[:_MAX_HINTS]
                 dead = failed - reported
-                if lookups < _MAX_LOOKUPS and (
-                    all_failed or named or dead or self._clock() - last_lookup >= _RELOOKUP_AFTER
+                since = self._clock() - last_lookup
+                # Past the first few, lookups go at most once a second (new followers and the
+                # chain's end are worth learning of while waiting; a flood is not).
+                if (lookups < _MAX_LOOKUPS and (all_failed or named or dead)) or (
+                    since >= _RELOOKUP_AFTER
                 ):
                     # Peers that claimed the blob and could not serve it are reported first:
                     # a region "held" only by such claims would otherwise never hand anyone
@@ -223,7 +241,11 @@ class RelaySource:
 
     def _candidates(self, lookup: Lookup, failed: set[str]) -> list[PeerRef]:
         me = self._state.agent_id
-        usable = [p for p in lookup.peers if p.agent_id not in failed and p.agent_id != me]
+        usable = [
+            p
+            for p in lookup.peers
+            if p.agent_id not in failed and p.agent_id != me and 0 < p.port < 65536
+        ]
         holders = [p for p in usable if not p.fetching]
         fetching = [p for p in usable if p.fetching]
         self._rng.shuffle(holders)
@@ -368,7 +390,8 @@ class RelaySource:
 
     def _spawn_report(self, digest: Digest, agent_id: str) -> None:
         task = asyncio.get_running_loop().create_task(self._report(digest, agent_id))
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
 
     async def _report(self, digest: Digest, agent_id: str) -> None:
         with contextlib.suppress(CoordinatorUnavailable):

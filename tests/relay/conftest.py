@@ -51,6 +51,7 @@ class ScriptedUpstream:
     rate: float = 50e6
     stall_at: int | None = None
     stall_for: set[str] = field(default_factory=set)
+    start_delay: float = 0.0  # seconds before the first answer (a slow token flow, say)
     served: list[tuple[str, int, int]] = field(default_factory=list)  # (agent, offset, bytes)
 
     def source(self, agent_id: str) -> _UpstreamSource:
@@ -67,6 +68,7 @@ class _UpstreamSource:
     async def fetch(self, job: FetchJob, download: Download) -> None:
         data = self._up.blobs[job.digest]
         start = download.written
+        await asyncio.sleep(self._up.start_delay)
         download.set_started(len(data))
         pos = start
         chunk = 64 << 10

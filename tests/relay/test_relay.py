@@ -220,3 +220,21 @@ async def test_small_blobs_go_to_every_asker_at_once(make_node: NodeFactory) -> 
         finally:
             first.close()
             second.close()
+
+
+async def test_a_parent_waiting_for_its_upstream_is_not_taken_for_dead(
+    make_node: NodeFactory,
+) -> None:
+    """The lease holder's upstream takes a while to answer: its followers wait for it
+    (told "no source yet") instead of reporting it and fetching the blob themselves."""
+    data, digest = make_blob(4 * MiB)
+    up = ScriptedUpstream({digest: data}, start_delay=2.5)
+    root = await make_node("root", up)
+    first = asyncio.create_task(root.pull(digest, len(data)))
+    while not root.fetcher.downloads():
+        await asyncio.sleep(0.01)
+    follower = await make_node("f", up, peer_wait=10.0)
+    assert await follower.pull(digest, len(data)) == data
+    assert await first == data
+    assert [agent for agent, _, _ in up.served] == ["root"], up.served
+    assert "report" not in follower.coordinator.calls
