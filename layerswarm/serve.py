@@ -40,12 +40,18 @@ def _show(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def bind(host: str, port: int, *, what: str = "") -> socket.socket:
-    """A bound TCP socket for ``host:port`` (not yet listening), or ListenError."""
+def bind(host: str, port: int, *, what: str = "", reuse_port: bool = False) -> socket.socket:
+    """A bound TCP socket for ``host:port`` (not yet listening), or ListenError.
+
+    ``reuse_port``: other sockets of this user with the same flag may bind the same port
+    (worker processes), and the kernel spreads new connections over those that listen.
+    """
     sock = socket.socket(_family(host), socket.SOCK_STREAM)
     try:
         # As aiohttp and every server does: a restart must not wait out TIME_WAIT.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except OSError as exc:
         sock.close()

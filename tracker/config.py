@@ -109,6 +109,14 @@ class TrackerConfig:
             "timeout for one store operation", parse=parse_duration, metavar="DURATION"
         ),
     )
+    workers: int = field(
+        default=1,
+        metadata=setting(
+            "processes serving the listen port (SO_REUSEPORT: the kernel spreads connections "
+            "over them); more than 1 needs a redis store, which they share",
+            metavar="N",
+        ),
+    )
     shutdown_timeout: float = field(
         default=10.0,
         metadata=setting(
@@ -132,6 +140,12 @@ class TrackerConfig:
             raise ConfigError("max-body must be at least 4K")
         if not 1 <= self.max_announce <= 100_000:
             raise ConfigError("max-announce must be between 1 and 100000")
+        if not 1 <= self.workers <= 64:
+            raise ConfigError("workers must be between 1 and 64")
+        if self.workers > 1 and self.store == "memory":
+            raise ConfigError(
+                "workers above 1 need --store redis://...: the memory store lives in one process"
+            )
         if self.max_torrent < 1024:
             raise ConfigError("max-torrent must be at least 1K")
 

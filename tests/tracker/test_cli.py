@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,89 @@ def test_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=10)
+
+
+def _listeners(port: int) -> int:
+    """Listening TCP sockets on ``port`` (loopback, IPv4), from /proc/net/tcp."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state = fields[1], fields[3]
+        if state == "0A" and int(local.split(":")[1], 16) == port:
+            count += 1
+    return count
+
+
+def _workers_of(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _wait(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_workers_share_the_port_and_a_dead_worker_is_replaced(
+    tmp_path: Path, redis_url: str
+) -> None:
+    tok = tmp_path / "token"
+    tok.write_text(TOKEN)
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "layerswarm", "tracker", "--listen", f"127.0.0.1:{port}"),
+            *("--store", redis_url, "--token-file", str(tok), "--workers", "2"),
+            *("--shutdown-timeout", "2s"),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        # Two worker processes, each with its own listening socket on the one port.
+        _wait(lambda: _listeners(port) == 2, "two listening sockets")
+        workers = _workers_of(proc.pid)
+        assert len(workers) == 2, workers
+        for _ in range(20):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+                assert resp.read() == b'{"status":"ok"}'
+        # A worker killed from outside is replaced; the port keeps answering meanwhile.
+        os.kill(workers[0], signal.SIGKILL)
+        _wait(
+            lambda: len(_workers_of(proc.pid)) == 2 and workers[0] not in _workers_of(proc.pid),
+            "a new worker",
+        )
+        _wait(lambda: _listeners(port) == 2, "two listening sockets again")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+            assert resp.status == 200
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+        assert "with 2 workers" in err
+        assert "starting it again" in err
+        assert _listeners(port) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=10)
+
+
+def test_workers_need_a_shared_store(tmp_path: Path) -> None:
+    tok = tmp_path / "token"
+    tok.write_text(TOKEN)
+    result = run_cli("--listen", "127.0.0.1:0", "--token-file", str(tok), "--workers", "2")
+    assert result.returncode == 2
+    assert "workers above 1 need --store redis" in result.stderr
