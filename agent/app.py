@@ -15,7 +15,7 @@ from agent.access import AccessChecker
 from agent.blobstore import BlobStore
 from agent.config import AgentConfig
 from agent.fetch import BlobFetcher, BlobSource, RetryPolicy, UpstreamSource
-from agent.identity import Identity, load_identity
+from agent.identity import Identity, certificate_name, load_identity
 from agent.manifests import ManifestStore
 from agent.metrics import AgentMetrics
 from agent.mirror import Mirror
@@ -26,6 +26,8 @@ from agent.server.ops import OpsHandlers
 from agent.server.registry import RegistryHandlers
 from agent.upstream import UpstreamClient, load_credentials
 from layerswarm.settings import ConfigError
+from tracker.errors import InvalidRequest
+from tracker.model import check_agent_id
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +96,21 @@ def _open_state(config: AgentConfig, store: BlobStore, manifests: ManifestStore)
             leftover.unlink()
         store.open()
         manifests.open()
-        return load_identity(config.data_dir)
+        identity = load_identity(config.data_dir)
     except OSError as exc:
         where = exc.filename or config.data_dir
         raise ConfigError(f"data-dir {config.data_dir}: {where}: {exc.strerror}") from None
+    if config.peer_cert_file is None:
+        return identity
+    # With a fleet certificate the agent is who its certificate says: a tracker run with
+    # --agent-ca-file accepts this agent's requests only under that name.
+    try:
+        name = certificate_name(config.peer_cert_file.read_bytes())
+        return Identity(check_agent_id(name), identity.key)
+    except OSError as exc:
+        raise ConfigError(f"peer-cert-file {config.peer_cert_file}: {exc.strerror}") from None
+    except (ValueError, InvalidRequest) as exc:
+        raise ConfigError(f"peer-cert-file {config.peer_cert_file}: {exc}") from None
 
 
 async def build_app(

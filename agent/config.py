@@ -218,6 +218,16 @@ class AgentConfig:
             "file holding the fleet's shared tracker token", parse=Path, metavar="FILE"
         ),
     )
+    tracker_ca_file: Path | None = field(
+        default=None,
+        metadata=setting(
+            "CA (PEM) that signed an https tracker's certificate (default: --peer-ca-file if "
+            "set, else the system's); with --peer-cert-file the agent shows its certificate "
+            "and its agent id is that certificate's name",
+            parse=Path,
+            metavar="FILE",
+        ),
+    )
     zone: str = field(default="", metadata=setting("this node's zone label", metavar="ZONE"))
     region: str = field(default="", metadata=setting("this node's region label", metavar="REGION"))
     role: str = field(

@@ -13,6 +13,9 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
 
 @dataclass(frozen=True)
 class Identity:
@@ -35,6 +38,17 @@ def load_identity(data_dir: Path) -> Identity:
         key = secrets.token_urlsafe(32)
         _write(key_path, key, 0o600)
     return Identity(agent_id, key)
+
+
+def certificate_name(cert_pem: bytes) -> str:
+    """The common name of a PEM certificate (``layerswarm pki issue --name``): with a fleet
+    certificate, that name is the agent's id, so a tracker that checks certificates knows
+    which agent is speaking."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(names) != 1 or not str(names[0].value):
+        raise ValueError("the certificate must carry exactly one common name")
+    return str(names[0].value)
 
 
 def _write(path: Path, text: str, mode: int) -> None:

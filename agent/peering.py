@@ -11,6 +11,7 @@ import contextlib
 import logging
 import shutil
 import socket
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -65,6 +66,24 @@ def read_fleet_tls(config: AgentConfig) -> FleetTLS | None:
         )
     except OSError as exc:
         raise ConfigError(f"peer TLS file {exc.filename}: {exc.strerror}") from None
+
+
+def tracker_ssl_context(config: AgentConfig) -> ssl.SSLContext | None:
+    """TLS towards an https tracker: trust its CA, and show this node's fleet certificate
+    (a tracker run with --agent-ca-file then knows the agent by it). None: the defaults."""
+    ca = config.tracker_ca_file or config.peer_ca_file
+    if ca is None and config.peer_cert_file is None:
+        return None
+    try:
+        ctx = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+        if config.tracker_ca_file is None and config.peer_ca_file is not None:
+            # The fleet CA names nodes, not host names: membership is what is checked.
+            ctx.check_hostname = False
+        if config.peer_cert_file is not None and config.peer_key_file is not None:
+            ctx.load_cert_chain(config.peer_cert_file, config.peer_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"tracker TLS: {exc}") from None
+    return ctx
 
 
 def advertise_address(config: AgentConfig) -> str:
@@ -231,7 +250,12 @@ def build_peering(
     client: TrackerClient
     if config.tracker:
         client = HttpTrackerClient(
-            config.tracker, read_tracker_token(config), identity.agent_id, identity.key, session
+            config.tracker,
+            read_tracker_token(config),
+            identity.agent_id,
+            identity.key,
+            session,
+            ssl_context=tracker_ssl_context(config),
         )
     else:
         embedded = embedded_tracker()

@@ -12,6 +12,7 @@ import errno
 import logging
 import signal
 import socket
+import ssl
 from collections.abc import Callable
 
 from aiohttp import web
@@ -82,6 +83,7 @@ async def serve(
     *,
     shutdown_timeout: float,
     on_listening: Callable[[str], None],
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     """Start ``app`` (its start-up hooks), then accept on ``sock`` until SIGTERM or SIGINT.
 
@@ -95,7 +97,7 @@ async def serve(
     runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None)
     try:
         await runner.setup()
-        site = web.SockSite(runner, sock)
+        site = web.SockSite(runner, sock, ssl_context=ssl_context)
         await site.start()
         on_listening(bound_address(sock))
         await stop.wait()

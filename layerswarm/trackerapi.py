@@ -12,6 +12,7 @@ their HTTP status (never collapsed into ``None``):
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -62,6 +63,15 @@ class TrackerAccess:
             "file holding the fleet's shared tracker token", parse=Path, metavar="FILE"
         ),
     )
+    tracker_ca_file: Path | None = field(
+        default=None,
+        metadata=setting(
+            "CA (PEM) that signed an https tracker's certificate, e.g. the fleet CA "
+            "(default: the system's trust store)",
+            parse=Path,
+            metavar="FILE",
+        ),
+    )
     http_timeout: float = field(
         default=5.0,
         metadata=setting(
@@ -83,8 +93,24 @@ class TrackerAccess:
     def client(self) -> TrackerAPI:
         assert self.tracker_token_file is not None
         return TrackerAPI(
-            self.tracker.split(","), read_token(self.tracker_token_file), self.http_timeout
+            self.tracker.split(","),
+            read_token(self.tracker_token_file),
+            self.http_timeout,
+            ssl_context=fleet_ca_context(self.tracker_ca_file),
         )
+
+
+def fleet_ca_context(ca_file: Path | None) -> ssl.SSLContext | None:
+    """Trust for an https tracker whose certificate the fleet CA signed: fleet certificates
+    name nodes, not host names, so membership of the fleet is what is checked."""
+    if ca_file is None:
+        return None
+    try:
+        ctx = ssl.create_default_context(cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"tracker-ca-file {ca_file}: {exc}") from None
+    ctx.check_hostname = False
+    return ctx
 
 
 def read_token(path: Path) -> str:
@@ -99,10 +125,13 @@ def read_token(path: Path) -> str:
     return token
 
 
-def _no_proxy_opener() -> urllib.request.OpenerDirector:
+def _no_proxy_opener(context: ssl.SSLContext | None = None) -> urllib.request.OpenerDirector:
     # Fleet-internal traffic goes direct, as the agent's own client does: an http_proxy in an
     # operator's shell must not receive the fleet token.
-    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if context is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    return urllib.request.build_opener(*handlers)
 
 
 @dataclass(frozen=True)
@@ -123,6 +152,7 @@ def http_request(
     body: bytes | None = None,
     timeout: float = 5.0,
     max_body: int = 16 << 20,
+    context: ssl.SSLContext | None = None,
 ) -> Response:
     """One request; any HTTP status is a ``Response``, only no answer at all raises OSError."""
     if urlsplit(url).scheme not in ("http", "https"):
@@ -130,7 +160,7 @@ def http_request(
     # The scheme was checked just above, so no file: or custom scheme reaches urllib.
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})  # noqa: S310
     try:
-        with _no_proxy_opener().open(req, timeout=timeout) as resp:
+        with _no_proxy_opener(context).open(req, timeout=timeout) as resp:
             return Response(resp.status, resp.read(max_body), dict(resp.headers.items()))
     except urllib.error.HTTPError as exc:
         with exc:
@@ -141,11 +171,19 @@ def http_request(
 class TrackerAPI:
     """The operator endpoints: preheat jobs, the fleet view, health."""
 
-    def __init__(self, urls: list[str], token: str, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        token: str,
+        timeout: float = 5.0,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         if not urls:
             raise ValueError("at least one tracker URL")
         self.urls = urls
         self._token = token
+        self._ssl = ssl_context
         self.timeout = timeout
 
     def _call(
@@ -164,7 +202,12 @@ class TrackerAPI:
             url = base + path
             try:
                 resp = http_request(
-                    url, method=method, headers=headers, body=body, timeout=self.timeout
+                    url,
+                    method=method,
+                    headers=headers,
+                    body=body,
+                    timeout=self.timeout,
+                    context=self._ssl,
                 )
             except (OSError, ValueError) as exc:
                 failures.append(f"{base}: {getattr(exc, 'reason', None) or exc}")

@@ -15,6 +15,7 @@ from tracker.config import TrackerConfig
 from tracker.errors import StoreUnavailable
 from tracker.metrics import TrackerMetrics
 from tracker.server import (
+    AGENT_CERTS,
     METRICS,
     TOKEN,
     TRACKER,
@@ -62,6 +63,7 @@ def build_app(
     app[TRACKER] = tracker
     app[METRICS] = TrackerMetrics(reg)
     app[TOKEN] = token
+    app[AGENT_CERTS] = config.agent_ca_file is not None
     app[fleet.REGISTRY] = reg
     for module in (agents, lookup, metainfo, preheat, webhooks, invalidations, fleet):
         module.add_routes(app)

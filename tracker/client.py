@@ -5,6 +5,7 @@ local client for the embedded, in-process tracker. Both raise the classes of tra
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -182,7 +183,10 @@ class HttpTrackerClient:
         session: aiohttp.ClientSession,
         *,
         timeout: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """``ssl_context``: for https replicas (the tracker's CA, and this agent's certificate
+        when the tracker identifies agents by it); None uses the system's trust store."""
         raw = urls.split(",") if isinstance(urls, str) else list(urls)
         self._urls = [u.strip().rstrip("/") for u in raw if u.strip()]
         if not self._urls:
@@ -192,6 +196,7 @@ class HttpTrackerClient:
         self._key = key
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._preferred = 0
 
     async def _call(
@@ -207,7 +212,12 @@ class HttpTrackerClient:
             base = self._urls[idx]
             try:
                 async with self._session.request(
-                    method, base + path, json=body, headers=headers, timeout=self._timeout
+                    method,
+                    base + path,
+                    json=body,
+                    headers=headers,
+                    timeout=self._timeout,
+                    ssl=self._ssl,
                 ) as resp:
                     try:
                         payload = await resp.json(content_type=None)

@@ -43,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     many = config.workers > 1
     sock = serve.bind(*config.listen_host_port, reuse_port=many)
     try:
+        # TLS files are read before forking, so a bad one stops the tracker with one line.
+        tls = config.ssl_context()
         if many:
             config.read_token()
             return _supervise(config, sock)
@@ -52,7 +54,13 @@ def run(args: argparse.Namespace) -> int:
                 app,
                 sock,
                 shutdown_timeout=config.shutdown_timeout,
-                on_listening=lambda address: log.info("tracker listening on http://%s", address),
+                on_listening=lambda address: log.info(
+                    "tracker listening on %s://%s%s",
+                    "https" if tls else "http",
+                    address,
+                    " (agents identified by certificate)" if config.agent_ca_file else "",
+                ),
+                ssl_context=tls,
             )
         )
     finally:
@@ -70,8 +78,13 @@ def _worker(config: TrackerConfig, host: str, port: int, index: int) -> int:
                 sock,
                 shutdown_timeout=config.shutdown_timeout,
                 on_listening=lambda address: log.info(
-                    "tracker worker %d listening on http://%s pid=%d", index, address, os.getpid()
+                    "tracker worker %d listening on %s://%s pid=%d",
+                    index,
+                    "https" if config.tls_cert_file else "http",
+                    address,
+                    os.getpid(),
                 ),
+                ssl_context=config.ssl_context(),
             )
         )
     finally:
@@ -115,7 +128,8 @@ def _supervise(config: TrackerConfig, sock: socket.socket) -> int:
     for i in range(config.workers):
         children[_spawn(config, host, port, i)] = i
     log.info(
-        "tracker listening on http://%s with %d workers",
+        "tracker listening on %s://%s with %d workers",
+        "https" if config.tls_cert_file else "http",
         serve.bound_address(sock),
         config.workers,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -53,6 +54,27 @@ class TrackerConfig:
         default=None,
         metadata=setting(
             "file holding the fleet's shared secret (required to serve HTTP)",
+            parse=Path,
+            metavar="FILE",
+        ),
+    )
+    tls_cert_file: Path | None = field(
+        default=None,
+        metadata=setting(
+            "serve HTTPS with this certificate (PEM; e.g. `layerswarm pki issue --name tracker`)",
+            parse=Path,
+            metavar="FILE",
+        ),
+    )
+    tls_key_file: Path | None = field(
+        default=None,
+        metadata=setting("private key (PEM) of --tls-cert-file", parse=Path, metavar="FILE"),
+    )
+    agent_ca_file: Path | None = field(
+        default=None,
+        metadata=setting(
+            "with HTTPS: agents must present a certificate from this CA (the fleet CA) whose "
+            "name is their agent id, so one node cannot speak for another even with the token",
             parse=Path,
             metavar="FILE",
         ),
@@ -148,6 +170,28 @@ class TrackerConfig:
             )
         if self.max_torrent < 1024:
             raise ConfigError("max-torrent must be at least 1K")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError("tls-cert-file and tls-key-file go together")
+        if self.agent_ca_file is not None and self.tls_cert_file is None:
+            raise ConfigError("agent-ca-file needs tls-cert-file and tls-key-file (HTTPS)")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server's TLS context, or None for plain HTTP; ConfigError for unreadable files.
+
+        Agent certificates are optional at the handshake (operators' tools and Prometheus
+        connect with the token alone); agent endpoints then demand one (tracker.server).
+        """
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ctx.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+            if self.agent_ca_file is not None:
+                ctx.load_verify_locations(cafile=str(self.agent_ca_file))
+                ctx.verify_mode = ssl.CERT_OPTIONAL
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"tracker TLS files: {exc}") from None
+        return ctx
 
     @property
     def listen_host_port(self) -> tuple[str, int]:

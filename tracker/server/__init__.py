@@ -10,13 +10,15 @@ from typing import Any
 
 from aiohttp import web
 
-from tracker.errors import InvalidRequest, Unauthorized
+from tracker.errors import Forbidden, InvalidRequest, Unauthorized
 from tracker.metrics import TrackerMetrics
 from tracker.service import Tracker
 
 TRACKER = web.AppKey("tracker", Tracker)
 METRICS = web.AppKey("metrics", TrackerMetrics)
 TOKEN = web.AppKey("token", str)
+# True when agents must prove their id with a certificate from the fleet CA (--agent-ca-file).
+AGENT_CERTS = web.AppKey("agent_certs", bool)
 AGENT_KEY_HEADER = "X-Layerswarm-Agent-Key"
 AGENT_ID_HEADER = "X-Layerswarm-Agent-Id"
 
@@ -44,7 +46,27 @@ def agent_credentials(request: web.Request, agent_id: str | None = None) -> tupl
     if not key:
         raise Unauthorized(f"missing {AGENT_KEY_HEADER} header")
     aid = agent_id if agent_id is not None else request.match_info.get("id", "")
+    if request.app.get(AGENT_CERTS, False):
+        named = certificate_name(request)
+        if named is None:
+            raise Unauthorized("agent requests need a certificate from the fleet CA")
+        if named != aid:
+            # The token and even a stolen key are not enough: the id is the certificate's.
+            raise Forbidden(f"the certificate names agent {named}, not {aid}")
     return aid, key
+
+
+def certificate_name(request: web.Request) -> str | None:
+    """The common name of the client's verified certificate, or None without one."""
+    transport = request.transport
+    cert = transport.get_extra_info("peercert") if transport is not None else None
+    if not cert:
+        return None
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
 
 
 async def read_json(request: web.Request) -> Mapping[str, Any]:
