@@ -98,6 +98,14 @@ async def test_cold_fetch_lease_then_peers(tracker: Tracker, clock: ManualClock)
     await tracker.announce("a1", keys["a1"], D, "holding", progress_bytes=100, total_bytes=100)
     done = await tracker.lookup("a3", keys["a3"], D)
     assert done.action == "peers" and [p.agent_id for p in done.peers] == ["a1"]
+    # A lookup that read the holders before that announce asks for the lease after it: the
+    # complete copy kept the lease, so it is told to follow a1, not to fetch upstream again.
+    late = await tracker.store.acquire_lease("eu", D, "a3", clock.now(), clock.now() + 20)
+    assert (late.granted, late.holder) == (False, "a1")
+    # The kept lease ends like any other: lease_ttl after the last announce.
+    clock.advance(21)
+    later = await tracker.store.acquire_lease("eu", D, "a3", clock.now(), clock.now() + 20)
+    assert later.granted
 
 
 async def test_dead_lease_holder_is_not_handed_out(tracker: Tracker, clock: ManualClock) -> None:
