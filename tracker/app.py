@@ -28,6 +28,7 @@ from tracker.server import (
     webhooks,
 )
 from tracker.server.errors import errors_middleware, metrics_middleware
+from tracker.server.shedding import SHEDDER, Shedder, shedding_middleware
 from tracker.service import Tracker
 from tracker.store import TrackerStore, open_store
 
@@ -58,8 +59,11 @@ def build_app(
     reg = registry if registry is not None else CollectorRegistry()
 
     app = web.Application(
-        client_max_size=config.max_body, middlewares=[metrics_middleware, errors_middleware]
+        client_max_size=config.max_body,
+        # Shed requests are counted (status 429) but cost no store round trip.
+        middlewares=[metrics_middleware, shedding_middleware, errors_middleware],
     )
+    app[SHEDDER] = Shedder(config.max_inflight)
     app[TRACKER] = tracker
     app[METRICS] = TrackerMetrics(reg)
     app[TOKEN] = token

@@ -4,7 +4,9 @@ local client for the embedded, in-process tracker. Both raise the classes of tra
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import ssl
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -156,6 +158,21 @@ _ERRORS: dict[str, type[errors.TrackerError]] = {
     "unknown_agent": errors.UnknownAgent,
     "conflict": errors.Conflict,
 }
+# Rounds over the replicas while every one that answered was shedding load (429), and the
+# longest Retry-After honoured: a shed call waits seconds, not as long as the overload lasts.
+_BUSY_ROUNDS = 4
+_MAX_RETRY_AFTER = 10.0
+
+
+def _seconds(retry_after: str) -> float:
+    """A Retry-After in seconds (our tracker sends whole seconds, never an HTTP date)."""
+    try:
+        value = float(retry_after)
+    except ValueError:
+        return 1.0
+    return min(max(value, 0.1), _MAX_RETRY_AFTER)
+
+
 _BY_STATUS: dict[int, type[errors.TrackerError]] = {
     400: errors.InvalidRequest,
     401: errors.Unauthorized,
@@ -171,7 +188,9 @@ class HttpTrackerClient:
 
     ``urls`` are replicas of one fleet (sharing a Redis store), tried in turn starting from
     the last one that answered; a replica that times out, refuses the connection or answers
-    5xx is skipped. A 4xx answer is final: it would be the same on every replica.
+    5xx is skipped. A 4xx answer is final: it would be the same on every replica, except 429
+    (load shed): then the next replica is asked, and when every one that answered shed the
+    call, it is tried again after their Retry-After times a random 0.5-1.5, a few times.
     """
 
     def __init__(
@@ -184,6 +203,7 @@ class HttpTrackerClient:
         *,
         timeout: float = 5.0,
         ssl_context: ssl.SSLContext | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         """``ssl_context``: for https replicas (the tracker's CA, and this agent's certificate
         when the tracker identifies agents by it); None uses the system's trust store."""
@@ -198,6 +218,8 @@ class HttpTrackerClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._preferred = 0
+        # Jitter for Retry-After: not a secret, only a spread.
+        self._rng = rng or random.Random()  # noqa: S311
 
     async def _call(
         self, method: str, path: str, body: Any = None, *, agent_header: bool = False
@@ -207,36 +229,48 @@ class HttpTrackerClient:
             headers[AGENT_ID_HEADER] = self.agent_id
         failures: list[str] = []
         n = len(self._urls)
-        for i in range(n):
-            idx = (self._preferred + i) % n
-            base = self._urls[idx]
-            try:
-                async with self._session.request(
-                    method,
-                    base + path,
-                    json=body,
-                    headers=headers,
-                    timeout=self._timeout,
-                    ssl=self._ssl,
-                ) as resp:
-                    try:
-                        payload = await resp.json(content_type=None)
-                    except ValueError:
-                        payload = None
-                    status = resp.status
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                failures.append(f"{base}: {classify(exc).cause}")
-                continue
-            if status >= 500:
-                failures.append(f"{base}: HTTP {status}")
-                continue
-            self._preferred = idx
-            if status >= 400:
-                message = payload.get("error", "") if isinstance(payload, dict) else ""
-                code = payload.get("code", "") if isinstance(payload, dict) else ""
-                cls = _ERRORS.get(code) or _BY_STATUS.get(status, errors.TrackerError)
-                raise cls(message or f"HTTP {status}")
-            return payload
+        for busy_round in range(_BUSY_ROUNDS + 1):
+            busy: float | None = None
+            for i in range(n):
+                idx = (self._preferred + i) % n
+                base = self._urls[idx]
+                try:
+                    async with self._session.request(
+                        method,
+                        base + path,
+                        json=body,
+                        headers=headers,
+                        timeout=self._timeout,
+                        ssl=self._ssl,
+                    ) as resp:
+                        try:
+                            payload = await resp.json(content_type=None)
+                        except ValueError:
+                            payload = None
+                        status = resp.status
+                        retry_after = resp.headers.get("Retry-After", "")
+                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                    failures.append(f"{base}: {classify(exc).cause}")
+                    continue
+                if status == 429:
+                    # Shedding load: another replica may have room; else wait as told.
+                    failures.append(f"{base}: busy")
+                    busy = max(busy or 0.0, _seconds(retry_after))
+                    continue
+                if status >= 500:
+                    failures.append(f"{base}: HTTP {status}")
+                    continue
+                self._preferred = idx
+                if status >= 400:
+                    message = payload.get("error", "") if isinstance(payload, dict) else ""
+                    code = payload.get("code", "") if isinstance(payload, dict) else ""
+                    cls = _ERRORS.get(code) or _BY_STATUS.get(status, errors.TrackerError)
+                    raise cls(message or f"HTTP {status}")
+                return payload
+            if busy is None or busy_round == _BUSY_ROUNDS:
+                break
+            # Jitter, so a burst that was shed together does not come back together.
+            await asyncio.sleep(busy * self._rng.uniform(0.5, 1.5))
         # Debug only: the caller decides how loudly to say it (the agent once per change).
         log.debug("no tracker replica answered path=%s failures=%s", path, failures)
         raise errors.TrackerUnavailable("no tracker answered: " + "; ".join(failures))

@@ -139,6 +139,16 @@ class TrackerConfig:
             metavar="N",
         ),
     )
+    # Off by default: bench.fleet_sim on 2 shared cores found it no help when the tracker's
+    # own CPU is the limit (docs/benchmarks-scale.md); it is for a tracker waiting on Redis.
+    max_inflight: int = field(
+        default=0,
+        metadata=setting(
+            "API requests one process works on at once; more are answered 429 with "
+            "Retry-After at once, which agents honour with jitter (0: no limit)",
+            metavar="N",
+        ),
+    )
     shutdown_timeout: float = field(
         default=10.0,
         metadata=setting(
@@ -162,6 +172,8 @@ class TrackerConfig:
             raise ConfigError("max-body must be at least 4K")
         if not 1 <= self.max_announce <= 100_000:
             raise ConfigError("max-announce must be between 1 and 100000")
+        if self.max_inflight < 0:
+            raise ConfigError("max-inflight must not be negative")
         if not 1 <= self.workers <= 64:
             raise ConfigError("workers must be between 1 and 64")
         if self.workers > 1 and self.store == "memory":

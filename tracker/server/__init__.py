@@ -89,8 +89,8 @@ def field_str(body: Mapping[str, Any], name: str) -> str:
     return value
 
 
-def reply(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=_dumps)
+def reply(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.json_response(data, status=status, headers=headers, dumps=_dumps)
 
 
 def _dumps(obj: Any) -> str:
