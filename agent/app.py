@@ -22,7 +22,7 @@ from agent.mirror import Mirror
 from agent.peering import Peering, build_peering
 from agent.preheat import LayerProgress, ProgressHook, preheat_image
 from agent.server.middleware import make_middleware
-from agent.server.ops import OpsHandlers
+from agent.server.ops import OpsHandlers, describe_config
 from agent.server.registry import RegistryHandlers
 from agent.upstream import UpstreamClient, load_credentials
 from layerswarm.settings import ConfigError
@@ -193,7 +193,9 @@ async def build_app(
     app = web.Application(middlewares=[make_middleware(metrics)], client_max_size=64 << 10)
     app[AGENT_KEY] = runtime
     RegistryHandlers(config, mirror, client, store, metrics).add_routes(app)
-    OpsHandlers(metrics, store, lambda: peering.link.state).add_routes(app)
+    OpsHandlers(
+        metrics, store, lambda: peering.link.state, describe_config(config, identity.agent_id)
+    ).add_routes(app)
 
     async def _peering(_app: web.Application) -> AsyncIterator[None]:
         await peering.start()

@@ -35,6 +35,11 @@ def mirror_prefix(registry: str) -> str:
     return registry.replace(":", "_")
 
 
+def canonical_registry(name: str) -> str:
+    """Docker Hub's other host names, as some clients send them, mean ``docker.io``."""
+    return DOCKER_HUB if name in ("index.docker.io", "registry-1.docker.io") else name
+
+
 def registry_from_prefix(component: str) -> str:
     """Undo ``mirror_prefix`` (a component without ``_port`` is returned as it is)."""
     host, sep, port = component.rpartition("_")

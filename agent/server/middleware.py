@@ -59,7 +59,7 @@ def make_middleware(metrics: AgentMetrics) -> Middleware:
                 return error_response(RegistryError("internal error"), request.method)
         finally:
             seconds = time.monotonic() - t0
-            if ri.kind not in ("metrics", "health"):
+            if ri.kind not in ("metrics", "health", "config"):
                 metrics.requests.labels(ri.kind, str(status)).inc()
                 metrics.request_seconds.labels(ri.kind).observe(seconds)
                 # One line per request; never headers, never credentials.

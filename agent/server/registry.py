@@ -26,6 +26,7 @@ from agent.config import (
     DOCKER_HUB,
     AgentConfig,
     Upstream,
+    canonical_registry,
     registry_from_prefix,
     valid_registry_name,
 )
@@ -238,7 +239,7 @@ class RegistryHandlers:
         if not ns_values:
             first, sep, rest = name.partition("/")
             if sep and rest and ("." in first or first == "localhost"):
-                host = _canonical_registry(first)
+                host = canonical_registry(first)
                 up = self._upstreams.get(host) or self._upstreams.get(registry_from_prefix(host))
                 if up is not None:
                     return up, rest
@@ -250,7 +251,7 @@ class RegistryHandlers:
                         f" this agent mirrors {', '.join(sorted(self._upstreams))}"
                     )
         ns = ns_values[0] if ns_values else self._config.default_upstream
-        ns = _canonical_registry(ns)
+        ns = canonical_registry(ns)
         if not valid_registry_name(ns):
             raise NameInvalid(f"invalid ns {ns[:100]!r}")
         up = self._upstreams.get(ns)
@@ -534,7 +535,3 @@ def client_auth(request: web.Request) -> str | None:
     if scheme.lower() == "basic" and value.strip() in ("", "Og==", "Og"):
         return None
     return auth
-
-
-def _canonical_registry(name: str) -> str:
-    return DOCKER_HUB if name in ("index.docker.io", "registry-1.docker.io") else name

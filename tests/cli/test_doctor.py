@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.cli.conftest import Node, layerswarm
+from tests.support.agent import AgentProc
 from tests.support.clients import Podman
 from tests.support.procs import free_port, require_binary
 
@@ -247,3 +250,51 @@ def test_podman_api_with_and_without_the_mirror(
     assert rc == 1
     report = line(out, "FAIL", "runtime:")
     assert "does not use the mirror" in report and "127.0.0.1:1/elsewhere" in report
+
+
+# -- the agent's own description of its config (GET /v1/config) ------------------------------
+
+
+def get_json(url: str) -> tuple[dict[str, object], str]:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        body = resp.read().decode()
+    data = json.loads(body)
+    assert isinstance(data, dict), body
+    return data, body
+
+
+def test_agent_describes_its_config_without_secrets(node: Node, tmp_path: Path) -> None:
+    reg = node.registry.host_port
+    creds = tmp_path / "credentials.yaml"
+    password = "creds-file-" + secrets.token_hex(8)
+    creds.write_text(f"{reg}:\n  username: someone\n  password: {password}\n")
+    userinfo = "url-" + secrets.token_hex(8)
+    token = node.token_file.read_text().strip()
+    agent = AgentProc(
+        tmp_path / "described",
+        {reg: node.registry.url, "quay.example": f"http://deploy:{userinfo}@127.0.0.1:1"},
+        default_upstream=reg,
+        extra=[
+            *node.tracker_args,
+            "--credentials-file", str(creds),
+            "--zone", "z9", "--region", "r9", "--role", "seed",
+            "--peer-listen", "127.0.0.1:0", "--advertise-address", "127.0.0.1",
+            "--cache-size", "32M",
+        ],
+    ).start()  # fmt: skip
+    try:
+        config, body = get_json(f"{agent.url}/v1/config")
+    finally:
+        agent.stop()
+    for secret in (password, userinfo, token, "someone"):
+        assert secret not in body, body
+    assert config["upstreams"] == [
+        {"name": reg, "url": node.registry.url},
+        {"name": "docker.io", "url": "https://registry-1.docker.io"},
+        {"name": "quay.example", "url": "http://127.0.0.1:1"},
+    ]
+    assert config["default_upstream"] == reg
+    assert (config["zone"], config["region"], config["role"]) == ("z9", "r9", "seed")
+    assert config["p2p"] is True and config["peer_transport"] == "relay"
+    assert config["tracker"] == {"urls": [node.tracker_url], "token_file": str(node.token_file)}
+    assert config["cache_size_bytes"] == 32 << 20
