@@ -1,11 +1,14 @@
 """``layerswarm doctor``: check this node end to end and say how to fix what is wrong.
 
 Each check prints ``OK``, ``WARN`` or ``FAIL`` with what was found and, when it is not OK,
-the fix. In order: the agent answers (``/healthz``, ``/v2/``); each tracker replica answers
-and accepts the fleet token; each upstream answers ``/v2/``; the data directory has room; a
-container runtime is actually pointed at the agent (through a Docker-compatible API when
-one answers, which dockerd and ``podman system service`` both provide, otherwise by reading
-daemon.json, containerd's certs.d and the containers-registries.conf drop-in).
+the fix. In order: the agent answers (``/healthz``, ``/v2/``) and describes its running
+config (``/v1/config``); each tracker replica answers and accepts the fleet token; the agent
+has a ``--region`` when its peers have one; each upstream answers ``/v2/``; the data
+directory has room; a container runtime is actually pointed at the agent (through a
+Docker-compatible API when one answers, which dockerd and ``podman system service`` both
+provide, otherwise by reading daemon.json, containerd's certs.d and the
+containers-registries.conf drop-in), and every registry it sends there is one the running
+agent mirrors.
 
 The agent's own flags, env vars and config file describe the node (``--config``,
 ``--upstream``, ``--tracker``...), so ``doctor`` run with the agent's environment checks
@@ -23,13 +26,14 @@ import os
 import shutil
 import sys
 import tomllib
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from agent.config import AgentConfig, Upstream
+from agent.config import AgentConfig, Upstream, canonical_registry, registry_from_prefix
 from layerswarm import settings
 from layerswarm.failures import classify
 from layerswarm.preheat_cmd import human_bytes
@@ -136,7 +140,11 @@ def same_endpoint(mirror: str, agent_url: str) -> bool:
 # -- the checks --------------------------------------------------------------------------------
 
 
-def check_agent(agent_url: str, timeout: float) -> tuple[list[Check], dict[str, Any] | None]:
+def check_agent(
+    agent_url: str, timeout: float, token_file: str | None
+) -> tuple[list[Check], dict[str, Any] | None]:
+    """The agent's health and registry API. ``token_file`` is the agent's own (from its
+    ``/v1/config``, else doctor's flags), for the fix when the tracker refuses the agent."""
     fix = (
         f"start the agent (`systemctl start layerswarm-agent` or `layerswarm agent ...`) or "
         f"point --agent at it; check that it listens on {agent_url}"
@@ -161,12 +169,20 @@ def check_agent(agent_url: str, timeout: float) -> tuple[list[Check], dict[str, 
         and health.get("status") == "degraded"
         and isinstance(tracker, dict)
     ):
+        if tracker.get("state") == "refused":
+            where = token_file or "the file given as the agent's --tracker-token-file"
+            fix = (
+                f"put the fleet token (the tracker's --token-file) in {where} and restart the "
+                "agent; until then pulls work, from the upstream only"
+            )
+        else:
+            fix = "pulls work, from the upstream only; see the tracker checks below"
         checks.append(
             Check(
                 "agent tracker link",
                 "WARN",
                 f"{tracker.get('state')}: {tracker.get('reason')}",
-                "pulls work, from the upstream only; see the tracker checks below",
+                fix,
             )
         )
     try:
@@ -189,6 +205,106 @@ def check_agent(agent_url: str, timeout: float) -> tuple[list[Check], dict[str, 
                 )
             )
     return checks, health if isinstance(health, dict) else None
+
+
+@dataclass(frozen=True)
+class AgentView:
+    """The settings the later checks compare against: the running agent's own (``GET
+    /v1/config``), or doctor's flags when the agent cannot say (down, or older than the
+    endpoint); ``described`` tells which."""
+
+    upstreams: dict[str, str]  # name -> URL
+    default_upstream: str
+    zone: str
+    region: str
+    p2p: bool
+    tracker_urls: list[str]
+    token_file: str | None
+    agent_id: str = ""
+    described: bool = False
+
+    @classmethod
+    def from_config(cls, config: AgentConfig) -> AgentView:
+        return cls(
+            upstreams={u.name: u.url for u in config.upstreams.values()},
+            default_upstream=config.default_upstream,
+            zone=config.zone,
+            region=config.region,
+            p2p=config.p2p,
+            tracker_urls=[u for u in config.tracker.split(",") if u],
+            token_file=str(config.tracker_token_file) if config.tracker_token_file else None,
+        )
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AgentView:
+        """Raises ValueError, KeyError, TypeError or AttributeError on an answer of another
+        shape (another program on the port, a future format)."""
+        ups = {str(u["name"]): str(u["url"]) for u in data["upstreams"]}
+        tracker = data.get("tracker") or {}
+        token_file = tracker.get("token_file")
+        return cls(
+            upstreams=ups,
+            default_upstream=str(data["default_upstream"]),
+            zone=str(data.get("zone") or ""),
+            region=str(data.get("region") or ""),
+            p2p=bool(data.get("p2p", True)),
+            tracker_urls=[str(u) for u in tracker.get("urls") or []],
+            token_file=str(token_file) if token_file else None,
+            agent_id=str(data.get("agent_id") or ""),
+            described=True,
+        )
+
+    def summary(self) -> str:
+        ups = ", ".join(f"{n} ({u})" for n, u in sorted(self.upstreams.items()))
+        where = ", ".join(
+            f"{k} {v}" for k, v in (("region", self.region), ("zone", self.zone)) if v
+        )
+        tracker = (
+            "no peers (--no-p2p)"
+            if not self.p2p
+            else f"tracker {', '.join(self.tracker_urls)}"
+            if self.tracker_urls
+            else "embedded tracker"
+        )
+        return (
+            f"mirrors {ups}; default {self.default_upstream}; "
+            f"{where or 'no region or zone'}; {tracker}"
+        )
+
+
+def check_agent_config(
+    agent_url: str, config: AgentConfig, timeout: float
+) -> tuple[Check, AgentView]:
+    """What the agent runs with, from ``/v1/config``. Doctor's flags may not be the agent's
+    (another env, a stale --config), and a runtime's mirror config works only against the
+    upstreams the running agent really has; so those are what the later checks use."""
+    url = f"{agent_url}/v1/config"
+    fix = (
+        "upgrade the agent (it describes its config at /v1/config since this release), or "
+        "run doctor with the agent's flags, environment or --config"
+    )
+    try:
+        resp = http_request(url, timeout=timeout, max_body=1 << 20)
+    except OSError as exc:
+        reason = getattr(exc, "reason", None) or exc
+        problem = f"no answer ({reason})"
+    else:
+        if resp.status == 200:
+            try:
+                data = resp.json()
+                view = AgentView.from_json(data if isinstance(data, dict) else {})
+            except (ValueError, KeyError, TypeError, AttributeError):
+                problem = "answer is not the agent's config"
+            else:
+                return Check("agent config", "OK", view.summary()), view
+        else:
+            problem = f"HTTP {resp.status}"
+    return Check(
+        "agent config",
+        "WARN",
+        f"{url}: {problem}; checking against doctor's own flags instead",
+        fix,
+    ), AgentView.from_config(config)
 
 
 def check_tracker(config: AgentConfig, timeout: float) -> list[Check]:
@@ -258,6 +374,53 @@ def check_tracker(config: AgentConfig, timeout: float) -> list[Check]:
             continue
         checks.append(Check(name, "OK", "reachable, token accepted"))
     return checks
+
+
+def check_region(view: AgentView, config: AgentConfig, timeout: float) -> list[Check]:
+    """WARN when this agent has no region while live agents in the fleet have one.
+
+    The tracker hands out one upstream lease per region and prefers a region's own peers; an
+    agent without a region is a region of its own, so it fetches from the upstream layers its
+    region already has. Needs the fleet view, so only with a tracker and a token.
+    """
+    if not view.p2p or view.region:
+        return []
+    urls = [u for u in config.tracker.split(",") if u] or view.tracker_urls
+    token_path = config.tracker_token_file or (Path(view.token_file) if view.token_file else None)
+    if not urls or token_path is None:
+        return []
+    try:
+        fleet = TrackerAPI(urls, read_token(token_path), timeout).fleet()
+    except (ConfigError, TrackerRefused, TrackerUnreachable) as exc:
+        return [
+            Check(
+                "region",
+                "WARN",
+                f"the agent has no --region, and the fleet view cannot be read to compare: {exc}",
+                "see the tracker checks above",
+            )
+        ]
+    agents = fleet.get("agents") or []
+    regions = Counter(
+        str(a["region"])
+        for a in agents
+        if isinstance(a, dict) and a.get("region") and a.get("agent_id") != view.agent_id
+    )
+    if not regions:
+        return []
+    seen = ", ".join(f"{r}: {n}" for r, n in regions.most_common())
+    live = sum(regions.values())
+    return [
+        Check(
+            "region",
+            "WARN",
+            f"the agent has no --region, while {live} live agent{'s' if live != 1 else ''} in "
+            f"the fleet {'have' if live != 1 else 'has'} one ({seen}); it is a region of its "
+            "own, so it fetches from the upstream layers its region already has",
+            f"start the agent with --region REGION (LAYERSWARM_REGION), its peers' region: "
+            f"--region {regions.most_common(1)[0][0]}",
+        )
+    ]
 
 
 def checked_upstreams(config: AgentConfig) -> list[Upstream]:
@@ -381,8 +544,45 @@ def mirrors_from_info(info: dict[str, Any]) -> dict[str, list[str]]:
     return out
 
 
-def check_runtime_api(base_url: str, agent_url: str, timeout: float) -> Check | None:
-    """The check from a Docker-compatible API, or None when none answers (files decide)."""
+@dataclass(frozen=True)
+class MirrorUse:
+    """A runtime config entry that sends pulls of ``registry`` to the agent.
+
+    ``asks_for`` is the upstream the agent is asked for: containerd names it in ``?ns=``,
+    podman/CRI-O in the mirror location's path prefix; None when the request names no registry
+    (Docker's registry-mirrors, a location without a prefix), so the default upstream answers.
+    """
+
+    runtime: Literal["docker", "containerd", "podman"]
+    where: str  # the file or API, for the report
+    registry: str
+    asks_for: str | None
+
+
+def mirror_path_prefix(mirror: str) -> str | None:
+    """The registry a mirror location names as its path prefix (``node:5050/ghcr.io``,
+    ``node:5050/127.0.0.1_5000``), or None for a location without a path."""
+    rest = mirror.split("://", 1)[1] if "://" in mirror else mirror
+    first = rest.partition("/")[2].strip("/").split("/")[0]
+    return registry_from_prefix(first) if first else None
+
+
+def uses_from_info(
+    mirrors: dict[str, list[str]], agent_url: str, where: str, runtime: Literal["docker", "podman"]
+) -> list[MirrorUse]:
+    return [
+        MirrorUse(runtime, where, registry, mirror_path_prefix(m))
+        for registry, ms in sorted(mirrors.items())
+        for m in ms
+        if same_endpoint(m, agent_url)
+    ]
+
+
+def check_runtime_api(
+    base_url: str, agent_url: str, timeout: float
+) -> tuple[Check, list[MirrorUse]] | None:
+    """The check from a Docker-compatible API and what it sends to the agent, or None when
+    none answers (files decide)."""
     import docker as docker_sdk  # noqa: PLC0415  # only doctor needs it, and only here
 
     try:
@@ -395,13 +595,16 @@ def check_runtime_api(base_url: str, agent_url: str, timeout: float) -> Check | 
         return None
     mirrors = mirrors_from_info(info if isinstance(info, dict) else {})
     ours = sorted(r for r, ms in mirrors.items() if any(same_endpoint(m, agent_url) for m in ms))
-    engine = "podman" if "podman" in json.dumps(info.get("Name", "")).lower() else "docker"
+    engine: Literal["docker", "podman"] = (
+        "podman" if "podman" in json.dumps(info.get("Name", "")).lower() else "docker"
+    )
+    uses = uses_from_info(mirrors, agent_url, f"the container API at {base_url}", engine)
     if ours:
         return Check(
             "runtime",
             "OK",
             f"the container API at {base_url} pulls {', '.join(ours)} through {agent_url}",
-        )
+        ), uses
     seen = "; ".join(f"{r}: {', '.join(ms)}" for r, ms in sorted(mirrors.items())) or "none"
     return Check(
         "runtime",
@@ -412,7 +615,7 @@ def check_runtime_api(base_url: str, agent_url: str, timeout: float) -> Check | 
         if engine == "docker"
         else f"`layerswarm configure podman --mirror {agent_url} --registry NAME`, then restart "
         "the podman service",
-    )
+    ), uses
 
 
 def _read(path: Path, fmt: Literal["json", "toml"]) -> tuple[dict[str, Any] | None, str | None]:
@@ -444,6 +647,7 @@ class FileFindings:
     pointed: list[str]  # "docker (daemon.json): docker.io"
     present: list[str]  # files read that do not point at the agent
     errors: list[str]
+    uses: list[MirrorUse] = field(default_factory=list)
 
 
 def scan_runtime_files(
@@ -457,6 +661,8 @@ def scan_runtime_files(
         mirrors = data.get("registry-mirrors") or []
         if isinstance(mirrors, list) and any(same_endpoint(str(m), agent_url) for m in mirrors):
             found.pointed.append(f"docker ({daemon_json}): docker.io")
+            # Docker applies registry-mirrors to Docker Hub only, and names no registry.
+            found.uses.append(MirrorUse("docker", str(daemon_json), "docker.io", None))
         else:
             found.present.append(f"{daemon_json} (registry-mirrors: {mirrors or 'none'})")
 
@@ -471,6 +677,11 @@ def scan_runtime_files(
         if isinstance(hosts, dict) and any(same_endpoint(str(h), agent_url) for h in hosts):
             registry = "every registry" if d.name == containerd.DEFAULT_HOST_DIR else d.name
             found.pointed.append(f"containerd ({path}): {registry}")
+            if d.name != containerd.DEFAULT_HOST_DIR:
+                # containerd names the registry in ?ns=, the directory's name. `_default`
+                # sends every registry, and those the agent lacks fall through to the next
+                # host, so only named directories can be checked against its upstreams.
+                found.uses.append(MirrorUse("containerd", str(path), d.name, d.name))
         else:
             found.present.append(str(path))
 
@@ -483,11 +694,20 @@ def scan_runtime_files(
             if not isinstance(entry, dict):
                 continue
             mirrors = entry.get("mirror") or []
-            if any(
-                isinstance(m, dict) and same_endpoint(str(m.get("location", "")), agent_url)
+            ours = [
+                str(m.get("location", ""))
                 for m in mirrors
-            ):
-                names.append(str(entry.get("prefix") or entry.get("location") or "?"))
+                if isinstance(m, dict) and same_endpoint(str(m.get("location", "")), agent_url)
+            ]
+            if ours:
+                name = str(entry.get("prefix") or entry.get("location") or "?")
+                names.append(name)
+                # A prefix may name a namespace too (docker.io/library); the host comes first.
+                registry = name.split("/", 1)[0]
+                found.uses.extend(
+                    MirrorUse("podman", str(registries_conf), registry, mirror_path_prefix(loc))
+                    for loc in ours
+                )
         if names:
             found.pointed.append(f"podman/CRI-O ({registries_conf}): {', '.join(names)}")
         else:
@@ -497,7 +717,7 @@ def scan_runtime_files(
 
 def check_runtime_files(
     agent_url: str, daemon_json: Path, certs_dir: Path, registries_conf: Path
-) -> list[Check]:
+) -> tuple[list[Check], list[MirrorUse]]:
     found = scan_runtime_files(agent_url, daemon_json, certs_dir, registries_conf)
     checks = [
         Check("runtime config", "FAIL", e, "fix or move the file away; runtimes will not start")
@@ -517,6 +737,66 @@ def check_runtime_files(
                 f"`layerswarm configure docker|containerd|podman --mirror {agent_url}`",
             )
         )
+    return checks, found.uses
+
+
+def check_mirror_upstreams(uses: list[MirrorUse], view: AgentView, agent_url: str) -> list[Check]:
+    """Each registry a runtime sends to the agent must be one the agent mirrors, and answered
+    by that registry: otherwise the agent refuses it (the runtime quietly pulls direct, or
+    fails with no route out) or serves it from another registry."""
+    name = "runtime upstreams"
+    mirrored = sorted(view.upstreams)
+    whose = "the agent" if view.described else "the agent (as doctor's flags describe it)"
+    checks: list[Check] = []
+    fine: list[str] = []
+    for use in uses:
+        registry = canonical_registry(use.registry)
+        if registry.startswith("*"):
+            continue  # a wildcard prefix names no one registry to compare
+        if use.asks_for is not None:
+            target = canonical_registry(use.asks_for)
+            if target not in view.upstreams:
+                checks.append(
+                    Check(
+                        name,
+                        "FAIL",
+                        f"{use.where} sends {registry} pulls to {whose}, which does not mirror "
+                        f"{target} (it mirrors {', '.join(mirrored)}): they bypass the mirror "
+                        "or fail",
+                        f"start the agent with --upstream {target}=https://{target} (or that "
+                        f"registry's own URL; LAYERSWARM_UPSTREAM), or take {registry} out of "
+                        f"{use.where}",
+                    )
+                )
+                continue
+        else:
+            target = canonical_registry(view.default_upstream)
+        if target == registry:
+            fine.append(registry)
+            continue
+        url = view.upstreams.get(target, "?")
+        if use.asks_for is not None:
+            detail = f"{use.where} sends {registry} pulls to {whose} as {target} ({url})"
+            fix = f"`layerswarm configure {use.runtime} --mirror {agent_url} --registry {registry}`"
+        elif use.runtime == "docker":
+            detail = (
+                f"{use.where} sends {registry} pulls to {whose} without naming the registry, "
+                f"so its default upstream {target} ({url}) answers them, not {registry}"
+            )
+            fix = (
+                f"start the agent with --default-upstream {registry}; or, if {url} stands in for "
+                f"{registry} on purpose, name it so: --upstream {registry}={url}"
+            )
+        else:
+            detail = (
+                f"{use.where}: the mirror for {registry} has no registry path prefix, so "
+                f"{whose} answers {registry} pulls from its default upstream {target} ({url})"
+            )
+            fix = f"`layerswarm configure podman --mirror {agent_url} --registry {registry}`"
+        checks.append(Check(name, "WARN", detail, fix))
+    if fine:
+        regs = ", ".join(dict.fromkeys(fine))
+        checks.insert(0, Check(name, "OK", f"{whose} mirrors what the runtime sends it: {regs}"))
     return checks
 
 
@@ -525,13 +805,20 @@ def check_runtime_files(
 
 def run_checks(config: AgentConfig, args: argparse.Namespace, timeout: float) -> list[Check]:
     agent_url = (args.agent or agent_url_from(config.listen)).rstrip("/")
-    checks, health = check_agent(agent_url, timeout)
+    # Asked first, reported second: the tracker-link check names the agent's own token file.
+    config_check, view = check_agent_config(agent_url, config, timeout)
+    checks, health = check_agent(agent_url, timeout, view.token_file)
+    if health is not None or config_check.level == "OK":
+        # When the agent does not answer at all, its FAIL says so; a WARN here adds nothing.
+        checks.append(config_check)
     checks += check_tracker(config, timeout)
+    checks += check_region(view, config, timeout)
     checks += check_upstreams(config, timeout)
     checks.append(check_disk(config, health))
     host = docker_host(args.docker_host)
-    api_check = check_runtime_api(host, agent_url, timeout) if host else None
-    if api_check is not None:
+    api = check_runtime_api(host, agent_url, timeout) if host else None
+    if api is not None:
+        api_check, uses = api
         checks.append(api_check)
     else:
         if args.docker_host and args.docker_host != "none":
@@ -544,9 +831,11 @@ def run_checks(config: AgentConfig, args: argparse.Namespace, timeout: float) ->
                     "check --docker-host (unix:///var/run/docker.sock for dockerd)",
                 )
             )
-        checks += check_runtime_files(
+        file_checks, uses = check_runtime_files(
             agent_url, args.daemon_json, args.certs_dir, args.registries_conf
         )
+        checks += file_checks
+    checks += check_mirror_upstreams(uses, view, agent_url)
     return checks
 
 

@@ -65,19 +65,51 @@ def configured_docker(node: Node, tmp_path: Path) -> Path:
     return daemon
 
 
+def configured_containerd(node: Node, tmp_path: Path, *registries: str) -> Path:
+    certs = tmp_path / "certs.d"
+    res = layerswarm(
+        "configure", "containerd", "--mirror", node.agent.url,
+        *(arg for r in registries for arg in ("--registry", r)),
+        "--certs-dir", str(certs), "--containerd-config", str(tmp_path / "no-config.toml"),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return certs
+
+
 def test_healthy_node_is_all_ok(node: Node, tmp_path: Path) -> None:
-    daemon = configured_docker(node, tmp_path)
-    rc, out = doctor(node, tmp_path, "--daemon-json", str(daemon))
+    # containerd names the registry (?ns=), so the agent answers with that very registry.
+    reg = node.registry.host_port
+    certs = configured_containerd(node, tmp_path, reg)
+    rc, out = doctor(node, tmp_path, "--certs-dir", str(certs))
     assert rc == 0, out
     assert "FAIL" not in out, out
     line(out, "OK", "agent:")
     assert "answers 200" in line(out, "OK", "agent registry API")
+    described = line(out, "OK", "agent config")
+    assert f"mirrors {reg} ({node.registry.url}), docker.io (" in described, described
+    assert f"default {reg}; region r1, zone z1; tracker {node.tracker_url}" in described
     assert "token accepted" in line(out, "OK", f"tracker {node.tracker_url}")
-    assert "answers 200" in line(out, "OK", f"upstream {node.registry.host_port}")
+    assert "answers 200" in line(out, "OK", f"upstream {reg}")
     # The agent's cache is 64 MiB on a disk with far more free; its own numbers are used.
     assert "of 64.0 MiB" in line(out, "OK", "disk")
-    assert f"docker ({daemon}): docker.io" in line(out, "OK", "runtime config")
+    assert f"containerd ({certs / reg / 'hosts.toml'}): {reg}" in line(out, "OK", "runtime config")
+    assert f"mirrors what the runtime sends it: {reg}" in line(out, "OK", "runtime upstreams")
     assert "0 failed, 0 warnings" in out
+
+
+def test_docker_mirrors_answered_by_another_default_upstream(node: Node, tmp_path: Path) -> None:
+    # Docker sends Docker Hub pulls with no registry named; this agent's default upstream is
+    # the local registry, so it would answer docker.io pulls from there.
+    daemon = configured_docker(node, tmp_path)
+    rc, out = doctor(node, tmp_path, "--daemon-json", str(daemon))
+    assert rc == 0, out
+    assert f"docker ({daemon}): docker.io" in line(out, "OK", "runtime config")
+    report = line(out, "WARN", "runtime upstreams")
+    reg, url = node.registry.host_port, node.registry.url
+    assert f"{daemon} sends docker.io pulls to the agent without naming the registry" in report
+    assert f"default upstream {reg} ({url}) answers them" in report
+    assert "fix: start the agent with --default-upstream docker.io" in report
+    assert f"--upstream docker.io={url}" in report
 
 
 def test_agent_down(node: Node, tmp_path: Path) -> None:
@@ -139,24 +171,144 @@ def test_broken_daemon_json_fails(node: Node, tmp_path: Path) -> None:
 
 
 def test_containerd_hosts_toml_written_by_configure(node: Node, tmp_path: Path) -> None:
-    certs = tmp_path / "certs.d"
     reg = node.registry.host_port
-    res = layerswarm(
-        "configure",
-        "containerd",
-        "--mirror",
-        node.agent.url,
-        "--registry",
-        reg,
-        "--certs-dir",
-        str(certs),
-        "--containerd-config",
-        str(tmp_path / "no-config.toml"),
-    )
-    assert res.returncode == 0, res.stderr
+    certs = configured_containerd(node, tmp_path, reg)
     rc, out = doctor(node, tmp_path, "--certs-dir", str(certs))
     assert rc == 0, out
     assert f"containerd ({certs / reg / 'hosts.toml'}): {reg}" in line(out, "OK", "runtime config")
+
+
+def test_runtime_registry_the_agent_does_not_mirror_fails(node: Node, tmp_path: Path) -> None:
+    reg = node.registry.host_port
+    certs = configured_containerd(node, tmp_path, reg, "ghcr.io")
+    rc, out = doctor(node, tmp_path, "--certs-dir", str(certs))
+    assert rc == 1, out
+    hosts = certs / "ghcr.io" / "hosts.toml"
+    report = line(out, "FAIL", "runtime upstreams")
+    assert f"{hosts} sends ghcr.io pulls to the agent, which does not mirror ghcr.io" in report
+    assert f"(it mirrors {reg}, docker.io)" in report
+    assert "fix: start the agent with --upstream ghcr.io=https://ghcr.io" in report
+    # The registry it does mirror is still reported OK beside it.
+    assert f"mirrors what the runtime sends it: {reg}" in line(out, "OK", "runtime upstreams")
+
+    # podman/CRI-O name the registry in the mirror location's path prefix instead.
+    conf = tmp_path / "registries.conf"
+    res = layerswarm(
+        "configure", "podman", "--mirror", node.agent.url, "--registry", "ghcr.io",
+        "--registries-conf", str(conf),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert f"{node.agent.host_port}/ghcr.io" in conf.read_text()
+    rc, out = doctor(node, tmp_path, "--registries-conf", str(conf))
+    assert rc == 1, out
+    report = line(out, "FAIL", "runtime upstreams")
+    assert f"{conf} sends ghcr.io pulls to the agent, which does not mirror ghcr.io" in report
+    assert "fix: start the agent with --upstream ghcr.io=https://ghcr.io" in report
+
+
+def test_podman_mirror_without_a_path_prefix_warns(node: Node, tmp_path: Path) -> None:
+    conf = tmp_path / "registries.conf"
+    conf.write_text(
+        '[[registry]]\nprefix = "quay.io"\nlocation = "quay.io"\n'
+        f'[[registry.mirror]]\nlocation = "{node.agent.host_port}"\ninsecure = true\n'
+    )
+    rc, out = doctor(node, tmp_path, "--registries-conf", str(conf))
+    assert rc == 0, out
+    report = line(out, "WARN", "runtime upstreams")
+    assert f"{conf}: the mirror for quay.io has no registry path prefix" in report
+    assert f"answers quay.io pulls from its default upstream {node.registry.host_port}" in report
+    assert (
+        f"fix: `layerswarm configure podman --mirror {node.agent.url} --registry quay.io`" in report
+    )
+
+
+def another_agent(node: Node, tmp_path: Path, *extra: str, upstreams: dict[str, str]) -> AgentProc:
+    """A second agent in the node's fleet, with no region unless ``extra`` gives one."""
+    return AgentProc(
+        tmp_path / "other-agent",
+        {node.registry.host_port: node.registry.url, **upstreams},
+        default_upstream=node.registry.host_port,
+        extra=[
+            *node.tracker_args,
+            "--peer-listen", "127.0.0.1:0", "--advertise-address", "127.0.0.1",
+            "--cache-size", "32M",
+            *extra,
+        ],
+    ).start()  # fmt: skip
+
+
+def wait_for_fleet(node: Node, count: int) -> None:
+    token = node.token_file.read_text().strip()
+    deadline = time.monotonic() + 30
+    while True:
+        req = urllib.request.Request(
+            f"{node.tracker_url}/v1/fleet", headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            agents = json.loads(resp.read())["agents"]
+        if len(agents) >= count:
+            return
+        assert time.monotonic() < deadline, agents
+        time.sleep(0.2)
+
+
+def test_checks_the_running_agent_its_region_and_its_upstreams(node: Node, tmp_path: Path) -> None:
+    # This agent mirrors quay.example, which doctor's own flags (node.agent_config_args) do
+    # not name: only the agent's /v1/config can tell doctor that the runtime's entry is fine.
+    # Its URL is a closed loopback port, never dialled: doctor checks its own flags' upstreams.
+    agent = another_agent(
+        node, tmp_path, upstreams={"quay.example": f"http://127.0.0.1:{free_port()}"}
+    )
+    try:
+        wait_for_fleet(node, 2)
+        certs = tmp_path / "certs.d"
+        res = layerswarm(
+            "configure", "containerd", "--mirror", agent.url, "--registry", "quay.example",
+            "--certs-dir", str(certs), "--containerd-config", str(tmp_path / "no-config.toml"),
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        rc, out = doctor(node, tmp_path, "--certs-dir", str(certs), agent=agent.url)
+    finally:
+        agent.stop()
+    assert rc == 0, out
+    assert "mirrors what the runtime sends it: quay.example" in line(out, "OK", "runtime upstreams")
+    assert "no region or zone" in line(out, "OK", "agent config")
+    # The seed agent of the node's fixture has region r1; this one has none.
+    report = line(out, "WARN", "region")
+    assert "the agent has no --region, while 1 live agent in the fleet has one (r1: 1)" in report
+    assert "fix: start the agent with --region REGION (LAYERSWARM_REGION)" in report
+    assert "--region r1" in report
+
+
+def test_refused_tracker_token_names_the_agents_token_file(node: Node, tmp_path: Path) -> None:
+    wrong = tmp_path / "agent-token"
+    wrong.write_text("not-the-fleet-token-at-all\n")
+    agent = AgentProc(
+        tmp_path / "refused-agent",
+        {node.registry.host_port: node.registry.url},
+        default_upstream=node.registry.host_port,
+        extra=[
+            "--tracker", node.tracker_url, "--tracker-token-file", str(wrong),
+            "--region", "r1", "--peer-listen", "127.0.0.1:0",
+        ],
+    ).start()  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            health, _ = get_json(f"{agent.url}/healthz")
+            if health["status"] == "degraded":
+                break
+            assert time.monotonic() < deadline, health
+            time.sleep(0.2)
+        # Doctor runs with the right token file; the agent's own is the one to fix.
+        # No runtime config exists here, so doctor exits 1 for that; only the link matters.
+        _, out = doctor(node, tmp_path, agent=agent.url)
+    finally:
+        agent.stop()
+    report = line(out, "WARN", "agent tracker link")
+    assert "refused" in report and str(wrong) in report.splitlines()[0], report
+    assert f"fix: put the fleet token (the tracker's --token-file) in {wrong}" in report
+    assert "token accepted" in line(out, "OK", f"tracker {node.tracker_url}")
 
 
 # -- a real Docker-compatible API: podman's system service -----------------------------------
@@ -234,6 +386,8 @@ def test_podman_api_with_and_without_the_mirror(
         stop_service(proc)
     assert rc == 0, out
     assert f"pulls {reg} through {node.agent.url}" in line(out, "OK", "runtime:")
+    # The API lists the mirror location with its path prefix, which names a mirrored registry.
+    assert f"mirrors what the runtime sends it: {reg}" in line(out, "OK", "runtime upstreams")
 
     other = tmp_path / "other.conf"
     other.write_text(
