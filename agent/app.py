@@ -132,8 +132,8 @@ async def build_app(
         config.data_dir,
         config.cache_size,
         reserve_bytes=config.disk_reserve,
-        # With peers, each cached blob is also kept as segment files for seeding.
-        copies=2 if config.p2p and config.tracker else 1,
+        # With the torrent transport, each cached blob is also kept as segment files.
+        copies=2 if config.p2p and config.tracker and config.peer_transport == "torrent" else 1,
     )
     store.on_evict.append(lambda _d: metrics.evictions.inc())
     manifests = ManifestStore(config.data_dir, clock=clock)
