@@ -83,7 +83,9 @@ class Params:
 class Tracker:
     """One ``layerswarm tracker`` replica, in its own session so its group is ours alone."""
 
-    def __init__(self, store: str, token_file: Path, workers: int, log: Path) -> None:
+    def __init__(
+        self, store: str, token_file: Path, workers: int, log: Path, extra: tuple[str, ...] = ()
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         argv = [sys.executable, "-m", "layerswarm", "--log-level", "WARNING", "tracker"]
@@ -91,6 +93,7 @@ class Tracker:
         argv += ["--token-file", str(token_file)]
         if workers > 1:
             argv += ["--workers", str(workers)]
+        argv += extra
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
                 argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -478,7 +481,16 @@ def redis_memory(params: Params, workdir: Path) -> dict[str, Any]:
     token_file.write_text(token)
     with RedisServer(workdir / "redis") as rs:
         trackers = [
-            Tracker(rs.url + "/0", token_file, 1, workdir / f"tracker{i}.log")
+            # Agents must outlive the fill: at the default 30 s the first ones expire (and
+            # are pruned) before the last register, and the figure would be per live agent
+            # of a fraction of the fleet.
+            Tracker(
+                rs.url + "/0",
+                token_file,
+                1,
+                workdir / f"tracker{i}.log",
+                ("--agent-ttl", "30m"),
+            )
             for i in range(params.trackers)
         ]
         try:
@@ -518,6 +530,7 @@ def redis_memory(params: Params, workdir: Path) -> dict[str, Any]:
         "bytes_per_agent": round(used / max(1, params.redis_memory_agents)),
         "bytes_per_holding": round(used / max(1, holdings), 1),
         "keys": int(after["dbsize"]),
+        "agents_stored": kinds.get("layerswarm:agent", 0),
         "key_kinds": dict(kinds.most_common(20)),
         "keys_without_ttl": dict(no_ttl),
     }

@@ -75,6 +75,8 @@ BAD_PEER_TTL = 600.0
 HISTORY_POINTS = 720
 # Preheat jobs shown on the fleet page, newest first.
 PAGE_JOBS = 10
+# A holding announce with at most this many layers keeps their leases (one round trip each).
+_KEEP_LEASE_ITEMS = 4
 # Agent ids one lookup may ask the tracker to vouch for.
 MAX_NAMED = 16
 _IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,511}$")
@@ -214,10 +216,16 @@ class Tracker:
         # after it (one round trip later, long under load) win a fresh lease and fetch the
         # layer from the upstream again: bench.fleet_sim saw a quarter of the regions fetch
         # a layer twice. Now such a lookup is handed this holder as the lease holder.
+        done = [a.digest for a in items if a.state == "holding"]
         for a in items:
-            await self.store.renew_lease(
-                region, a.digest, agent_id, now, now + self.config.lease_ttl
-            )
+            if a.state == "fetching" or len(done) <= _KEEP_LEASE_ITEMS:
+                await self.store.renew_lease(
+                    region, a.digest, agent_id, now, now + self.config.lease_ttl
+                )
+        if len(done) > _KEEP_LEASE_ITEMS:
+            # A bulk announce is a cache re-announced after a restart, not fetches ending:
+            # any lease it still names is stale, and one round trip ends them all.
+            await self.store.release_leases(region, done, agent_id)
 
     async def withdraw(self, agent_id: str, key: str, digest: str) -> None:
         check_digest(digest)
