@@ -620,6 +620,9 @@ def main() -> int:
     ap.add_argument("--redis-memory-agents", type=int, default=d.redis_memory_agents)
     ap.add_argument("--out", type=Path, default=Path("fleet-sim-out"))
     a = ap.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so every redis-server, tracker and worker started here is
+    # stopped by the finally blocks that own them.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     scenarios = tuple(s for s in a.scenarios.split(",") if s)
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
