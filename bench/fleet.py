@@ -149,11 +149,12 @@ class ScenarioResult:
 
     def summary(self) -> dict[str, Any]:
         t = self.times
-        # Heartbeats and the preheat-task poll that rides on each are not per-blob work.
+        # Heartbeats and the polls that ride on each (preheat tasks, tag invalidations) are
+        # not per-blob work.
         requests = {
             k: v
             for k, v in self.tracker_requests_per_node.items()
-            if not k.endswith(("/heartbeat", "/tasks", "/metrics"))
+            if not k.endswith(("/heartbeat", "/tasks", "/invalidations", "/metrics"))
         }
         return {
             "tracker_requests_per_node": round(sum(requests.values()), 1),

@@ -37,7 +37,10 @@ log = logging.getLogger(__name__)
 
 # Candidates asked at once: a black-holed peer costs one header timeout, not one per peer.
 _PARALLEL_ASKS = 3
-_HEADER_TIMEOUT = 2.0
+_HEADER_TIMEOUT = 1.5
+# A peer that did not answer (or refused the connection) is skipped for every blob for this
+# long: the layers of one image are asked for together, and each must not wait it out again.
+_DEAD_FOR = 30.0
 # Lookups per blob while no candidate admits us (the first one included).
 _MAX_LOOKUPS = 4
 _RELOOKUP_AFTER = 1.0
@@ -88,6 +91,7 @@ class RelaySource:
         # Parents that sent bytes of a download still in flight, to blame if it fails.
         self._parents: dict[Digest, set[str]] = {}
         self._reports: set[asyncio.Task[None]] = set()
+        self._dead: dict[str, float] = {}
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -157,7 +161,8 @@ class RelaySource:
         digest = job.digest
         lookups = 1
         last_lookup = self._clock()
-        failed: set[str] = set()
+        now = self._clock()
+        failed = {peer for peer, until in self._dead.items() if until > now}
         reported: set[str] = set()
         deadline = self._clock() + self._peer_wait
         while True:
@@ -322,6 +327,9 @@ class RelaySource:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.debug("peer %s for %s unreachable: %s", peer.agent_id, digest, exc)
             failed.add(peer.agent_id)
+            self._dead[peer.agent_id] = self._clock() + _DEAD_FOR
+            while len(self._dead) > _MAX_BLAME:
+                del self._dead[next(iter(self._dead))]
             return []
         if resp.status not in (200, 206):
             log.debug("peer %s refused %s: %d", peer.agent_id, digest, resp.status)
