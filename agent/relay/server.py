@@ -53,6 +53,7 @@ _SEND_BUFFER = 128 << 10
 # for its upstream's first answer would look dead to its child and be reported.
 _START_WAIT = 0.5
 SMALL_CHILDREN = 64
+CHAIN_DEPTH = 8
 _RANGE = re.compile(r"^bytes=(\d{1,18})-$")
 _AGENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
@@ -175,7 +176,14 @@ class PeerServer:
         size = what.size
         # Chains pay off when the transfer time dominates; a small blob (a config, a tiny
         # layer) goes to everyone who asks at once instead of waiting for a chain to form.
-        limit = self._max_children if size is None or size > SMALL_BLOB else SMALL_CHILDREN
+        if size is not None and size <= SMALL_BLOB:
+            limit = SMALL_CHILDREN
+        else:
+            # Deep in a chain a parent takes one more child per CHAIN_DEPTH levels: chains stay
+            # at full speed near the root, and a large fleet becomes a tree whose depth (the
+            # lag of its last node) stays bounded and whose free slots newcomers can find.
+            depth = len(self._state.lineage(digest))
+            limit = self._max_children + depth // CHAIN_DEPTH
         if self._state.child_count(digest) >= limit:
             # Naming the children lets the asker walk down to the free end of the chain
             # instead of waiting and asking around again.
