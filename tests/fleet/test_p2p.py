@@ -21,6 +21,7 @@ from tests.support import ALICE, HTPASSWD_USERS, PUSHER
 from tests.support.clients import compare_dir_with_image
 from tests.support.fleet import Fleet
 from tests.support.images import Image
+from tests.support.procs import Proc, wait_for_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns]
 
@@ -269,15 +270,16 @@ def test_after_a_tracker_restart_new_agents_still_use_peers(fleet: FleetFactory)
     f = fleet(2)
     assert f.tracker is not None and f.registry is not None
     f.tracker.stop()
+    f.tracker = None
     # A short agent TTL makes heartbeats every second, so the test waits seconds, not tens.
-    f.start_tracker("--agent-ttl", "3")
+    tracker = f.start_tracker("--agent-ttl", "3")
     image = f.push_image([4 * MiB])
     layer = image.layers[0].digest
     f.start_agent(1)
     compare_dir_with_image(f.pull(1, image), image)
-    f.tracker.stop()
-    assert not f.tracker.running
-    f.start_tracker("--agent-ttl", "3")
+    tracker.stop()
+    assert not tracker.running
+    f.start_tracker()  # the same process again: same flags, nothing remembered
     deadline = time.monotonic() + 40
     while True:
         fleet_view = f.tracker_get("/v1/fleet", check=False)
@@ -291,3 +293,46 @@ def test_after_a_tracker_restart_new_agents_still_use_peers(fleet: FleetFactory)
     compare_dir_with_image(f.pull(2, image), image)
     assert f.registry.blob_fetches(layer) == 1, logs(f)
     assert f.metric(2, "layerswarm_peer_bytes_total") >= 4 * MiB, logs(f)
+
+
+def test_after_redis_restarts_empty_holders_serve_again(fleet: FleetFactory) -> None:
+    """The tracker's Redis dies and comes back empty mid-fleet: agents re-register and
+    re-announce what they hold within a heartbeat, and a newcomer gets the layer from them
+    (with the relay there is no segment metainfo that would also need publishing again)."""
+    f = fleet(2)
+    assert f.tracker is not None and f.registry is not None
+    host = f.upstream_host
+    port = 6399
+    redis = Proc(
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+         "--appendonly", "no", "--dir", str(f.workdir)],
+        f.workdir / "redis-logs", name="redis", netns=host.name,
+    ).start()  # fmt: skip
+    try:
+        wait_for_port("127.0.0.1", port, 20, netns=host.name, proc=redis)
+        f.tracker.stop()
+        f.tracker = None
+        f.start_tracker("--agent-ttl", "3", "--store", f"redis://127.0.0.1:{port}/0")
+        image = f.push_image([4 * MiB])
+        layer = image.layers[0].digest
+        f.start_agent(1)
+        compare_dir_with_image(f.pull(1, image), image)
+        redis.stop()
+        assert not redis.running  # the fault really happened
+        time.sleep(1.5)  # heartbeats fail meanwhile (the tracker answers 503)
+        redis.start()
+        wait_for_port("127.0.0.1", port, 20, netns=host.name, proc=redis)
+        deadline = time.monotonic() + 40
+        while True:
+            fleet_view = f.tracker_get("/v1/fleet", check=False)
+            if isinstance(fleet_view, dict) and len(fleet_view.get("agents", [])) >= 1:
+                break
+            assert time.monotonic() < deadline, logs(f)
+            time.sleep(0.3)
+        time.sleep(1.5)
+        f.start_agent(2, extra=("--peer-wait", "30s"))
+        compare_dir_with_image(f.pull(2, image), image)
+        assert f.registry.blob_fetches(layer) == 1, logs(f)
+        assert f.metric(2, "layerswarm_peer_bytes_total") >= 4 * MiB, logs(f)
+    finally:
+        redis.stop()
