@@ -36,6 +36,19 @@ def pull_all(fleet: Fleet, indexes: list[int], image: Image) -> list[Path]:
         return [f.result(timeout=280) for f in futures]
 
 
+def wait_until_registered(fleet: Fleet, agents: int, timeout: float = 40.0) -> None:
+    """Until the tracker lists ``agents`` live agents, then one heartbeat more (1 s at
+    --agent-ttl 3): what an agent holds is announced right after it registers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        view = fleet.tracker_get("/v1/fleet", check=False)
+        if isinstance(view, dict) and len(view.get("agents", [])) >= agents:
+            break
+        assert time.monotonic() < deadline, logs(fleet)
+        time.sleep(0.3)
+    time.sleep(1.5)
+
+
 def logs(fleet: Fleet) -> str:
     out = [a.log() for a in fleet.agents.values()]
     if fleet.tracker is not None:
@@ -280,15 +293,8 @@ def test_after_a_tracker_restart_new_agents_still_use_peers(fleet: FleetFactory)
     tracker.stop()
     assert not tracker.running
     f.start_tracker()  # the same process again: same flags, nothing remembered
-    deadline = time.monotonic() + 40
-    while True:
-        fleet_view = f.tracker_get("/v1/fleet", check=False)
-        if isinstance(fleet_view, dict) and len(fleet_view.get("agents", [])) >= 1:
-            break
-        assert time.monotonic() < deadline, logs(f)
-        time.sleep(0.3)
-    # Its holdings go in the same heartbeat that registers it; one more beat for margin.
-    time.sleep(1.5)
+    # Its holdings go in the same heartbeat that registers it.
+    wait_until_registered(f, 1)
     f.start_agent(2, extra=("--peer-wait", "30s"))
     compare_dir_with_image(f.pull(2, image), image)
     assert f.registry.blob_fetches(layer) == 1, logs(f)
@@ -322,14 +328,7 @@ def test_after_redis_restarts_empty_holders_serve_again(fleet: FleetFactory) -> 
         time.sleep(1.5)  # heartbeats fail meanwhile (the tracker answers 503)
         redis.start()
         wait_for_port("127.0.0.1", port, 20, netns=host.name, proc=redis)
-        deadline = time.monotonic() + 40
-        while True:
-            fleet_view = f.tracker_get("/v1/fleet", check=False)
-            if isinstance(fleet_view, dict) and len(fleet_view.get("agents", [])) >= 1:
-                break
-            assert time.monotonic() < deadline, logs(f)
-            time.sleep(0.3)
-        time.sleep(1.5)
+        wait_until_registered(f, 1)
         f.start_agent(2, extra=("--peer-wait", "30s"))
         compare_dir_with_image(f.pull(2, image), image)
         assert f.registry.blob_fetches(layer) == 1, logs(f)
