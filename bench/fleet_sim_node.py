@@ -48,6 +48,7 @@ from typing import Any
 
 import aiohttp
 
+from agent.relay.source import order_candidates
 from agent.swarm import CoordinatorUnavailable, Lookup, PeerRef
 from agent.tracking import TrackerLink
 from tracker.client import HttpTrackerClient
@@ -391,15 +392,7 @@ class SimAgent:
             deadline = world.now() + world.spec.peer_wait
 
     def _candidates(self, lookup: Lookup, failed: set[str]) -> list[PeerRef]:
-        usable = [
-            p for p in lookup.peers if p.agent_id not in failed and p.agent_id != self.agent_id
-        ]
-        holders = [p for p in usable if not p.fetching]
-        fetching = [p for p in usable if p.fetching]
-        self.world.rng.shuffle(holders)
-        self.world.rng.shuffle(fetching)
-        fetching.sort(key=lambda p: (p.agent_id != lookup.lease_holder, -p.progress_bytes))
-        return holders + fetching
+        return order_candidates(lookup, failed, self.agent_id, self.world.rng)
 
     def _attach(
         self, tr: Transfer, lookup: Lookup, failed: set[str], unknown: set[str]

@@ -245,21 +245,7 @@ class RelaySource:
     # -- choosing a parent ----------------------------------------------------------------
 
     def _candidates(self, lookup: Lookup, failed: set[str]) -> list[PeerRef]:
-        me = self._state.agent_id
-        usable = [
-            p
-            for p in lookup.peers
-            if p.agent_id not in failed and p.agent_id != me and 0 < p.port < 65536
-        ]
-        holders = [p for p in usable if not p.fetching]
-        fetching = [p for p in usable if p.fetching]
-        self._rng.shuffle(holders)
-        self._rng.shuffle(fetching)
-        # Holders first (complete, never wait on anyone), then the lease holder (fed by the
-        # upstream), then followers furthest along: the likeliest to have a free slot and
-        # a source of their own are asked first.
-        fetching.sort(key=lambda p: (p.agent_id != lookup.lease_holder, -p.progress_bytes))
-        return holders + fetching
+        return order_candidates(lookup, failed, self._state.agent_id, self._rng)
 
     async def _attach(
         self, digest: Digest, offset: int, lookup: Lookup, failed: set[str], unknown: set[str]
@@ -426,6 +412,29 @@ async def _read_batch(content: aiohttp.StreamReader) -> bytes:
         parts.append(more)
         size += len(more)
     return b"".join(parts)
+
+
+def order_candidates(
+    lookup: Lookup, failed: set[str], me: str, rng: random.Random
+) -> list[PeerRef]:
+    """The peers of a lookup in the order a follower asks them (bench.fleet_sim models the
+    relay with this same function).
+
+    Holders first (complete, never wait on anyone), then the lease holder (fed by the
+    upstream), then followers furthest along: the likeliest to have a free slot and a source
+    of their own are asked first. Ties are shuffled so simultaneous followers spread out.
+    """
+    usable = [
+        p
+        for p in lookup.peers
+        if p.agent_id not in failed and p.agent_id != me and 0 < p.port < 65536
+    ]
+    holders = [p for p in usable if not p.fetching]
+    fetching = [p for p in usable if p.fetching]
+    rng.shuffle(holders)
+    rng.shuffle(fetching)
+    fetching.sort(key=lambda p: (p.agent_id != lookup.lease_holder, -p.progress_bytes))
+    return holders + fetching
 
 
 def _host(host: str) -> str:
