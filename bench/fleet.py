@@ -42,16 +42,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.agent import AgentProc
-from tests.support.clients import (
+from testbed.agent import AgentProc
+from testbed.clients import (
     compare_dir_with_image,
     compare_oci_with_image,
     write_registries_conf,
 )
-from tests.support.images import Image, ImageLayout, build_image, push
-from tests.support.netns import Host, Topology, delete_stale_namespaces
-from tests.support.procs import Proc, ProcError, require_binary, wait_for_port
-from tests.support.registry import Registry
+from testbed.images import Image, ImageLayout, build_image, push
+from testbed.netns import Host, Topology, delete_stale_namespaces
+from testbed.procs import Proc, ProcError, require_binary, wait_for_port
+from testbed.registry import Registry
 
 log = logging.getLogger("bench.fleet")
 

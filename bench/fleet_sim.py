@@ -47,7 +47,7 @@ from typing import Any
 import aiohttp
 import redis
 
-from tests.support.redis_server import RedisServer, free_port
+from testbed.redis_server import RedisServer, free_port
 from tracker.client import HttpTrackerClient
 from tracker.model import AgentInfo, Announcement
 

@@ -147,8 +147,8 @@ def report(result: LoadResult) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tests.support.agent import AgentProc
-    from tests.support.registry import Registry
+    from testbed.agent import AgentProc
+    from testbed.registry import Registry
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=200)

@@ -94,7 +94,7 @@ class SoakResult:
 
 class Soak:
     def __init__(self, params: SoakParams, registry_url: str, agent: Any, data_dir: Path) -> None:
-        # ``agent`` is a tests.support.agent.AgentProc (imported lazily by main()).
+        # ``agent`` is a testbed.agent.AgentProc (imported lazily by main()).
         self.p = params
         self.registry_url = registry_url
         self.agent = agent
@@ -303,7 +303,7 @@ def report(r: SoakResult) -> str:
 
 
 def start_agent(workdir: Path, registry: Any, params: SoakParams) -> Any:
-    from tests.support.agent import AgentProc
+    from testbed.agent import AgentProc
 
     agent = AgentProc(
         workdir,
@@ -321,7 +321,7 @@ def start_agent(workdir: Path, registry: Any, params: SoakParams) -> Any:
 
 
 async def soak(params: SoakParams, workdir: Path) -> SoakResult:
-    from tests.support.registry import Registry
+    from testbed.registry import Registry
 
     registry = Registry(workdir / "registry").start()
     agent = start_agent(workdir / "agent", registry, params)

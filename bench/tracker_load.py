@@ -37,7 +37,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.support.redis_server import RedisServer, free_port
+from testbed.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = secrets.token_hex(24)

@@ -16,13 +16,13 @@ from typing import Protocol
 
 import pytest
 
-from tests.support import HTPASSWD_USERS, PUSHER
-from tests.support.clients import Containerd, Podman
-from tests.support.images import Image, MediaKind, build_image, push
-from tests.support.netns import Rate, Topology, delete_stale_namespaces
-from tests.support.procs import Proc, require_binary
-from tests.support.registry import Registry
-from tests.support.tokenissuer import TokenIssuer
+from testbed import HTPASSWD_USERS, PUSHER
+from testbed.clients import Containerd, Podman
+from testbed.images import Image, MediaKind, build_image, push
+from testbed.netns import Rate, Topology, delete_stale_namespaces
+from testbed.procs import Proc, require_binary
+from testbed.registry import Registry
+from testbed.tokenissuer import TokenIssuer
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -56,7 +56,7 @@ def module_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Regist
 
 @pytest.fixture
 def htpasswd_registry(tmp_path: Path) -> Iterator[Registry]:
-    """A registry with htpasswd auth; users and passwords in ``tests.support.HTPASSWD_USERS``."""
+    """A registry with htpasswd auth; users and passwords in ``testbed.HTPASSWD_USERS``."""
     require_binary("docker-registry")
     reg = Registry(tmp_path / "htpasswd-registry", htpasswd=HTPASSWD_USERS).start()
     try:

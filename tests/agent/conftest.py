@@ -10,8 +10,8 @@ from prometheus_client import CollectorRegistry
 
 from agent.app import AGENT_KEY, AgentRuntime, build_app
 from agent.config import AgentConfig, parse_upstream
-from tests.support.agent import AgentProc
-from tests.support.registry import Registry
+from testbed.agent import AgentProc
+from testbed.registry import Registry
 
 AgentFactory = Callable[..., Awaitable[tuple[TestClient[Any, Any], AgentRuntime]]]
 

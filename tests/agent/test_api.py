@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from testbed.clients import compare_dir_with_image, skopeo_copy, write_registries_conf
+from testbed.images import build_index, push_index
+from testbed.registry import Registry
 from tests.agent.conftest import AgentProcFactory
 from tests.conftest import ImageFactory
-from tests.support.clients import compare_dir_with_image, skopeo_copy, write_registries_conf
-from tests.support.images import build_index, push_index
-from tests.support.registry import Registry
 
 pytestmark = pytest.mark.integration
 

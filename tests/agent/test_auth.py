@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent.conftest import AgentProcFactory
-from tests.conftest import ImageFactory
-from tests.support import ALICE, BOB
-from tests.support.clients import (
+from testbed import ALICE, BOB
+from testbed.clients import (
     compare_dir_with_image,
     skopeo_copy,
     skopeo_copy_logged_in,
     write_registries_conf,
 )
-from tests.support.registry import Registry
-from tests.support.tokenissuer import TokenIssuer
+from testbed.registry import Registry
+from testbed.tokenissuer import TokenIssuer
+from tests.agent.conftest import AgentProcFactory
+from tests.conftest import ImageFactory
 
 pytestmark = pytest.mark.integration
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from testbed.clients import compare_dir_with_image, skopeo_copy, write_registries_conf
+from testbed.registry import Registry
 from tests.agent.conftest import AgentProcFactory
 from tests.conftest import ImageFactory
-from tests.support.clients import compare_dir_with_image, skopeo_copy, write_registries_conf
-from tests.support.registry import Registry
 
 pytestmark = pytest.mark.integration
 

@@ -10,9 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import mirror_prefix
-from tests.agent.conftest import AgentProcFactory
-from tests.conftest import ImageFactory
-from tests.support.clients import (
+from testbed.clients import (
     Containerd,
     Podman,
     compare_dir_with_image,
@@ -20,7 +18,9 @@ from tests.support.clients import (
     write_hosts_toml,
     write_registries_conf,
 )
-from tests.support.registry import Registry
+from testbed.registry import Registry
+from tests.agent.conftest import AgentProcFactory
+from tests.conftest import ImageFactory
 
 pytestmark = pytest.mark.integration
 

@@ -22,9 +22,9 @@ from prometheus_client import CollectorRegistry
 
 from agent.app import build_app
 from agent.config import AgentConfig, parse_upstream
+from testbed.clockjump import WallClockJump
+from testbed.registry import Registry
 from tests.conftest import ImageFactory
-from tests.support.clockjump import WallClockJump
-from tests.support.registry import Registry
 
 pytestmark = pytest.mark.integration
 

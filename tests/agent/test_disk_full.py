@@ -14,11 +14,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from testbed.disk import fill, tmpfs
+from testbed.faultproxy import FaultProxy
+from testbed.registry import Registry
 from tests.agent.conftest import AgentFactory
 from tests.conftest import ImageFactory
-from tests.support.disk import fill, tmpfs
-from tests.support.faultproxy import FaultProxy
-from tests.support.registry import Registry
 
 # Mounting a tmpfs needs root, like the namespace tests.
 pytestmark = [pytest.mark.integration, pytest.mark.netns]

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from testbed.agent import AgentProc
+from testbed.faultproxy import FaultProxy
+from testbed.images import Image, Layer
+from testbed.registry import Registry
 from tests.agent.conftest import AgentProcFactory
 from tests.conftest import ImageFactory
-from tests.support.agent import AgentProc
-from tests.support.faultproxy import FaultProxy
-from tests.support.images import Image, Layer
-from tests.support.registry import Registry
 
 pytestmark = pytest.mark.integration
 

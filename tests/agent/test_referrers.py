@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from testbed.registry import Registry
 from tests.agent.conftest import AgentFactory
 from tests.conftest import ImageFactory
-from tests.support.registry import Registry
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.disk import tmpfs
-from tests.support.procs import free_port, run_checked
+from testbed.disk import tmpfs
+from testbed.procs import free_port, run_checked
 
 
 def start_agent(data_dir: Path) -> tuple[int, str]:

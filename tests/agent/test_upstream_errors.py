@@ -10,10 +10,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from testbed.faultproxy import FaultProxy
+from testbed.registry import Registry
 from tests.agent.conftest import AgentFactory
 from tests.conftest import ImageFactory
-from tests.support.faultproxy import FaultProxy
-from tests.support.registry import Registry
 
 pytestmark = pytest.mark.integration
 

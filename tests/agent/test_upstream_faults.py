@@ -16,11 +16,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from agent.fetch import parse_retry_after
+from testbed.faultproxy import FaultProxy
+from testbed.images import Image
+from testbed.registry import Registry
 from tests.agent.conftest import AgentFactory
 from tests.conftest import ImageFactory
-from tests.support.faultproxy import FaultProxy
-from tests.support.images import Image
-from tests.support.registry import Registry
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from bench.load import LoadParams, report, run_load
-from tests.support.agent import AgentProc
-from tests.support.registry import Registry
+from testbed.agent import AgentProc
+from testbed.registry import Registry
 
 pytestmark = pytest.mark.integration
 

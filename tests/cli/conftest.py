@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agent import AgentProc
-from tests.support.procs import Proc, free_port, wait_for_http
-from tests.support.registry import Registry
+from testbed.agent import AgentProc
+from testbed.procs import Proc, free_port, wait_for_http
+from testbed.registry import Registry
 
 
 def layerswarm(

@@ -11,9 +11,9 @@ import urllib.request
 
 import pytest
 
+from testbed.agent import AgentProc
 from tests.agent.test_referrers import EMPTY, OCI_MANIFEST, put_blob, put_manifest
 from tests.cli.conftest import Node
-from tests.support.agent import AgentProc
 
 pytestmark = pytest.mark.integration
 

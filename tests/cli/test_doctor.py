@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from testbed.agent import AgentProc
+from testbed.clients import Podman
+from testbed.procs import free_port, require_binary
 from tests.cli.conftest import Node, layerswarm
-from tests.support.agent import AgentProc
-from tests.support.clients import Podman
-from tests.support.procs import free_port, require_binary
 
 pytestmark = pytest.mark.integration
 

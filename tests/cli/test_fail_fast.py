@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from testbed.agent import AgentProc
+from testbed.procs import Proc, free_port, wait_for_http
+from testbed.registry import Registry
 from tests.cli.conftest import layerswarm
-from tests.support.agent import AgentProc
-from tests.support.procs import Proc, free_port, wait_for_http
-from tests.support.registry import Registry
 
 pytestmark = pytest.mark.integration
 

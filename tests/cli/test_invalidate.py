@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from testbed.agent import AgentProc
+from testbed.images import Image
+from testbed.registry import Registry
 from tests.cli.conftest import Node, layerswarm
 from tests.conftest import ImageFactory
-from tests.support.agent import AgentProc
-from tests.support.images import Image
-from tests.support.registry import Registry
 
 pytestmark = pytest.mark.integration
 

@@ -50,7 +50,7 @@ def test_status_json_is_the_trackers_fleet(node: Node) -> None:
 
 
 def test_status_unreachable_tracker_exits_1(node: Node) -> None:
-    from tests.support.procs import free_port
+    from testbed.procs import free_port
 
     res = layerswarm(
         "status",

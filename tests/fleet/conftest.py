@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.fleet import Fleet
-from tests.support.netns import Rate, Topology
+from testbed.fleet import Fleet
+from testbed.netns import Rate, Topology
 
 FleetFactory = Callable[..., Fleet]
 

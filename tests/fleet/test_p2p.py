@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from testbed import ALICE, HTPASSWD_USERS, PUSHER
+from testbed.clients import compare_dir_with_image
+from testbed.fleet import Fleet
+from testbed.images import Image
+from testbed.procs import Proc, wait_for_port
 from tests.fleet.conftest import FleetFactory
-from tests.support import ALICE, HTPASSWD_USERS, PUSHER
-from tests.support.clients import compare_dir_with_image
-from tests.support.fleet import Fleet
-from tests.support.images import Image
-from tests.support.procs import Proc, wait_for_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns]
 

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from testbed.agent import AgentProc
+from testbed.dockerd import ENGINE_SETTINGS, Dockerd, write_client_config
+from testbed.images import Image, build_image, push
+from testbed.procs import require_binary
+from testbed.registry import Registry
+from testbed.tokenissuer import TokenIssuer, User
 from tests.cli.conftest import layerswarm
-from tests.support.agent import AgentProc
-from tests.support.dockerd import ENGINE_SETTINGS, Dockerd, write_client_config
-from tests.support.images import Image, build_image, push
-from tests.support.procs import require_binary
-from tests.support.registry import Registry
-from tests.support.tokenissuer import TokenIssuer, User
 
 pytestmark = pytest.mark.integration
 

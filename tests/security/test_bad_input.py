@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
+from testbed.registry import Registry
 from tests.agent.conftest import AgentFactory
 from tests.conftest import ImageFactory
-from tests.support.registry import Registry
 from tests.tracker.conftest import TOKEN, AppFactory
 from tracker.clock import ManualClock
 from tracker.config import TrackerConfig

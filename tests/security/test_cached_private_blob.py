@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from testbed import ALICE
+from testbed.registry import Registry
 from tests.agent.conftest import AgentFactory
 from tests.conftest import ImageFactory
 from tests.security.fault_hosts import FaultHost
-from tests.support import ALICE
-from tests.support.registry import Registry
 
 pytestmark = pytest.mark.integration
 

@@ -23,11 +23,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from testbed.images import Image
+from testbed.procs import Proc, free_port, wait_for_http
+from testbed.registry import Registry
 from tests.agent.conftest import AgentProcFactory
 from tests.conftest import ImageFactory
-from tests.support.images import Image
-from tests.support.procs import Proc, free_port, wait_for_http
-from tests.support.registry import Registry
 
 pytestmark = pytest.mark.integration
 

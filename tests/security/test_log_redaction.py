@@ -10,8 +10,8 @@ import socket
 import pytest
 
 from layerswarm.logredact import RedactingFilter, redact
+from testbed.registry import Registry
 from tests.agent.conftest import AgentProcFactory
-from tests.support.registry import Registry
 
 SECRET = "s3cr3t-TOKEN-value"
 

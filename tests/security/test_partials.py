@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from agent.blobstore import BlobStore
+from testbed.registry import Registry
 from tests.agent.conftest import AgentFactory
-from tests.support.registry import Registry
 
 
 @pytest.mark.integration

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from agent.config import mirror_prefix
+from testbed import ALICE
+from testbed.agent import AgentProc
+from testbed.clients import compare_dir_with_image, skopeo_copy_logged_in
+from testbed.registry import Registry
 from tests.conftest import ImageFactory
-from tests.support import ALICE
-from tests.support.agent import AgentProc
-from tests.support.clients import compare_dir_with_image, skopeo_copy_logged_in
-from tests.support.registry import Registry
 
 pytestmark = pytest.mark.integration
 

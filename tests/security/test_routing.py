@@ -17,11 +17,11 @@ import pytest
 from aiohttp import web
 
 from agent.config import mirror_prefix
+from testbed import ALICE
+from testbed.procs import run_checked
+from testbed.registry import Registry
 from tests.agent.conftest import AgentFactory
 from tests.security.fault_hosts import FaultHost
-from tests.support import ALICE
-from tests.support.procs import run_checked
-from tests.support.registry import Registry
 
 pytestmark = pytest.mark.integration
 

@@ -18,9 +18,9 @@ import aiohttp
 import pytest
 
 from agent.p2p.pki import generate_ca, generate_key_and_csr, sign_csr
+from testbed.procs import Proc, free_port, wait_for_port
+from testbed.registry import Registry
 from tests.agent.conftest import AgentProcFactory
-from tests.support.procs import Proc, free_port, wait_for_port
-from tests.support.registry import Registry
 from tests.tracker.conftest import TOKEN
 from tracker.client import HttpTrackerClient
 from tracker.errors import Forbidden, Unauthorized

@@ -9,10 +9,10 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from aiohttp import web
 
+from testbed.registry import Registry
 from tests.agent.conftest import AgentFactory
 from tests.conftest import ImageFactory
 from tests.security.fault_hosts import FaultHost
-from tests.support.registry import Registry
 
 pytestmark = pytest.mark.integration
 

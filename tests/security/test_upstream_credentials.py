@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from testbed import ALICE, HTPASSWD_USERS
+from testbed.procs import require_binary
+from testbed.registry import Registry
+from testbed.tokenissuer import TokenIssuer
 from tests.agent.conftest import AgentFactory
 from tests.conftest import ImageFactory
 from tests.security.fault_hosts import FaultHost, challenge, storage, token_grabber
-from tests.support import ALICE, HTPASSWD_USERS
-from tests.support.procs import require_binary
-from tests.support.registry import Registry
-from tests.support.tokenissuer import TokenIssuer
 
 pytestmark = pytest.mark.integration
 

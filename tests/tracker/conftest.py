@@ -11,7 +11,7 @@ import redis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from tests.support.redis_server import RedisServer
+from testbed.redis_server import RedisServer
 from tracker.app import build_app
 from tracker.clock import ManualClock
 from tracker.config import TrackerConfig

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.redis_server import free_port
+from testbed.redis_server import free_port
 from tests.tracker.conftest import TOKEN
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.clockjump import WallClockJump
+from testbed.clockjump import WallClockJump
 from tests.tracker.conftest import new_key
 from tests.tracker.helpers import agent, digest_of
 from tracker.clock import ManualClock

@@ -24,8 +24,8 @@ from typing import Literal
 import aiohttp
 import pytest
 
-from tests.support.browser import Browser
-from tests.support.procs import Proc, free_port, wait_for_http
+from testbed.browser import Browser
+from testbed.procs import Proc, free_port, wait_for_http
 from tracker.client import HttpTrackerClient
 from tracker.model import AgentInfo, Announcement, Counters, LayerProgress
 

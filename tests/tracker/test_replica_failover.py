@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from testbed.agent import AgentProc
+from testbed.procs import Proc, free_port, wait_for_http
+from testbed.registry import Registry
 from tests.conftest import ImageFactory
-from tests.support.agent import AgentProc
-from tests.support.procs import Proc, free_port, wait_for_http
-from tests.support.registry import Registry
 from tests.tracker.conftest import TOKEN
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tests.support.procs import free_port
+from testbed.procs import free_port
 from tests.tracker.helpers import agent, digest_of, segment
 from tracker.clock import ManualClock
 from tracker.errors import StoreUnavailable

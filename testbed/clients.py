@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.images import Image
-from tests.support.procs import Proc, ProcError, run_checked
+from testbed.images import Image
+from testbed.procs import Proc, ProcError, run_checked
 
 Creds = tuple[str, str]
 

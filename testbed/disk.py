@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.support.procs import ProcError, run_checked
+from testbed.procs import ProcError, run_checked
 
 
 @contextlib.contextmanager

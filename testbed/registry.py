@@ -21,8 +21,8 @@ from typing import Any
 
 import yaml
 
-from tests.support.procs import Proc, free_port, wait_for_http, wait_for_port
-from tests.support.tokenissuer import TokenIssuer
+from testbed.procs import Proc, free_port, wait_for_http, wait_for_port
+from testbed.tokenissuer import TokenIssuer
 
 DEFAULT_SERVICE = "layerswarm-test-registry"
 

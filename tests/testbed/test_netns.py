@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from testbed.clients import compare_dir_with_image, skopeo_copy, write_registries_conf
+from testbed.images import build_image, push
+from testbed.netns import Topology, list_namespaces, rate_bits
+from testbed.procs import wait_for_port
+from testbed.registry import Registry
 from tests.conftest import TopologyFactory
-from tests.support.clients import compare_dir_with_image, skopeo_copy, write_registries_conf
-from tests.support.images import build_image, push
-from tests.support.netns import Topology, list_namespaces, rate_bits
-from tests.support.procs import wait_for_port
-from tests.support.registry import Registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns]
 

@@ -8,7 +8,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.procs import Proc, free_port, wait_for_http
+from testbed.procs import Proc, free_port, wait_for_http
 
 
 @dataclass

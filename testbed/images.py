@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from tests.support.procs import run_checked
+from testbed.procs import run_checked
 
 MediaKind = Literal["oci", "docker"]
 

@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.support.procs import ProcError, require_binary
+from testbed.procs import ProcError, require_binary
 
 log = logging.getLogger(__name__)
 

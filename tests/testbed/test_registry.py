@@ -9,17 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ImageFactory
-from tests.support import ALICE, BOB, HTPASSWD_USERS
-from tests.support.clients import compare_dir_with_image, skopeo_copy, write_registries_conf
-from tests.support.images import (
+from testbed import ALICE, BOB, HTPASSWD_USERS
+from testbed.clients import compare_dir_with_image, skopeo_copy, write_registries_conf
+from testbed.images import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
     OCI_INDEX,
     build_index,
     push_index,
 )
-from tests.support.registry import Registry, parse_access_log
+from testbed.registry import Registry, parse_access_log
+from tests.conftest import ImageFactory
 
 pytestmark = pytest.mark.integration
 
@@ -137,7 +137,7 @@ def test_token_issuer_answers_with_verifiable_jwt(token_issuer: object) -> None:
     import jwt
     from cryptography import x509
 
-    from tests.support.tokenissuer import TokenIssuer
+    from testbed.tokenissuer import TokenIssuer
 
     assert isinstance(token_issuer, TokenIssuer)
     creds = base64.b64encode(b"alice:alice-pw").decode()

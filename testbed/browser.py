@@ -23,7 +23,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.support.procs import Proc, ProcError, require_binary
+from testbed.procs import Proc, ProcError, require_binary
 
 
 class BrowserError(RuntimeError):

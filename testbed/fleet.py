@@ -15,12 +15,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.agent import AgentProc
-from tests.support.clients import skopeo_copy, skopeo_copy_logged_in, write_registries_conf
-from tests.support.images import Image, build_image, push
-from tests.support.netns import Host, Topology
-from tests.support.procs import Proc, wait_for_port
-from tests.support.registry import Registry
+from testbed.agent import AgentProc
+from testbed.clients import skopeo_copy, skopeo_copy_logged_in, write_registries_conf
+from testbed.images import Image, build_image, push
+from testbed.netns import Host, Topology
+from testbed.procs import Proc, wait_for_port
+from testbed.registry import Registry
 
 TRACKER_PORT = 7070
 AGENT_PORT = 5050

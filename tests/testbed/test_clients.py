@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ImageFactory
-from tests.support import ALICE
-from tests.support.clients import (
+from testbed import ALICE
+from testbed.clients import (
     Containerd,
     Podman,
     compare_dir_with_image,
@@ -17,9 +16,10 @@ from tests.support.clients import (
     write_hosts_toml,
     write_registries_conf,
 )
-from tests.support.images import build_index, push_index
-from tests.support.procs import free_port
-from tests.support.registry import Registry
+from testbed.images import build_index, push_index
+from testbed.procs import free_port
+from testbed.registry import Registry
+from tests.conftest import ImageFactory
 
 pytestmark = pytest.mark.integration
 

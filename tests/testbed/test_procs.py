@@ -1,4 +1,4 @@
-"""Self-tests of tests/support/procs.py against real processes."""
+"""Self-tests of testbed/procs.py against real processes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.procs import (
+from testbed.procs import (
     Proc,
     ProcError,
     free_port,

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.support.procs import Proc, ProcError, free_port, run_checked
+from testbed.procs import Proc, ProcError, free_port, run_checked
 
 DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
 
