@@ -6,18 +6,19 @@ Hierarchy::
     ├── NameInvalid               400 NAME_INVALID   bad repository name or ?ns= value
     ├── NameUnknown               404 NAME_UNKNOWN   repository (or registry) not served here
     ├── DigestInvalid             400 DIGEST_INVALID bad digest, or content that does not match it
-    ├── ManifestUnknown           404 MANIFEST_UNKNOWN
     ├── ManifestInvalid           400/502 MANIFEST_INVALID
-    ├── BlobUnknown               404 BLOB_UNKNOWN
+    ├── BlobUnknown               404 BLOB_UNKNOWN   (BlobNotVouched, agent/access.py)
     ├── RangeInvalid              416 (with Content-Range: bytes */size)
     ├── Unsupported               405 UNSUPPORTED    writes, catalog and other methods
-    ├── Unauthorized / Denied     401 / 403, relayed from an upstream with its challenge
-    ├── TooManyRequests           429 TOOMANYREQUESTS relayed from an upstream
+    ├── Unauthorized              401 UNAUTHORIZED   a challenge of the mirror's own
+    ├── RelayedError              an upstream's own 401/403/404/429, in agent/upstream.py
     ├── UpstreamError             502/503/504 the upstream failed, timed out or is unreachable
     └── NoSpace                   503 UNAVAILABLE    no room on this node's disk to cache a blob
 
 Upstream client errors (aiohttp) are translated into UpstreamError at the boundary in
 agent/upstream.py; nothing else leaks out of a handler (see agent/server/middleware.py).
+An answer known only by its status (an upstream's relayed without a body of its own,
+aiohttp's own) gets its OCI code from ``oci_code``, the one table of them.
 """
 
 from __future__ import annotations
@@ -45,8 +46,11 @@ class RegistryError(Exception):
         self.headers = dict(headers or {})
         self.detail = detail
 
-    def body(self) -> bytes:
-        err: dict[str, object] = {"code": self.code, "message": self.message}
+    def body(self, kind: str = "") -> bytes:
+        """The OCI error body; ``kind`` (manifest, blob...) is the request's, for an error
+        whose code depends on what was asked (``code`` empty)."""
+        code = self.code or oci_code(self.status, kind)
+        err: dict[str, object] = {"code": code, "message": self.message}
         if self.detail is not None:
             err["detail"] = self.detail
         return json.dumps({"errors": [err]}).encode()
@@ -65,11 +69,6 @@ class NameUnknown(RegistryError):
 class DigestInvalid(RegistryError):
     status = 400
     code = "DIGEST_INVALID"
-
-
-class ManifestUnknown(RegistryError):
-    status = 404
-    code = "MANIFEST_UNKNOWN"
 
 
 class ManifestInvalid(RegistryError):
@@ -95,16 +94,6 @@ class Unsupported(RegistryError):
 class Unauthorized(RegistryError):
     status = 401
     code = "UNAUTHORIZED"
-
-
-class Denied(RegistryError):
-    status = 403
-    code = "DENIED"
-
-
-class TooManyRequests(RegistryError):
-    status = 429
-    code = "TOOMANYREQUESTS"
 
 
 class UpstreamError(RegistryError):
@@ -139,3 +128,24 @@ class NoSpace(RegistryError):
 
 class BlobIntegrityError(Exception):
     """Downloaded bytes do not hash to the digest they were fetched for; never cached."""
+
+
+# Codes of the OCI distribution spec for answers known only by their status; a 404 names
+# what is unknown by the kind of request.
+_CODE_BY_STATUS = {
+    401: Unauthorized.code,
+    403: "DENIED",
+    404: NameUnknown.code,
+    405: Unsupported.code,
+    413: "SIZE_INVALID",
+    429: "TOOMANYREQUESTS",
+}
+_UNKNOWN_BY_KIND = {"manifest": "MANIFEST_UNKNOWN", "blob": BlobUnknown.code}
+
+
+def oci_code(status: int, kind: str = "") -> str:
+    """The OCI error code for an answer known only by its ``status``, to a request of
+    ``kind``; statuses the spec has no code for get distribution's ``UNKNOWN``."""
+    if status == 404:
+        return _UNKNOWN_BY_KIND.get(kind, NameUnknown.code)
+    return _CODE_BY_STATUS.get(status, RegistryError.code)

@@ -89,20 +89,20 @@ def load_credentials(path: Path | None) -> dict[str, Credentials]:
 
 
 class RelayedError(RegistryError):
-    """An upstream's own error answer (401, 403, 404, 429...), passed to the client unchanged."""
+    """An upstream's own error answer (401, 403, 404, 429...), passed to the client unchanged.
+
+    Without a body of its own (the answer to a HEAD), ours names the code by the status and
+    the kind of request (agent.errors.oci_code).
+    """
+
+    code = ""
 
     def __init__(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
         super().__init__(f"upstream answered {status}", status=status, headers=headers)
         self.raw_body = body
-        self.code = {
-            401: "UNAUTHORIZED",
-            403: "DENIED",
-            404: "NOT_FOUND",
-            429: "TOOMANYREQUESTS",
-        }.get(status, "UNKNOWN")
 
-    def body(self) -> bytes:
-        return self.raw_body or super().body()
+    def body(self, kind: str = "") -> bytes:
+        return self.raw_body or super().body(kind)
 
 
 _PARAM_RE = re.compile(r'(\w+)\s*=\s*(?:"([^"]*)"|([^\s,]+))')
@@ -189,7 +189,7 @@ class UpstreamClient:
         if query:
             url += "?" + urlencode(query)
         hdrs = dict(headers or {})
-        scope = _scope_for(method, path)
+        scope = _scope_for(path)
         auth = client_auth
         if auth is None:
             tok = self._tokens.get((upstream.name, scope))
@@ -373,7 +373,7 @@ class UpstreamClient:
         return params.get("realm") if scheme == "bearer" else None
 
 
-def _scope_for(method: str, path: str) -> str:
+def _scope_for(path: str) -> str:
     # /v2/<name>/(manifests|blobs|tags)/... -> repository:<name>:pull
     m = re.match(r"^/v2/(.+)/(?:manifests|blobs|tags)/", path)
     return f"repository:{m.group(1)}:pull" if m else ""

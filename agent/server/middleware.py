@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from agent.errors import RegistryError
+from agent.errors import RegistryError, oci_code
 from agent.metrics import AgentMetrics
 from agent.server.registry import info
 
@@ -18,10 +18,10 @@ log = logging.getLogger("agent.access")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error_response(exc: RegistryError, method: str) -> web.Response:
+def error_response(exc: RegistryError, method: str, kind: str = "") -> web.Response:
     headers = {"Docker-Distribution-API-Version": "registry/2.0", **exc.headers}
     headers.setdefault("Content-Type", "application/json")
-    body = exc.body()
+    body = exc.body(kind)
     if method == "HEAD":
         # A HEAD answer has no body; clients still read the status and challenge.
         return web.Response(status=exc.status, headers=headers)
@@ -43,15 +43,12 @@ def make_middleware(metrics: AgentMetrics) -> Middleware:
                 status = exc.status
                 if status >= 500:
                     log.warning("%s %s: %s", request.method, request.path, exc.message)
-                return error_response(exc, request.method)
+                return error_response(exc, request.method, ri.kind)
             except web.HTTPException as exc:
                 # aiohttp's own answers (404 unknown path, 413 big body) get OCI bodies too.
                 status = exc.status
-                code = {404: "NAME_UNKNOWN", 405: "UNSUPPORTED", 413: "SIZE_INVALID"}.get(
-                    exc.status, "UNKNOWN"
-                )
                 err = RegistryError(exc.reason, status=exc.status)
-                err.code = code
+                err.code = oci_code(exc.status, ri.kind)
                 return error_response(err, request.method)
             except Exception:
                 log.exception("unhandled error in %s %s", request.method, request.path)

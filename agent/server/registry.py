@@ -63,8 +63,6 @@ _PATH_RE = re.compile(
 )
 _API_HEADERS = {"Docker-Distribution-API-Version": "registry/2.0"}
 _MAX_TAGS_BODY = 4 << 20
-# A joiner whose initiator's credentials were refused retries as initiator this many times.
-_MAX_JOIN_RETRIES = 3
 # How long whether an upstream challenges anonymous clients is remembered.
 _NEEDS_AUTH_TTL = 300.0
 
