@@ -597,7 +597,7 @@ class UpstreamSource:
                 await ensure_ok(resp, job.upstream.name)  # raises: not 200 here
             download.set_started(size)
             async for chunk in resp.content.iter_chunked(READ_CHUNK):
-                self._metrics.upstream_bytes.labels(job.upstream.name).inc(len(chunk))
+                self._metrics.count_upstream(job.upstream.name, len(chunk))
                 data = chunk
                 if skip:
                     take = min(skip, len(data))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -29,23 +29,9 @@ _RATE_LIMIT_VALUE = re.compile(r"^\s*(\d+)")
 _SAVED_SOURCES = ("cache", "peer")
 
 
-class ServedCounter:
-    """Bytes sent to a client: counted by source, and as saved for their upstream when they
-    came from the cache or from peers."""
-
-    def __init__(self, by_source: Counter, saved: Counter | None) -> None:
-        self._by_source = by_source
-        self._saved = saved
-
-    def inc(self, amount: float = 1) -> None:
-        self._by_source.inc(amount)
-        if self._saved is not None:
-            self._saved.inc(amount)
-
-
 class PairedCounter:
     """Counts into two counters at once: a metric under its symmetric name and under the
-    name an earlier contract spelled out (issue 4's ``layerswarm_peer_bytes_total``)."""
+    name an earlier contract spelled out (``layerswarm_peer_bytes_total``)."""
 
     def __init__(self, primary: Counter, alias: Counter) -> None:
         self.primary = primary
@@ -54,6 +40,17 @@ class PairedCounter:
     def inc(self, amount: float = 1) -> None:
         self.primary.inc(amount)
         self.alias.inc(amount)
+
+
+@dataclass
+class ByteTotals:
+    """The byte counts since start that the heartbeat reports (the tracker sums them into
+    fleet totals), kept as plain numbers beside the counters that export the same counts."""
+
+    served: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SOURCES, 0))
+    upstream: int = 0
+    peer_received: int = 0
+    peer_sent: int = 0
 
 
 @dataclass
@@ -77,6 +74,7 @@ class AgentMetrics:
     upstream_saved_bytes: Counter
     ratelimit_remaining: Gauge
     ratelimit_limit: Gauge
+    totals: ByteTotals = field(default_factory=ByteTotals)
 
     @classmethod
     def create(cls, registry: CollectorRegistry, upstreams: Sequence[str] = ()) -> AgentMetrics:
@@ -220,14 +218,26 @@ class AgentMetrics:
                 m.upstream_errors.labels(upstream, reason)
         return m
 
-    def served(self, source: str, upstream: str) -> ServedCounter:
-        """The counter for bytes sent to a client from ``source`` for ``upstream``."""
-        saved = (
-            self.upstream_saved_bytes.labels(upstream)
-            if source in _SAVED_SOURCES and upstream
-            else None
-        )
-        return ServedCounter(self.served_bytes.labels(source), saved)
+    def count_served(self, source: str, upstream: str, amount: int) -> None:
+        """Bytes of one response sent to a client from ``source``, for ``upstream``: counted
+        once, where the response ends. Bytes from the cache or from peers are saved ones."""
+        self.served_bytes.labels(source).inc(amount)
+        self.totals.served[source] = self.totals.served.get(source, 0) + amount
+        if source in _SAVED_SOURCES and upstream:
+            self.upstream_saved_bytes.labels(upstream).inc(amount)
+
+    def count_upstream(self, upstream: str, amount: int) -> None:
+        """Bytes of blobs and manifests received from ``upstream``."""
+        self.upstream_bytes.labels(upstream).inc(amount)
+        self.totals.upstream += amount
+
+    def count_peer_received(self, amount: int) -> None:
+        self.peer_bytes.inc(amount)
+        self.totals.peer_received += amount
+
+    def count_peer_sent(self, amount: int) -> None:
+        self.peer_uploaded_bytes.inc(amount)
+        self.totals.peer_sent += amount
 
     def observe_rate_limit(self, upstream: str, headers: Mapping[str, str]) -> None:
         """Keep the headroom an upstream's answer states (Docker Hub: ``ratelimit-*``)."""

@@ -294,7 +294,7 @@ class Mirror:
         body, media_type, header_digest = await with_retries(
             retry or self._retry, upstream.name, self._metrics, f"manifest {repo}@{reference}", get
         )
-        self._metrics.upstream_bytes.labels(upstream.name).inc(len(body))
+        self._metrics.count_upstream(upstream.name, len(body))
         if not media_type or media_type in _GENERIC_TYPES:
             media_type = _sniff_media_type(body)
         elif media_type not in MANIFEST_TYPES and media_type not in _SCHEMA1_TYPES:

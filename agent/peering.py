@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
-from prometheus_client import CollectorRegistry
 
 from agent.blobstore import BlobStore
 from agent.config import AgentConfig
 from agent.counters import LifetimeCounters
 from agent.fetch import BlobFetcher, BlobSource
 from agent.identity import Identity
-from agent.metrics import AgentMetrics
+from agent.metrics import AgentMetrics, ByteTotals
 from agent.oci import Digest
 from agent.p2p.engine import FleetTLS
 from agent.p2p.libtorrent_impl import EngineOptions, LibtorrentEngine
@@ -171,7 +170,7 @@ class Peering:
             free_bytes=usage.free,
             load=float(self._fetcher.inflight_count()),
             # Across restarts, so the tracker's fleet totals never go backwards.
-            counters=self._lifetime.total(_counters(self._metrics.registry)),
+            counters=self._lifetime.total(_counters(self._metrics.totals)),
         )
 
     def _peer_port(self) -> int:
@@ -207,7 +206,7 @@ class Peering:
             return
         stats = await self.engine.stats()
         if stats.uploaded_bytes > self._uploaded_seen:
-            self._metrics.peer_uploaded_bytes.inc(stats.uploaded_bytes - self._uploaded_seen)
+            self._metrics.count_peer_sent(stats.uploaded_bytes - self._uploaded_seen)
             self._uploaded_seen = stats.uploaded_bytes
 
     async def start(self) -> None:
@@ -329,23 +328,12 @@ def build_peering(
     return peering
 
 
-def _counters(registry: CollectorRegistry) -> Counters:
-    def value(name: str, labels: dict[str, str] | None = None) -> int:
-        v = registry.get_sample_value(name, labels or {})
-        return int(v or 0)
-
-    upstream = sum(
-        int(s.value)
-        for metric in registry.collect()
-        if metric.name == "layerswarm_upstream_bytes"
-        for s in metric.samples
-        if s.name == "layerswarm_upstream_bytes_total"
-    )
+def _counters(totals: ByteTotals) -> Counters:
     return Counters(
-        served_cache=value("layerswarm_served_bytes_total", {"source": "cache"}),
-        served_upstream=value("layerswarm_served_bytes_total", {"source": "upstream"}),
-        served_peer=value("layerswarm_served_bytes_total", {"source": "peer"}),
-        upstream_bytes=upstream,
-        peer_bytes=value("layerswarm_peer_received_bytes_total"),
-        uploaded_bytes=value("layerswarm_peer_sent_bytes_total"),
+        served_cache=totals.served["cache"],
+        served_upstream=totals.served["upstream"],
+        served_peer=totals.served["peer"],
+        upstream_bytes=totals.upstream,
+        peer_bytes=totals.peer_received,
+        uploaded_bytes=totals.peer_sent,
     )

@@ -475,7 +475,7 @@ class PeerSource:
                         last_progress = sw.clock()
                         continue
                     await _append_file(download, path)
-                    sw.metrics.peer_bytes.inc(by_index[next_index].length)
+                    sw.metrics.count_peer_received(by_index[next_index].length)
                     sw._published.setdefault(job.digest, []).append(by_index[next_index])
                     next_index += 1
                     last_progress = sw.clock()

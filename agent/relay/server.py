@@ -216,7 +216,7 @@ class PeerServer:
                         # The child left (it asked several parents at once and chose another).
                         log.debug("child %s left digest=%s: %s", child, digest, exc)
                         return resp
-                self._metrics.peer_uploaded_bytes.inc(what.size - offset)
+                self._metrics.count_peer_sent(what.size - offset)
                 return resp
             with self._store.pin(digest):
                 return await self._stream(request, what, offset, status, headers)
@@ -247,7 +247,7 @@ class PeerServer:
                     await self._pacer.take(len(piece))
                     await resp.write(piece)
                     sent += len(piece)
-                    self._metrics.peer_uploaded_bytes.inc(len(piece))
+                    self._metrics.count_peer_sent(len(piece))
         except Exception as exc:
             # The child must see a short body, never a complete one we could not verify.
             log.info("relay to child cut digest=%s after %d bytes: %s", what.digest, sent, exc)

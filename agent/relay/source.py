@@ -372,7 +372,7 @@ class RelaySource:
                 if size is not None and download.written + len(chunk) > size:
                     return "parent sent more bytes than the blob has"
                 await download.append(chunk)
-                self._metrics.peer_bytes.inc(len(chunk))
+                self._metrics.count_peer_received(len(chunk))
             if size is not None and download.written >= size:
                 return None
             if size is None and download.written:

@@ -59,6 +59,8 @@ def make_middleware(metrics: AgentMetrics) -> Middleware:
             if ri.kind not in ("metrics", "health", "config"):
                 metrics.requests.labels(ri.kind, str(status)).inc()
                 metrics.request_seconds.labels(ri.kind).observe(seconds)
+                if ri.bytes:
+                    metrics.count_served(ri.source, ri.upstream, ri.bytes)
                 # One line per request; never headers, never credentials.
                 log.info(
                     "method=%s kind=%s status=%d upstream=%s repo=%s digest=%s source=%s "

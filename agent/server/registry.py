@@ -69,7 +69,9 @@ _NEEDS_AUTH_TTL = 300.0
 
 @dataclass
 class RequestInfo:
-    """What the access log and metrics want to know about a request, filled as it goes."""
+    """What the access log and metrics want to know about a request, filled as it goes:
+    ``bytes`` of a manifest or blob sent to the client from ``source`` are counted as served
+    once, by the middleware, when the response ends."""
 
     kind: str = "other"
     repo: str = ""
@@ -302,7 +304,6 @@ class RegistryHandlers:
             headers["Content-Length"] = str(len(m.body))
             return web.Response(headers=headers)
         ri.bytes = len(m.body)
-        self._metrics.served(ri.source, ri.upstream).inc(len(m.body))
         return web.Response(body=m.body, headers=headers)
 
     # -- referrers (OCI 1.1) ----------------------------------------------------------
@@ -400,7 +401,6 @@ class RegistryHandlers:
             resp = SendfileResponse(blob.path, offset, count, status=status, headers=headers)
             await resp.prepare(request)
         ri.bytes = count
-        self._metrics.served("cache", ri.upstream).inc(count)
         return resp
 
     async def _send_download(self, request: web.Request, dl: Download) -> web.StreamResponse:
@@ -428,7 +428,6 @@ class RegistryHandlers:
             resp.enable_chunked_encoding()
         await resp.prepare(request)
         sent = 0
-        counter = self._metrics.served(dl.source, ri.upstream)
         try:
             async for chunk in dl.stream(start, end if end is not None else 1 << 62):
                 if not sent:
@@ -437,18 +436,17 @@ class RegistryHandlers:
                     )
                 await resp.write(chunk)
                 sent += len(chunk)
-                counter.inc(len(chunk))
+                # Counted by the middleware when the response ends, however it ends.
+                ri.bytes = sent
                 if end is None and dl.finished and dl.error is None and start + sent >= dl.written:
                     break
         except (RegistryError, Exception) as exc:
             # Headers are gone; the only honest signal left is to cut the connection short,
             # so the client sees an incomplete body and never a complete wrong blob.
             log.warning("aborting blob response digest=%s after %d bytes: %s", dl.digest, sent, exc)
-            ri.bytes = sent
             if request.transport is not None:
                 request.transport.abort()
             return resp
-        ri.bytes = sent
         await resp.write_eof()
         return resp
 

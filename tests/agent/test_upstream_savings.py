@@ -40,7 +40,7 @@ async def test_fetched_saved_and_rate_limit_headroom_per_upstream(
 ) -> None:
     image = image_factory("team/saved", "v1", [200_000, 100_000])
     name = registry.host_port
-    client, _ = await agent_factory(proxy.url, name=name)
+    client, runtime = await agent_factory(proxy.url, name=name)
     up = f'upstream="{name}"'
 
     metrics = await (await client.get("/metrics")).text()
@@ -71,6 +71,18 @@ async def test_fetched_saved_and_rate_limit_headroom_per_upstream(
     assert sample(metrics, "layerswarm_upstream_ratelimit_remaining", up) == 76.0
     assert sample(metrics, "layerswarm_upstream_ratelimit_limit", up) == 100.0
     assert registry.blob_fetches(image.layers[0].digest) == 1
+    # The heartbeat reports the very counts the metrics export, each response counted once.
+    counters = runtime.peering.describe().counters
+    served = {
+        s: sample(metrics, "layerswarm_served_bytes_total", f'source="{s}"')
+        for s in ("cache", "upstream")
+    }
+    assert (counters.served_cache, counters.served_upstream) == (
+        served["cache"],
+        served["upstream"],
+    )
+    assert counters.served_cache == saved and counters.upstream_bytes == fetched
+    assert counters.served_upstream >= layers and counters.served_cache >= 2 * layers
 
 
 async def test_preheat_fetches_an_images_layers_concurrently_in_manifest_order(
