@@ -19,15 +19,15 @@ from agent.identity import Identity, certificate_name, load_identity
 from agent.manifests import ManifestStore
 from agent.metrics import AgentMetrics
 from agent.mirror import Mirror
-from agent.peering import Peering, build_peering
+from agent.peerside import PeerSide, build_peer_side
 from agent.preheat import LayerProgress, ProgressHook, preheat_image
 from agent.server.middleware import make_middleware
 from agent.server.ops import OpsHandlers, describe_config
 from agent.server.registry import RegistryHandlers
 from agent.upstream import UpstreamClient, load_credentials
-from layerswarm.settings import ConfigError
-from tracker.errors import InvalidRequest
-from tracker.model import check_agent_id
+from core.settings import ConfigError
+from core.trackererrors import InvalidRequest
+from core.wire import check_agent_id
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class AgentRuntime:
         fetcher: BlobFetcher,
         mirror: Mirror,
         metrics: AgentMetrics,
-        peering: Peering,
+        peer_side: PeerSide,
     ) -> None:
         self.config = config
         self.session = session
@@ -57,7 +57,7 @@ class AgentRuntime:
         self.fetcher = fetcher
         self.mirror = mirror
         self.metrics = metrics
-        self.peering = peering
+        self.peer_side = peer_side
 
     async def close(self) -> None:
         await self.fetcher.close()
@@ -168,7 +168,7 @@ async def build_app(
     async def run_preheat(image: str, hook: ProgressHook) -> list[LayerProgress]:
         return await preheat_image(mirror, config.upstreams, image, on_progress=hook)
 
-    peering = build_peering(
+    peer_side = build_peer_side(
         config,
         identity,
         session,
@@ -178,33 +178,33 @@ async def build_app(
         run_preheat,
         mirror.invalidate_tag,
     )
-    if peering.swarm is not None:
+    if peer_side.transport is not None:
         # Peers first, the upstream when no peer can serve in time.
-        sources.append(peering.swarm.source())
-        fetcher.on_cached.append(peering.swarm.on_cached)
-        fetcher.on_corrupt.append(peering.swarm.on_corrupt)
-        store.on_evict.append(peering.swarm.on_evict)
+        sources.append(peer_side.transport.source())
+        fetcher.on_cached.append(peer_side.transport.on_cached)
+        fetcher.on_corrupt.append(peer_side.transport.on_corrupt)
+        store.on_evict.append(peer_side.transport.on_evict)
         mirror.check_access_first = True
     sources.append(UpstreamSource(client, metrics, RetryPolicy(budget=config.upstream_retry_wait)))
     runtime = AgentRuntime(
-        config, session, store, manifests, client, access, fetcher, mirror, metrics, peering
+        config, session, store, manifests, client, access, fetcher, mirror, metrics, peer_side
     )
 
     app = web.Application(middlewares=[make_middleware(metrics)], client_max_size=64 << 10)
     app[AGENT_KEY] = runtime
     RegistryHandlers(config, mirror, client, store, metrics).add_routes(app)
     OpsHandlers(
-        metrics, store, lambda: peering.link.state, describe_config(config, identity.agent_id)
+        metrics, store, lambda: peer_side.link.state, describe_config(config, identity.agent_id)
     ).add_routes(app)
 
-    async def _peering(_app: web.Application) -> AsyncIterator[None]:
-        await peering.start()
+    async def _peer_side(_app: web.Application) -> AsyncIterator[None]:
+        await peer_side.start()
         yield
-        await peering.close()
+        await peer_side.close()
 
     async def _close(_app: web.Application) -> None:
         await runtime.close()
 
-    app.cleanup_ctx.append(_peering)
+    app.cleanup_ctx.append(_peer_side)
     app.on_cleanup.append(_close)
     return app

@@ -10,7 +10,7 @@ import socket
 from agent.app import build_app, prepare_data_dir
 from agent.config import AgentConfig
 from agent.p2p.errors import PeerTransferError
-from layerswarm import serve, settings
+from core import serve, settings
 
 HELP = "run the node agent: a registry mirror that fetches layers from peers, then upstream"
 

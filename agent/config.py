@@ -1,4 +1,4 @@
-"""The agent's settings: one frozen dataclass, filled by layerswarm.settings."""
+"""The agent's settings: one frozen dataclass, filled by core.settings."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from layerswarm.settings import (
+from core.settings import (
     ConfigError,
     parse_duration,
     parse_hostport,

@@ -13,7 +13,7 @@ import logging
 import os
 from pathlib import Path
 
-from tracker.model import Counters
+from core.wire import Counters
 
 log = logging.getLogger(__name__)
 

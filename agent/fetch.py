@@ -42,7 +42,7 @@ from agent.errors import BlobIntegrityError, NoSpace, RegistryError, UpstreamErr
 from agent.metrics import AgentMetrics
 from agent.oci import Digest
 from agent.upstream import UpstreamClient, connection_failure, ensure_ok, relay_error
-from layerswarm.failures import classify
+from core.failures import classify
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Labels are bounded: ``source`` is cache|upstream|peer, ``kind`` a request kind, ``code``
 an HTTP status code (the same label name as the tracker's), ``upstream`` a configured
-registry name, ``reason`` one word of ``layerswarm.failures.REASONS``, ``outcome`` one of
+registry name, ``reason`` one word of ``core.failures.REASONS``, ``outcome`` one of
 NO_SPACE_OUTCOMES. Every labelled error counter has its series at 0 from the start, so
 ``rate()`` and alerts see the first error.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from layerswarm.failures import REASONS
+from core.failures import REASONS
 
 SOURCES = ("cache", "upstream", "peer")
 NO_SPACE_OUTCOMES = ("refused", "aborted", "manifest_not_stored")

@@ -28,8 +28,8 @@ import yaml
 
 from agent.config import Upstream
 from agent.errors import RegistryError, UpstreamError
-from layerswarm.failures import classify
-from layerswarm.settings import ConfigError
+from core.failures import classify
+from core.settings import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import aiohttp
 
-from tracker.client import HttpTrackerClient
-from tracker.model import AgentInfo, Announcement
+from core.trackerclient import HttpTrackerClient
+from core.wire import AgentInfo, Announcement
 
 
 async def main(argv: list[str]) -> None:

@@ -47,9 +47,9 @@ from typing import Any
 import aiohttp
 import redis
 
+from core.trackerclient import HttpTrackerClient
+from core.wire import AgentInfo, Announcement
 from testbed.redis_server import RedisServer, free_port
-from tracker.client import HttpTrackerClient
-from tracker.model import AgentInfo, Announcement
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("cold", "preheated", "churn", "kill-tracker")

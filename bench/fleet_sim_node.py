@@ -50,9 +50,9 @@ import aiohttp
 
 from agent.relay.source import order_candidates
 from agent.swarm import CoordinatorUnavailable, Lookup, PeerRef
-from agent.tracking import TrackerLink
-from tracker.client import HttpTrackerClient
-from tracker.model import AgentInfo, Announcement
+from agent.trackerlink import TrackerLink
+from core.trackerclient import HttpTrackerClient
+from core.wire import AgentInfo, Announcement
 
 # The relay's constants (agent/relay/source.py, agent/relay/server.py), so the simulated
 # followers make the same tracker calls at the same moments.

@@ -7,15 +7,14 @@ component's code runs at import time.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from layerswarm import logredact
-from layerswarm.settings import ConfigError
+from core import logredact
+from core.settings import ConfigError
 
 
 class Command(Protocol):
@@ -28,22 +27,66 @@ class Command(Protocol):
     def run(self, args: argparse.Namespace) -> int: ...
 
 
-# name -> module implementing Command; modules are imported lazily.
-COMMANDS: dict[str, str] = {
-    "agent": "agent.command",
-    "tracker": "tracker.command",
-    "pki": "layerswarm.pki_cmd",
-    "configure": "layerswarm.configure",
-    "preheat": "layerswarm.preheat_cmd",
-    "invalidate": "layerswarm.invalidate_cmd",
-    "status": "layerswarm.status_cmd",
-    "doctor": "layerswarm.doctor",
+def _agent() -> Command:
+    from agent import command
+
+    return command
+
+
+def _tracker() -> Command:
+    from tracker import command
+
+    return command
+
+
+def _pki() -> Command:
+    from layerswarm import pki_cmd
+
+    return pki_cmd
+
+
+def _configure() -> Command:
+    from layerswarm import configure
+
+    return configure
+
+
+def _preheat() -> Command:
+    from layerswarm import preheat_cmd
+
+    return preheat_cmd
+
+
+def _invalidate() -> Command:
+    from layerswarm import invalidate_cmd
+
+    return invalidate_cmd
+
+
+def _status() -> Command:
+    from layerswarm import status_cmd
+
+    return status_cmd
+
+
+def _doctor() -> Command:
+    from layerswarm import doctor
+
+    return doctor
+
+
+# Each subcommand's module is imported only when that subcommand is chosen (function-local
+# imports), so `layerswarm --help` stays fast and never loads libtorrent.
+COMMANDS: dict[str, Callable[[], Command]] = {
+    "agent": _agent,
+    "tracker": _tracker,
+    "pki": _pki,
+    "configure": _configure,
+    "preheat": _preheat,
+    "invalidate": _invalidate,
+    "status": _status,
+    "doctor": _doctor,
 }
-
-
-def _load(module: str) -> Command:
-    mod = importlib.import_module(module)
-    return mod  # a module satisfies Command by duck typing
 
 
 def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, dict[str, Command]]:
@@ -54,12 +97,12 @@ def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, dict[str
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     loaded: dict[str, Command] = {}
     wanted = next((a for a in argv if a in COMMANDS), None)
-    for name, module in COMMANDS.items():
+    for name, load in COMMANDS.items():
         if wanted is not None and name != wanted:
             # Only the chosen subcommand's module is imported; the others still show in --help.
             sub.add_parser(name, help="")
             continue
-        cmd = _load(module)
+        cmd = load()
         loaded[name] = cmd
         p = sub.add_parser(name, help=cmd.HELP, description=cmd.HELP)
         cmd.configure_parser(p)

@@ -7,26 +7,18 @@ tests/test_docs.py fails when the committed page differs from what this prints.
 
 from __future__ import annotations
 
-import importlib
 import sys
 from typing import Any
 
-from layerswarm.settings import ENV_PREFIX, describe
+from agent.config import AgentConfig
+from core.settings import ENV_PREFIX, describe
+from tracker.config import TrackerConfig
 
-# (command, "module:Class") for every component with settings.
-COMPONENTS = [
-    ("agent", "agent.config:AgentConfig"),
-    ("tracker", "tracker.config:TrackerConfig"),
+# (command, config class) for every component with settings.
+COMPONENTS: list[tuple[str, type[Any]]] = [
+    ("agent", AgentConfig),
+    ("tracker", TrackerConfig),
 ]
-
-
-def _load(spec: str) -> type[Any] | None:
-    module, _, name = spec.partition(":")
-    try:
-        cls: type[Any] = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return None
-    return cls
 
 
 def _cell(text: str) -> str:
@@ -47,10 +39,7 @@ def render() -> str:
         "line naming the setting.",
         "",
     ]
-    for command, spec in COMPONENTS:
-        cls = _load(spec)
-        if cls is None:
-            continue
+    for command, cls in COMPONENTS:
         out += [
             f"## `layerswarm {command}`",
             "",

@@ -34,12 +34,12 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from agent.config import AgentConfig, Upstream, canonical_registry, registry_from_prefix
-from layerswarm import settings
-from layerswarm.failures import classify
+from core import settings
+from core.failures import classify
+from core.settings import ConfigError, parse_duration
 from layerswarm.preheat_cmd import human_bytes
 from layerswarm.runtimeconf import containerd
 from layerswarm.runtimeconf.paths import add_path_arguments
-from layerswarm.settings import ConfigError, parse_duration
 from layerswarm.trackerapi import (
     TrackerAPI,
     TrackerRefused,

@@ -13,7 +13,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 
-from layerswarm import settings
+from core import settings
 from layerswarm.trackerapi import TrackerAccess, TrackerAPIError, TrackerRefused
 
 HELP = "make every agent revalidate these tags (IMAGE:TAG) with the upstream on next pull"

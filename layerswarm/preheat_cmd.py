@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from layerswarm import settings
-from layerswarm.settings import ConfigError, parse_duration
+from core import settings
+from core.settings import ConfigError, parse_duration
 from layerswarm.trackerapi import TrackerAccess, TrackerAPI, TrackerAPIError, TrackerRefused
 
 HELP = "pull images onto seeds (or every agent) ahead of a rollout, with live progress"

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from layerswarm import settings
+from core import settings
 from layerswarm.preheat_cmd import human_bytes, short_digest
 from layerswarm.trackerapi import TrackerAccess, TrackerAPIError, TrackerRefused
 

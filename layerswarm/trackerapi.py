@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from layerswarm.settings import ConfigError, parse_duration, parse_url_list, setting
+from core.settings import ConfigError, parse_duration, parse_url_list, setting
 
 MIN_TOKEN = 16
 

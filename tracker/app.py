@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
+from core.trackererrors import StoreUnavailable
 from tracker.clock import Clock, SystemClock
 from tracker.config import TrackerConfig
-from tracker.errors import StoreUnavailable
 from tracker.metrics import TrackerMetrics
 from tracker.server import (
     AGENT_CERTS,

@@ -20,7 +20,7 @@ import socket
 import time
 from types import FrameType
 
-from layerswarm import serve, settings
+from core import serve, settings
 from tracker.app import build_app
 from tracker.config import TrackerConfig
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from layerswarm.settings import ConfigError, parse_duration, parse_hostport, parse_size, setting
+from core.settings import ConfigError, parse_duration, parse_hostport, parse_size, setting
 
 
 def _parse_hostport_str(raw: str) -> str:

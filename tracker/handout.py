@@ -14,7 +14,8 @@ import math
 import random
 from collections.abc import Sequence
 
-from tracker.model import AgentInfo, Holding
+from core.wire import AgentInfo
+from tracker.model import Holding
 
 SAME_ZONE, SAME_REGION, SEED, OTHER = range(4)
 # Candidates split by locality class, indexed by the constants above.

@@ -18,9 +18,7 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from typing import Any
 
-from tracker.clock import Clock
-from tracker.config import TrackerConfig
-from tracker.errors import (
+from core.trackererrors import (
     Conflict,
     Forbidden,
     InvalidRequest,
@@ -28,26 +26,26 @@ from tracker.errors import (
     StoreUnavailable,
     UnknownAgent,
 )
-from tracker.handout import OTHER, SAME_REGION, SAME_ZONE, SEED, Classes, select_peers
-from tracker.model import (
+from core.wire import (
     AgentInfo,
-    AgentRecord,
     Announcement,
     Counters,
     HeartbeatReply,
-    Holding,
     Invalidation,
     LayerProgress,
     LookupReply,
     Metainfo,
     Peer,
     PreheatJob,
-    PreheatReport,
     SegmentMeta,
     check_agent_id,
     check_digest,
     check_key,
 )
+from tracker.clock import Clock
+from tracker.config import TrackerConfig
+from tracker.handout import OTHER, SAME_REGION, SAME_ZONE, SEED, Classes, select_peers
+from tracker.model import AgentRecord, Holding, PreheatReport
 from tracker.store.base import AuthenticatedLookup, PeerView, TrackerStore
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from agent.errors import RegistryError, oci_code
 from agent.metrics import AgentMetrics
 from agent.server.registry import info
 
-log = logging.getLogger("agent.access")
+log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

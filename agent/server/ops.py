@@ -14,7 +14,7 @@ from agent.blobstore import BlobStore
 from agent.config import AgentConfig
 from agent.metrics import AgentMetrics
 from agent.server.registry import info
-from agent.tracking import TrackerState
+from agent.trackerlink import TrackerState
 
 
 def _without_userinfo(url: str) -> str:

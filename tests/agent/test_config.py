@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from agent.config import DOCKER_HUB_URL, AgentConfig, Upstream
-from layerswarm import settings
-from layerswarm.settings import ConfigError
+from core import settings
+from core.settings import ConfigError
 
 
 def load(argv: list[str], env: dict[str, str] | None = None) -> AgentConfig:

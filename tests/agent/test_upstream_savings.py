@@ -72,7 +72,7 @@ async def test_fetched_saved_and_rate_limit_headroom_per_upstream(
     assert sample(metrics, "layerswarm_upstream_ratelimit_limit", up) == 100.0
     assert registry.blob_fetches(image.layers[0].digest) == 1
     # The heartbeat reports the very counts the metrics export, each response counted once.
-    counters = runtime.peering.describe().counters
+    counters = runtime.peer_side.describe().counters
     served = {
         s: sample(metrics, "layerswarm_served_bytes_total", f'source="{s}"')
         for s in ("cache", "upstream")

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import aiohttp
 
+from core.trackerclient import HttpTrackerClient
+from core.wire import AgentInfo, Announcement
 from tests.p2p.fake_peer import CorruptPeer
-from tracker.client import HttpTrackerClient
-from tracker.model import AgentInfo, Announcement
 
 
 async def main(argv: list[str]) -> None:

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from agent.config import AgentConfig
-from layerswarm import settings
+from core import settings
 from tests.ops.conftest import REPO_ROOT
 
 DEPLOY = REPO_ROOT / "deploy"
@@ -224,7 +224,7 @@ def test_dockerignore_keeps_the_build_inputs() -> None:
         for line in (REPO_ROOT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    for needed in ("pyproject.toml", "README.md", "agent/", "tracker/", "layerswarm/"):
+    for needed in ("pyproject.toml", "README.md", "core/", "agent/", "tracker/", "layerswarm/"):
         assert not any(needed.startswith(pattern.lstrip("*/")) for pattern in ignored), needed
     for unwanted in (".venv/", "tests/", "**/.git"):
         assert unwanted in ignored

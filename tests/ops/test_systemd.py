@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from layerswarm.settings import env_name, settings_of
+from core.settings import env_name, settings_of
 from tests.ops.conftest import REPO_ROOT
 
 UNITS_DIR = REPO_ROOT / "systemd"

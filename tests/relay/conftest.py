@@ -26,11 +26,11 @@ from agent.metrics import AgentMetrics
 from agent.oci import Digest, parse_digest
 from agent.relay.peers import Relay
 from agent.swarm import Coordinator, Lookup, PeerRef, SegmentRef
-from agent.tracking import TrackerLink
+from agent.trackerlink import TrackerLink
+from core.wire import AgentInfo
 from tracker.clock import SystemClock
 from tracker.config import TrackerConfig
 from tracker.embedded import local_client
-from tracker.model import AgentInfo
 from tracker.service import Tracker
 from tracker.store.memory import MemoryStore
 

@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 
 from agent.relay.server import AGENT_HEADER, LINEAGE_HEADER
+from core.wire import AgentInfo
 from tests.relay.conftest import (
     Node,
     NodeFactory,
@@ -17,7 +18,6 @@ from tests.relay.conftest import (
     announce_held,
     make_blob,
 )
-from tracker.model import AgentInfo
 from tracker.service import Tracker
 
 MiB = 1 << 20

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from layerswarm.logredact import RedactingFilter, redact
+from core.logredact import RedactingFilter, redact
 from testbed.registry import Registry
 from tests.agent.conftest import AgentProcFactory
 

@@ -9,12 +9,12 @@ import secrets
 import pytest
 import redis
 
+from core.trackererrors import InvalidRequest, NotFound
+from core.wire import Counters
 from tests.tracker.helpers import agent, digest_of, segment
 from tracker import service
 from tracker.clock import ManualClock
 from tracker.config import TrackerConfig
-from tracker.errors import InvalidRequest, NotFound
-from tracker.model import Counters
 from tracker.service import Tracker
 from tracker.store import RedisStore, TrackerStore
 from tracker.store.base import MAX_HOT

@@ -18,13 +18,13 @@ import aiohttp
 import pytest
 
 from agent.p2p.pki import generate_ca, generate_key_and_csr, sign_csr
+from core.trackerclient import HttpTrackerClient
+from core.trackererrors import Forbidden, Unauthorized
+from core.wire import AgentInfo
 from testbed.procs import Proc, free_port, wait_for_port
 from testbed.registry import Registry
 from tests.agent.conftest import AgentProcFactory
 from tests.tracker.conftest import TOKEN
-from tracker.client import HttpTrackerClient
-from tracker.errors import Forbidden, Unauthorized
-from tracker.model import AgentInfo
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 
-from tracker.model import AgentInfo, Counters, SegmentMeta
+from core.wire import AgentInfo, Counters, SegmentMeta
 
 
 def digest_of(name: str) -> str:

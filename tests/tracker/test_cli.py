@@ -75,7 +75,7 @@ def test_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     tok.write_text(TOKEN)
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tracker", "--shutdown-timeout", "2s"],
+        [sys.executable, "-m", "layerswarm", "tracker", "--shutdown-timeout", "2s"],
         cwd=ROOT,
         env={
             **os.environ,

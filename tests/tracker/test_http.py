@@ -13,13 +13,13 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from core.trackerclient import HttpTrackerClient
+from core.trackererrors import Forbidden, TrackerUnavailable, Unauthorized, UnknownAgent
+from core.wire import Counters
 from tests.tracker.conftest import TOKEN, AppFactory, new_key
 from tests.tracker.helpers import agent, b64, digest_of
-from tracker.client import HttpTrackerClient
 from tracker.clock import ManualClock
 from tracker.config import TrackerConfig
-from tracker.errors import Forbidden, TrackerUnavailable, Unauthorized, UnknownAgent
-from tracker.model import Counters
 from tracker.store import MemoryStore
 
 D = digest_of("http-layer")

@@ -7,11 +7,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
+from core.trackerclient import HttpTrackerClient
+from core.wire import Invalidation
 from tests.tracker.conftest import TOKEN, AppFactory, new_key
-from tracker.client import HttpTrackerClient
 from tracker.clock import ManualClock
 from tracker.config import TrackerConfig
-from tracker.model import Invalidation
 from tracker.store import MemoryStore, TrackerStore
 from tracker.store.base import MAX_INVALIDATIONS
 

@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from core.trackererrors import Forbidden, UnknownAgent
 from tests.tracker.conftest import new_key
 from tests.tracker.helpers import agent, digest_of
 from tracker.clock import ManualClock
 from tracker.config import TrackerConfig
-from tracker.errors import Forbidden, UnknownAgent
 from tracker.service import Tracker
 from tracker.store import RedisStore
 from tracker.store.base import AuthenticatedLookup

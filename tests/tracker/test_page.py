@@ -24,10 +24,10 @@ from typing import Literal
 import aiohttp
 import pytest
 
+from core.trackerclient import HttpTrackerClient
+from core.wire import AgentInfo, Announcement, Counters, LayerProgress
 from testbed.browser import Browser
 from testbed.procs import Proc, free_port, wait_for_http
-from tracker.client import HttpTrackerClient
-from tracker.model import AgentInfo, Announcement, Counters, LayerProgress
 
 pytestmark = pytest.mark.integration
 

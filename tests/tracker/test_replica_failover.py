@@ -27,7 +27,7 @@ from tests.tracker.conftest import TOKEN
 pytestmark = pytest.mark.integration
 
 MiB = 1 << 20
-# The agent's tracker client gives one replica this long (tracker/client.py's default).
+# The agent's tracker client gives one replica this long (core/trackerclient.py's default).
 TRACKER_TIMEOUT = 5.0
 
 

@@ -8,9 +8,9 @@ import dataclasses
 import aiohttp
 from prometheus_client import CollectorRegistry
 
+from core.trackerclient import HttpTrackerClient
 from tests.tracker.conftest import TOKEN, AppFactory, new_key
 from tests.tracker.helpers import agent, digest_of
-from tracker.client import HttpTrackerClient
 from tracker.clock import ManualClock
 from tracker.config import TrackerConfig
 

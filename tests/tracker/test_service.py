@@ -7,14 +7,15 @@ import random
 
 import pytest
 
+from core.trackererrors import Forbidden, InvalidRequest, UnknownAgent
+from core.wire import Counters, LayerProgress
 from tests.tracker.conftest import new_key
 from tests.tracker.helpers import agent, digest_of, segment
 from tracker.clock import ManualClock
 from tracker.config import TrackerConfig
 from tracker.embedded import embedded_tracker, local_client
-from tracker.errors import Forbidden, InvalidRequest, UnknownAgent
 from tracker.handout import order_peers
-from tracker.model import Counters, Holding, LayerProgress
+from tracker.model import Holding
 from tracker.service import Tracker
 from tracker.store import TrackerStore
 

@@ -12,11 +12,11 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from core.trackerclient import HttpTrackerClient
+from core.trackererrors import TrackerUnavailable
+from core.wire import AgentInfo, LookupReply
 from tests.tracker.conftest import TOKEN, AppFactory, new_key
-from tracker.client import HttpTrackerClient
 from tracker.config import TrackerConfig
-from tracker.errors import TrackerUnavailable
-from tracker.model import AgentInfo, LookupReply
 
 D = "sha256:" + "ab" * 32
 

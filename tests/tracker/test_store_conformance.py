@@ -6,18 +6,12 @@ import asyncio
 
 import pytest
 
+from core.trackererrors import StoreUnavailable
+from core.wire import Counters, LayerProgress, PreheatJob, SegmentMeta
 from testbed.procs import free_port
 from tests.tracker.helpers import agent, digest_of, segment
 from tracker.clock import ManualClock
-from tracker.errors import StoreUnavailable
-from tracker.model import (
-    Counters,
-    Holding,
-    LayerProgress,
-    PreheatJob,
-    PreheatReport,
-    SegmentMeta,
-)
+from tracker.model import Holding, PreheatReport
 from tracker.store import TrackerStore
 from tracker.store.redis_store import RedisStore
 

@@ -10,7 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
-from tracker.errors import Forbidden, InvalidRequest, Unauthorized
+from core.trackererrors import Forbidden, InvalidRequest, Unauthorized
+from core.wire import AGENT_KEY_HEADER
 from tracker.metrics import TrackerMetrics
 from tracker.service import Tracker
 
@@ -19,8 +20,6 @@ METRICS = web.AppKey("metrics", TrackerMetrics)
 TOKEN = web.AppKey("token", str)
 # True when agents must prove their id with a certificate from the fleet CA (--agent-ca-file).
 AGENT_CERTS = web.AppKey("agent_certs", bool)
-AGENT_KEY_HEADER = "X-Layerswarm-Agent-Key"
-AGENT_ID_HEADER = "X-Layerswarm-Agent-Id"
 
 
 def require_token(request: web.Request, *, allow_basic: bool = False) -> None:

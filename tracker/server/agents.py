@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from tracker.errors import InvalidRequest
-from tracker.model import AgentInfo, Announcement, check_digest
+from core.trackererrors import InvalidRequest
+from core.wire import AgentInfo, Announcement, check_digest
 from tracker.server import TRACKER, agent_credentials, field_str, read_json, reply
 
 

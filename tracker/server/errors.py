@@ -10,7 +10,7 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from tracker.errors import TrackerError
+from core.trackererrors import TrackerError
 from tracker.server import METRICS, reply
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from tracker.errors import Unauthorized
+from core.trackererrors import Unauthorized
 from tracker.server import METRICS, TRACKER, reply, require_token
 from tracker.server.page import render_page
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from tracker.errors import InvalidRequest
+from core.trackererrors import InvalidRequest
 from tracker.server import TRACKER, field_str, read_json, reply, require_token
 
 

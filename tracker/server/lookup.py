@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from tracker.errors import InvalidRequest
-from tracker.model import check_agent_id, check_digest
+from core.trackererrors import InvalidRequest
+from core.wire import check_agent_id, check_digest
 from tracker.server import METRICS, TRACKER, agent_credentials, field_str, read_json, reply
 from tracker.service import MAX_NAMED
 

@@ -6,10 +6,9 @@ import re
 
 from aiohttp import web
 
-from tracker.errors import InvalidRequest
-from tracker.model import SegmentMeta, check_digest
+from core.trackererrors import InvalidRequest
+from core.wire import AGENT_ID_HEADER, SegmentMeta, check_digest
 from tracker.server import (
-    AGENT_ID_HEADER,
     TRACKER,
     agent_credentials,
     read_json,

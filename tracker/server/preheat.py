@@ -6,8 +6,8 @@ from typing import Any
 
 from aiohttp import web
 
-from tracker.errors import InvalidRequest
-from tracker.model import LayerProgress
+from core.trackererrors import InvalidRequest
+from core.wire import LayerProgress
 from tracker.server import (
     METRICS,
     TRACKER,

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tracker.errors import InvalidRequest
+from core.trackererrors import InvalidRequest
 from tracker.server import METRICS, TRACKER, read_json, reply, require_token
 
 log = logging.getLogger(__name__)

@@ -6,18 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
-from tracker.model import (
-    AgentInfo,
-    AgentRecord,
-    Counters,
-    Holding,
-    Invalidation,
-    LeaseResult,
-    Metainfo,
-    PreheatJob,
-    PreheatReport,
-    SegmentMeta,
-)
+from core.wire import AgentInfo, Counters, Invalidation, Metainfo, PreheatJob, SegmentMeta
+from tracker.model import AgentRecord, Holding, LeaseResult, PreheatReport
 
 BindStatus = Literal["new", "renewed", "conflict"]
 PutStatus = Literal["stored", "same", "conflict"]
@@ -105,7 +95,7 @@ class TrackerStore(Protocol):
     Tag invalidations: ``put_invalidation`` keeps the newest ``MAX_INVALIDATIONS``;
     ``invalidations`` returns them oldest first.
 
-    Failures of the backing service raise ``tracker.errors.StoreUnavailable``.
+    Failures of the backing service raise ``core.trackererrors.StoreUnavailable``.
     """
 
     async def close(self) -> None: ...

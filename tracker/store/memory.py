@@ -13,18 +13,8 @@ from collections import Counter, OrderedDict, defaultdict, deque
 from collections.abc import Sequence
 from typing import TypeVar
 
-from tracker.model import (
-    AgentInfo,
-    AgentRecord,
-    Counters,
-    Holding,
-    Invalidation,
-    LeaseResult,
-    Metainfo,
-    PreheatJob,
-    PreheatReport,
-    SegmentMeta,
-)
+from core.wire import AgentInfo, Counters, Invalidation, Metainfo, PreheatJob, SegmentMeta
+from tracker.model import AgentRecord, Holding, LeaseResult, PreheatReport
 from tracker.store.base import (
     BAD_PEER_QUORUM,
     MAX_HOT,

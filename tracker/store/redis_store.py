@@ -38,19 +38,9 @@ from typing import Any, ParamSpec, TypeVar, cast
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from tracker.errors import StoreUnavailable
-from tracker.model import (
-    AgentInfo,
-    AgentRecord,
-    Counters,
-    Holding,
-    Invalidation,
-    LeaseResult,
-    Metainfo,
-    PreheatJob,
-    PreheatReport,
-    SegmentMeta,
-)
+from core.trackererrors import StoreUnavailable
+from core.wire import AgentInfo, Counters, Invalidation, Metainfo, PreheatJob, SegmentMeta
+from tracker.model import AgentRecord, Holding, LeaseResult, PreheatReport
 from tracker.store.base import (
     BAD_PEER_QUORUM,
     MAX_HOT,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import aiohttp
 
 # Every value the ``reason`` label of layerswarm_upstream_errors_total can take; shared by
-# the agent, the tracker client and doctor (all import layerswarm.settings already).
+# the agent, the tracker client and doctor (all import core.settings already).
 REASONS = (
     "tls",
     "refused",

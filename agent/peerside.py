@@ -1,4 +1,4 @@
-"""Building the agent's peer side from its config: tracker client, engine, swarm, link.
+"""The agent's peer side, built from its config: tracker client and link, peer transport.
 
 Kept apart from agent/app.py so the mirror can be built and tested without any of it, and
 so every peer-to-peer dependency is visible in one place.
@@ -30,11 +30,11 @@ from agent.p2p.libtorrent_impl import EngineOptions, LibtorrentEngine
 from agent.preheat import ProgressHook
 from agent.relay.peers import Relay, client_context, server_context
 from agent.swarm import SegmentFiles, Swarm
-from agent.tracking import TrackerLink
-from layerswarm.settings import ConfigError
-from tracker.client import HttpTrackerClient, TrackerClient
+from agent.trackerlink import TrackerLink
+from core.settings import ConfigError
+from core.trackerclient import HttpTrackerClient, TrackerClient
+from core.wire import AgentInfo, Announcement, Counters
 from tracker.embedded import embedded_tracker, local_client
-from tracker.model import AgentInfo, Announcement, Counters
 from tracker.service import Tracker
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def advertise_address(config: AgentConfig) -> str:
         return "127.0.0.1"
 
 
-class PeerSide(Protocol):
+class PeerTransport(Protocol):
     """What the mirror needs of a peer transport (the relay or the torrent swarm)."""
 
     def source(self) -> BlobSource: ...
@@ -116,14 +116,14 @@ class PeerSide(Protocol):
     async def close(self) -> None: ...
 
 
-class Peering:
+class PeerSide:
     """The agent's tracker link and, when other agents can be peers, its peer transport."""
 
     def __init__(
         self,
         config: AgentConfig,
         client: TrackerClient,
-        swarm: PeerSide | None,
+        transport: PeerTransport | None,
         engine: LibtorrentEngine | None,
         embedded: Tracker | None,
         store: BlobStore,
@@ -135,7 +135,7 @@ class Peering:
     ) -> None:
         self.config = config
         self.client = client
-        self.swarm = swarm
+        self.transport = transport
         self.relay: Relay | None = None
         self.engine = engine
         self.embedded = embedded
@@ -192,10 +192,10 @@ class Peering:
         ]
 
     def held(self) -> list[Announcement]:
-        if self.swarm is None:
+        if self.transport is None:
             return []
         out = []
-        for digest in self.swarm.seeded():
+        for digest in self.transport.seeded():
             blob = self._store.get(digest)
             if blob is not None:
                 out.append(Announcement(str(digest), "holding", blob.size, blob.size))
@@ -210,8 +210,8 @@ class Peering:
             self._uploaded_seen = stats.uploaded_bytes
 
     async def start(self) -> None:
-        if self.swarm is not None:
-            await self.swarm.start(cached=lambda d: d in self._store)
+        if self.transport is not None:
+            await self.transport.start(cached=lambda d: d in self._store)
         self._tasks.append(asyncio.create_task(self._beat(), name="tracker heartbeat"))
         if self.embedded is not None:
             self._tasks.append(asyncio.create_task(self.embedded.maintain(), name="tracker upkeep"))
@@ -229,11 +229,11 @@ class Peering:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         await self.link.close()
-        if self.swarm is not None:
-            await self.swarm.close()
+        if self.transport is not None:
+            await self.transport.close()
 
 
-def build_peering(
+def build_peer_side(
     config: AgentConfig,
     identity: Identity,
     session: aiohttp.ClientSession,
@@ -242,7 +242,7 @@ def build_peering(
     fetcher: BlobFetcher,
     run_preheat: Callable[[str, ProgressHook], Any] | None,
     on_invalidate: Callable[[str], None] | None = None,
-) -> Peering:
+) -> PeerSide:
     """Remote tracker and a peer transport with --tracker; otherwise an in-process tracker
     alone (one node has no peers, so no transport is started)."""
     embedded: Tracker | None = None
@@ -279,7 +279,7 @@ def build_peering(
             ),
             tls=tls,
         )
-    peering = Peering(
+    peer_side = PeerSide(
         config,
         client,
         None,
@@ -293,11 +293,11 @@ def build_peering(
         on_invalidate,
     )
     if engine is not None:
-        # The swarm asks the tracker through the peering's link, which in turn reports what
+        # The swarm asks the tracker through the peer side's link, which in turn reports what
         # the swarm seeds: so the swarm is attached once the link exists.
-        peering.swarm = Swarm(
+        peer_side.transport = Swarm(
             engine=engine,
-            coordinator=peering.link,
+            coordinator=peer_side.link,
             files=SegmentFiles(config.data_dir),
             metrics=metrics,
             segment_size=config.segment_size,
@@ -312,7 +312,7 @@ def build_peering(
             client_ssl = client_context(tls, cert, key)
         relay = Relay(
             identity.agent_id,
-            peering.link,
+            peer_side.link,
             store,
             fetcher,
             metrics,
@@ -323,9 +323,9 @@ def build_peering(
             server_ssl=server_ssl,
             client_ssl=client_ssl,
         )
-        peering.relay = relay
-        peering.swarm = relay
-    return peering
+        peer_side.relay = relay
+        peer_side.transport = relay
+    return peer_side
 
 
 def _counters(totals: ByteTotals) -> Counters:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from layerswarm.settings import ConfigError
+from core.settings import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from typing import TypeVar
 
 from agent import preheat
 from agent.swarm import CoordinatorUnavailable, Lookup, PeerRef, SegmentRef
-from tracker.client import TrackerClient
-from tracker.errors import (
+from core.trackerclient import TrackerClient
+from core.trackererrors import (
     Forbidden,
     StoreUnavailable,
     TrackerError,
@@ -27,7 +27,7 @@ from tracker.errors import (
     Unauthorized,
     UnknownAgent,
 )
-from tracker.model import AgentInfo, Announcement, LayerProgress, PreheatJob, SegmentMeta
+from core.wire import AgentInfo, Announcement, LayerProgress, PreheatJob, SegmentMeta
 
 log = logging.getLogger(__name__)
 
