@@ -26,6 +26,7 @@ from agent.server.ops import OpsHandlers, describe_config
 from agent.server.registry import RegistryHandlers
 from agent.upstream import UpstreamClient, load_credentials
 from core.settings import ConfigError
+from core.tasks import Supervisor
 from core.trackererrors import InvalidRequest
 from core.wire import check_agent_id
 
@@ -47,6 +48,7 @@ class AgentRuntime:
         mirror: Mirror,
         metrics: AgentMetrics,
         peer_side: PeerSide,
+        tasks: Supervisor,
     ) -> None:
         self.config = config
         self.session = session
@@ -58,9 +60,16 @@ class AgentRuntime:
         self.mirror = mirror
         self.metrics = metrics
         self.peer_side = peer_side
+        self.tasks = tasks
+
+    async def start(self) -> None:
+        await self.peer_side.start()
 
     async def close(self) -> None:
-        await self.fetcher.close()
+        """Every background task first (downloads, heartbeat, announces, preheat jobs), then
+        what they used: the peer transport, then the upstream session."""
+        await self.tasks.close()
+        await self.peer_side.close()
         await self.session.close()
 
 
@@ -161,8 +170,9 @@ async def build_app(
         state_file=config.data_dir / "anonymous-grants.json",
         origins_file=config.data_dir / "blob-origins",
     )
+    tasks = Supervisor("agent")
     sources: list[BlobSource] = []
-    fetcher = BlobFetcher(store, sources, metrics)
+    fetcher = BlobFetcher(store, sources, metrics, tasks)
     mirror = Mirror(config, client, store, manifests, fetcher, access, metrics)
 
     async def run_preheat(image: str, hook: ProgressHook) -> list[LayerProgress]:
@@ -175,6 +185,7 @@ async def build_app(
         store,
         metrics,
         fetcher,
+        tasks,
         run_preheat,
         mirror.invalidate_tag,
     )
@@ -187,7 +198,17 @@ async def build_app(
         mirror.check_access_first = True
     sources.append(UpstreamSource(client, metrics, RetryPolicy(budget=config.upstream_retry_wait)))
     runtime = AgentRuntime(
-        config, session, store, manifests, client, access, fetcher, mirror, metrics, peer_side
+        config,
+        session,
+        store,
+        manifests,
+        client,
+        access,
+        fetcher,
+        mirror,
+        metrics,
+        peer_side,
+        tasks,
     )
 
     app = web.Application(middlewares=[make_middleware(metrics)], client_max_size=64 << 10)
@@ -197,14 +218,13 @@ async def build_app(
         metrics, store, lambda: peer_side.link.state, describe_config(config, identity.agent_id)
     ).add_routes(app)
 
-    async def _peer_side(_app: web.Application) -> AsyncIterator[None]:
-        await peer_side.start()
-        yield
-        await peer_side.close()
+    async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        # Closed also when starting failed half way (the peer port taken, say).
+        try:
+            await runtime.start()
+            yield
+        finally:
+            await runtime.close()
 
-    async def _close(_app: web.Application) -> None:
-        await runtime.close()
-
-    app.cleanup_ctx.append(_peer_side)
-    app.on_cleanup.append(_close)
+    app.cleanup_ctx.append(lifecycle)
     return app

@@ -43,6 +43,7 @@ from agent.metrics import AgentMetrics
 from agent.oci import Digest
 from agent.upstream import UpstreamClient, connection_failure, ensure_ok, relay_error
 from core.failures import classify
+from core.tasks import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -632,13 +633,14 @@ class BlobFetcher:
     store: BlobStore
     sources: list[BlobSource]
     metrics: AgentMetrics
+    # The agent's background tasks: a download outlives the request that started it.
+    tasks: Supervisor
     on_cached: list[Callable[[Digest, Path, int], None]] = field(default_factory=list)
     # Called with (digest, source) when a download fails verification.
     on_corrupt: list[Callable[[Digest, str], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._inflight: dict[Digest, Download] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def inflight_count(self) -> int:
         return len(self._inflight)
@@ -660,9 +662,7 @@ class BlobFetcher:
             return existing, False
         dl = Download(job.digest, self.store.partial_path(job.digest), self.store, job.size)
         self._inflight[job.digest] = dl
-        task = asyncio.create_task(self._run(job, dl), name=f"download {job.digest}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.tasks.spawn(self._run(job, dl), name=f"download {job.digest}")
         return dl, True
 
     async def _run(self, job: FetchJob, dl: Download) -> None:
@@ -763,10 +763,3 @@ class BlobFetcher:
                 )
                 last_error = exc
         raise UpstreamError(f"no source could deliver {job.digest}", status=503) from last_error
-
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task

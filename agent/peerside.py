@@ -6,8 +6,6 @@ so every peer-to-peer dependency is visible in one place.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import shutil
 import socket
@@ -26,12 +24,14 @@ from agent.identity import Identity
 from agent.metrics import AgentMetrics, ByteTotals
 from agent.oci import Digest
 from agent.p2p.engine import FleetTLS
+from agent.p2p.errors import PeerTransferError
 from agent.p2p.libtorrent_impl import EngineOptions, LibtorrentEngine
 from agent.preheat import ProgressHook
 from agent.relay.peers import Relay, client_context, server_context
 from agent.swarm import SegmentFiles, Swarm
 from agent.trackerlink import TrackerLink
 from core.settings import ConfigError
+from core.tasks import Supervisor
 from core.trackerclient import HttpTrackerClient, TrackerClient
 from core.wire import AgentInfo, Announcement, Counters
 from tracker.embedded import embedded_tracker, local_client
@@ -130,6 +130,7 @@ class PeerSide:
         metrics: AgentMetrics,
         identity: Identity,
         fetcher: BlobFetcher,
+        tasks: Supervisor,
         run_preheat: Callable[[str, ProgressHook], Any] | None,
         on_invalidate: Callable[[str], None] | None = None,
     ) -> None:
@@ -143,6 +144,7 @@ class PeerSide:
         self._metrics = metrics
         self._identity = identity
         self._fetcher = fetcher
+        self._tasks = tasks
         self._address = advertise_address(config)
         self._uploaded_seen = 0
         self._lifetime = LifetimeCounters(config.data_dir)
@@ -150,13 +152,13 @@ class PeerSide:
             client,
             self.describe,
             self.held,
+            tasks,
             run_preheat,
             self.fetching,
             tracker_url=config.tracker or "embedded",
             token_file=str(config.tracker_token_file or ""),
             on_invalidate=on_invalidate,
         )
-        self._tasks: list[asyncio.Task[None]] = []
 
     def describe(self) -> AgentInfo:
         usage = shutil.disk_usage(self.config.data_dir)
@@ -212,23 +214,22 @@ class PeerSide:
     async def start(self) -> None:
         if self.transport is not None:
             await self.transport.start(cached=lambda d: d in self._store)
-        self._tasks.append(asyncio.create_task(self._beat(), name="tracker heartbeat"))
+        self._tasks.spawn(self._beat(), name="tracker heartbeat")
         if self.embedded is not None:
-            self._tasks.append(asyncio.create_task(self.embedded.maintain(), name="tracker upkeep"))
+            self._tasks.spawn(self.embedded.maintain(), name="tracker upkeep")
 
     async def _beat(self) -> None:
         while True:
-            with contextlib.suppress(Exception):
+            try:
                 await self.refresh_metrics()
+            except (PeerTransferError, TimeoutError) as exc:
+                # The engine is stopping or slow to answer: the count catches up next beat.
+                log.debug("peer engine stats unavailable: %s", exc)
             await self.link.run_once()
 
     async def close(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        await self.link.close()
+        """Close the peer transport; the tasks that use it were ended by the owner of
+        ``tasks``."""
         if self.transport is not None:
             await self.transport.close()
 
@@ -240,6 +241,7 @@ def build_peer_side(
     store: BlobStore,
     metrics: AgentMetrics,
     fetcher: BlobFetcher,
+    tasks: Supervisor,
     run_preheat: Callable[[str, ProgressHook], Any] | None,
     on_invalidate: Callable[[str], None] | None = None,
 ) -> PeerSide:
@@ -289,6 +291,7 @@ def build_peer_side(
         metrics,
         identity,
         fetcher,
+        tasks,
         run_preheat,
         on_invalidate,
     )
@@ -302,6 +305,7 @@ def build_peer_side(
             metrics=metrics,
             segment_size=config.segment_size,
             peer_wait=config.peer_wait,
+            tasks=tasks,
         )
     elif p2p:
         server_ssl = client_ssl = None
@@ -316,6 +320,7 @@ def build_peer_side(
             store,
             fetcher,
             metrics,
+            tasks,
             listen=config.peer_host_port,
             peer_wait=config.peer_wait,
             max_children=config.peer_children,

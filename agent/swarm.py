@@ -27,15 +27,16 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from agent.fetch import Download, FetchJob, SourceUnavailable
 from agent.metrics import AgentMetrics
 from agent.oci import ALGORITHMS, Digest
 from agent.p2p.engine import PeerEngine, PeerTransferError
+from core.tasks import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +184,9 @@ class Swarm:
     metrics: AgentMetrics
     segment_size: int
     peer_wait: float
+    # The agent's background tasks: re-seeding, completing and announcing cached blobs.
+    tasks: Supervisor
     clock: Callable[[], float] = time.monotonic
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _published: dict[Digest, list[SegmentRef]] = field(default_factory=dict)
     _publishers: dict[Digest, _Publisher] = field(default_factory=dict)
     # Digests whose peer copy failed verification: fetched from upstream for a while.
@@ -225,7 +227,7 @@ class Swarm:
                 # Segments of a blob that is not (or no longer) cached are not ours to seed.
                 self.files.remove(digest)
                 continue
-            self._spawn(self._reseed(digest, *meta))
+            self.tasks.spawn(self._reseed(digest, *meta), name=f"reseed {digest}")
 
     async def _reseed(self, digest: Digest, segments: list[SegmentRef], total: int) -> None:
         try:
@@ -240,23 +242,14 @@ class Swarm:
             log.warning("tracker unavailable; digest=%s seeded but not announced", digest)
 
     async def close(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
-        for t in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        """Stop the engine; the tasks that use it were ended by the owner of ``tasks``."""
         await self.engine.close()
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # -- cache events ---------------------------------------------------------------
 
     def on_cached(self, digest: Digest, path: Path, size: int) -> None:
         """A verified blob entered the cache: make sure it is fully seeded and announced."""
-        self._spawn(self._complete(digest, path, size))
+        self.tasks.spawn(self._complete(digest, path, size), name=f"seed {digest}")
 
     async def _complete(self, digest: Digest, path: Path, size: int) -> None:
         pub = self._publishers.get(digest)
@@ -283,7 +276,7 @@ class Swarm:
 
     def on_evict(self, digest: Digest) -> None:
         segments = self._published.pop(digest, [])
-        self._spawn(self._withdraw(digest, segments))
+        self.tasks.spawn(self._withdraw(digest, segments), name=f"withdraw {digest}")
 
     async def _withdraw(self, digest: Digest, segments: list[SegmentRef]) -> None:
         for seg in segments:
@@ -334,7 +327,7 @@ class _Publisher:
         self.finished = asyncio.Event()
         # Keep the partial file open: it is renamed into the cache when complete.
         self._fd_path = download.path
-        swarm._spawn(self._run())
+        swarm.tasks.spawn(self._run(), name=f"publish {download.digest}")
 
     def on_change(self, dl: Download) -> None:
         if self._done:
@@ -556,7 +549,9 @@ class PeerSource:
 
         def bad_peer(host: str, port: int) -> None:
             log.warning("peer %s:%d sent bad data for %s segment %d", host, port, digest, seg.index)
-            sw._spawn(_report(sw.coordinator, str(digest), host, port))
+            sw.tasks.spawn(
+                _report(sw.coordinator, str(digest), host, port), name=f"report {host}:{port}"
+            )
 
         try:
             async with sw.fetch_slots:

@@ -18,6 +18,7 @@ from typing import TypeVar
 
 from agent import preheat
 from agent.swarm import CoordinatorUnavailable, Lookup, PeerRef, SegmentRef
+from core.tasks import Supervisor
 from core.trackerclient import TrackerClient
 from core.trackererrors import (
     Forbidden,
@@ -60,6 +61,8 @@ class TrackerLink:
     client: TrackerClient
     describe: Callable[[], AgentInfo]
     held: Callable[[], list[Announcement]]
+    # The agent's background tasks: preheat jobs run there.
+    tasks: Supervisor
     run_preheat: PreheatRunner | None = None
     # Progress of blobs this agent fetches upstream, sent with every heartbeat (lease upkeep).
     fetching: Callable[[], list[Announcement]] | None = None
@@ -181,6 +184,11 @@ class TrackerLink:
             )
         except TrackerError as exc:
             self._enter(TrackerState("refused", f"tracker {self.tracker_url} refused: {exc}"))
+        except Exception:
+            # Not the tracker's doing but ours (a bug, the data dir gone): said loudly, with
+            # the traceback, while the heartbeat goes on, since an agent that stopped beating
+            # would silently leave the fleet for good.
+            log.exception("heartbeat to tracker %s failed", self.tracker_url)
         else:
             self._enter(TrackerState("ok"))
         await asyncio.sleep(max(0.2, min(interval, 60.0)))
@@ -210,7 +218,7 @@ class TrackerLink:
         for job in await self.client.tasks():
             if job.id in self._jobs or job.id in self._finished_jobs:
                 continue
-            self._jobs[job.id] = asyncio.create_task(self._preheat(job), name=f"preheat {job.id}")
+            self._jobs[job.id] = self.tasks.spawn(self._preheat(job), name=f"preheat {job.id}")
 
     async def _preheat(self, job: PreheatJob) -> None:
         assert self.run_preheat is not None
@@ -258,10 +266,3 @@ class TrackerLink:
     ) -> None:
         with contextlib.suppress(TrackerError):
             await self.client.report_preheat(job.id, self._layers(items), state)
-
-    async def close(self) -> None:
-        for task in list(self._jobs.values()):
-            task.cancel()
-        for task in list(self._jobs.values()):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task

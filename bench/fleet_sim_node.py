@@ -51,6 +51,7 @@ import aiohttp
 from agent.relay.source import order_candidates
 from agent.swarm import CoordinatorUnavailable, Lookup, PeerRef
 from agent.trackerlink import TrackerLink
+from core.tasks import Supervisor
 from core.trackerclient import HttpTrackerClient
 from core.wire import AgentInfo, Announcement
 
@@ -252,7 +253,10 @@ class SimAgent:
         client = HttpTrackerClient(
             rotated, world.spec.token, self.agent_id, secrets.token_hex(16), session
         )
-        self.link = SimLink(client, self.describe, self.held, None, self.fetching)
+        # No preheat jobs in the simulation: the link starts no tasks of its own.
+        self.link = SimLink(
+            client, self.describe, self.held, Supervisor(self.agent_id), fetching=self.fetching
+        )
         self.tasks: list[asyncio.Task[None]] = []
 
     def describe(self) -> AgentInfo:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
+from core.tasks import Supervisor
 from core.trackererrors import StoreUnavailable
 from tracker.clock import Clock, SystemClock
 from tracker.config import TrackerConfig
@@ -72,20 +71,21 @@ def build_app(
     for module in (agents, lookup, metainfo, preheat, webhooks, invalidations, fleet):
         module.add_routes(app)
 
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+    async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        tasks = Supervisor("tracker")
         try:
-            await the_store.ping()
-        except StoreUnavailable as exc:
-            # Serve anyway: /healthz reports it, and requests succeed once the store is back.
-            log.warning("store not reachable at start-up: %s", exc)
-        upkeep = asyncio.create_task(tracker.maintain(), name="tracker-prune")
-        log.info("tracker ready store=%s", "memory" if config.store == "memory" else "redis")
-        yield
-        upkeep.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await upkeep
-        if owned:
-            await the_store.close()
+            try:
+                await the_store.ping()
+            except StoreUnavailable as exc:
+                # Serve anyway: /healthz reports it, and requests succeed once the store is back.
+                log.warning("store not reachable at start-up: %s", exc)
+            tasks.spawn(tracker.maintain(), name="tracker-prune")
+            log.info("tracker ready store=%s", "memory" if config.store == "memory" else "redis")
+            yield
+        finally:
+            await tasks.close()
+            if owned:
+                await the_store.close()
 
     app.cleanup_ctx.append(lifecycle)
     return app

@@ -3,12 +3,10 @@ hooks the torrent swarm offers (source, cache events, what to announce)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
 from agent.blobstore import BlobStore
 from agent.fetch import BlobFetcher
@@ -19,6 +17,7 @@ from agent.relay.server import PeerServer
 from agent.relay.source import RelaySource
 from agent.relay.state import RelayState
 from agent.swarm import Coordinator, CoordinatorUnavailable
+from core.tasks import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +48,7 @@ class Relay:
         store: BlobStore,
         fetcher: BlobFetcher,
         metrics: AgentMetrics,
+        tasks: Supervisor,
         *,
         listen: tuple[str, int],
         peer_wait: float,
@@ -61,14 +61,19 @@ class Relay:
         self._store = store
         self._listen = listen
         self._server_ssl = server_ssl
+        self._tasks = tasks
         self.state = RelayState(agent_id)
         self.server = PeerServer(
             self.state, store, fetcher, metrics, max_children=max_children, upload_rate=upload_rate
         )
         self._source = RelaySource(
-            self.state, coordinator, metrics, peer_wait=peer_wait, ssl_context=client_ssl
+            self.state,
+            coordinator,
+            metrics,
+            tasks,
+            peer_wait=peer_wait,
+            ssl_context=client_ssl,
         )
-        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def peer_port(self) -> int:
@@ -79,11 +84,8 @@ class Relay:
         await self.server.start(*self._listen, self._server_ssl)
 
     async def close(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
-        for t in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        """Close the peer port and the source's connections; the tasks that use them were
+        ended by the owner of ``tasks``."""
         await self.server.close()
         await self._source.close()
 
@@ -97,10 +99,10 @@ class Relay:
 
     def on_cached(self, digest: Digest, _path: object, size: int) -> None:
         self._source.forget(digest)
-        self._spawn(self._announce(digest, "holding", size))
+        self._tasks.spawn(self._announce(digest, "holding", size), name=f"announce {digest}")
 
     def on_evict(self, digest: Digest) -> None:
-        self._spawn(self._withdraw(digest))
+        self._tasks.spawn(self._withdraw(digest), name=f"withdraw {digest}")
 
     def on_corrupt(self, digest: Digest, source: str) -> None:
         self._source.on_corrupt(digest, source)
@@ -114,8 +116,3 @@ class Relay:
     async def _withdraw(self, digest: Digest) -> None:
         with contextlib.suppress(CoordinatorUnavailable):
             await self._coordinator.withdraw(str(digest))
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)

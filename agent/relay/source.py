@@ -32,6 +32,7 @@ from agent.oci import Digest
 from agent.relay.server import AGENT_HEADER, CHILDREN_HEADER, LINEAGE_HEADER, SIZE_HEADER
 from agent.relay.state import RelayState
 from agent.swarm import Coordinator, CoordinatorUnavailable, Lookup, PeerRef
+from core.tasks import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class RelaySource:
         state: RelayState,
         coordinator: Coordinator,
         metrics: AgentMetrics,
+        tasks: Supervisor,
         *,
         peer_wait: float,
         ssl_context: ssl.SSLContext | None,
@@ -78,6 +80,7 @@ class RelaySource:
         self._state = state
         self._coordinator = coordinator
         self._metrics = metrics
+        self._tasks = tasks
         self._peer_wait = peer_wait
         self._ssl = ssl_context
         self._scheme = "https" if ssl_context is not None else "http"
@@ -90,7 +93,6 @@ class RelaySource:
         self.distrust_seconds = 600.0
         # Parents that sent bytes of a download still in flight, to blame if it fails.
         self._parents: dict[Digest, set[str]] = {}
-        self._reports: set[asyncio.Task[None]] = set()
         self._dead: dict[str, float] = {}
 
     def _http(self) -> aiohttp.ClientSession:
@@ -102,11 +104,6 @@ class RelaySource:
         return self._session
 
     async def close(self) -> None:
-        for task in list(self._reports):
-            task.cancel()
-        for task in list(self._reports):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         if self._session is not None:
             await self._session.close()
 
@@ -383,9 +380,7 @@ class RelaySource:
             self._state.detach(digest)
 
     def _spawn_report(self, digest: Digest, agent_id: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._report(digest, agent_id))
-        self._reports.add(task)
-        task.add_done_callback(self._reports.discard)
+        self._tasks.spawn(self._report(digest, agent_id), name=f"report {agent_id}")
 
     async def _report(self, digest: Digest, agent_id: str) -> None:
         with contextlib.suppress(CoordinatorUnavailable):

@@ -27,6 +27,7 @@ from agent.oci import Digest, parse_digest
 from agent.relay.peers import Relay
 from agent.swarm import Coordinator, Lookup, PeerRef, SegmentRef
 from agent.trackerlink import TrackerLink
+from core.tasks import Supervisor
 from core.wire import AgentInfo
 from tracker.clock import SystemClock
 from tracker.config import TrackerConfig
@@ -163,6 +164,7 @@ async def make_node(
     tmp_path: Path, tracker: Tracker
 ) -> AsyncIterator[Callable[..., Awaitable[Node]]]:
     nodes: list[Node] = []
+    tasks = Supervisor("relay test nodes")
 
     async def make(
         agent_id: str,
@@ -178,13 +180,13 @@ async def make_node(
         store = BlobStore(tmp_path / agent_id, 1 << 30)
         store.open()
         sources: list[object] = []
-        fetcher = BlobFetcher(store, sources, metrics)  # type: ignore[arg-type]  # filled below
+        fetcher = BlobFetcher(store, sources, metrics, tasks)  # type: ignore[arg-type]  # filled below
         relay_box: list[Relay] = []
 
         def describe() -> AgentInfo:
             return AgentInfo(agent_id, "127.0.0.1", relay_box[0].peer_port, region=region)
 
-        link = TrackerLink(local_client(tracker, agent_id), describe, list)
+        link = TrackerLink(local_client(tracker, agent_id), describe, list, tasks)
         coordinator = CountingCoordinator(link)
         relay = Relay(
             agent_id,
@@ -192,6 +194,7 @@ async def make_node(
             store,
             fetcher,
             metrics,
+            tasks,
             listen=("127.0.0.1", 0),
             peer_wait=peer_wait,
             max_children=max_children,
@@ -210,8 +213,8 @@ async def make_node(
         return node
 
     yield make
+    await tasks.close()
     for node in nodes:
-        await node.fetcher.close()
         await node.relay.close()
 
 
