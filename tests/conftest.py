@@ -7,10 +7,12 @@ inside a namespace the test made) and stopped by PID at teardown.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import itertools
 import shutil
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -30,6 +32,30 @@ def _stale_namespaces() -> None:
     # A run killed with SIGKILL cannot clean up; its namespaces carry its (now dead) PID.
     if shutil.which("ip") is not None:
         delete_stale_namespaces()
+
+
+# The directories whose async tests must end every asyncio task they start: code under test
+# there runs in the test's own loop, where a task left behind is a leak the daemon would have.
+_TASKS_CHECKED = frozenset({"core", "agent", "tracker", "relay", "p2p"})
+_TESTS = Path(__file__).parent
+
+
+@pytest.fixture
+async def no_pending_tasks() -> AsyncIterator[None]:
+    """Fail the test when, after its other fixtures were torn down, a task is still running."""
+    yield
+    me = asyncio.current_task()
+    left = sorted(t.get_name() for t in asyncio.all_tasks() if t is not me and not t.done())
+    if left:
+        pytest.fail(f"tasks left pending: {', '.join(left)}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _tasks_end(request: pytest.FixtureRequest) -> None:
+    # Requested first of all, so torn down last: after every fixture closed what it started.
+    where = request.path.relative_to(_TESTS).parts[0]
+    if where in _TASKS_CHECKED and inspect.iscoroutinefunction(request.function):
+        request.getfixturevalue("no_pending_tasks")
 
 
 @pytest.fixture
