@@ -173,7 +173,7 @@ async def build_app(
     tasks = Supervisor("agent")
     sources: list[BlobSource] = []
     fetcher = BlobFetcher(store, sources, metrics, tasks)
-    mirror = Mirror(config, client, store, manifests, fetcher, access, metrics)
+    mirror = Mirror(config, client, store, manifests, fetcher, access, metrics, clock=clock)
 
     async def run_preheat(image: str, hook: ProgressHook) -> list[LayerProgress]:
         return await preheat_image(mirror, config.upstreams, image, on_progress=hook)
@@ -188,6 +188,7 @@ async def build_app(
         tasks,
         run_preheat,
         mirror.invalidate_tag,
+        clock=clock,
     )
     if peer_side.transport is not None:
         # Peers first, the upstream when no peer can serve in time.

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 from agent.access import AccessChecker
 from agent.blobstore import BlobStore, CachedBlob
@@ -58,8 +59,11 @@ class Mirror:
         fetcher: BlobFetcher,
         access: AccessChecker,
         metrics: AgentMetrics,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
+        self._clock = clock
         self._client = client
         self._store = store
         self._manifests = manifests
@@ -234,7 +238,7 @@ class Mirror:
         if self._access.granted(None, upstream.name, repo):
             return
         key = (upstream.name, repo)
-        now = time.monotonic()
+        now = self._clock()
         asked = self._anonymous_probed.get(key)
         if asked is not None and now - asked < max(self._config.auth_ttl, 60.0):
             return

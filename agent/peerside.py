@@ -10,6 +10,7 @@ import logging
 import shutil
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -244,6 +245,7 @@ def build_peer_side(
     tasks: Supervisor,
     run_preheat: Callable[[str, ProgressHook], Any] | None,
     on_invalidate: Callable[[str], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> PeerSide:
     """Remote tracker and a peer transport with --tracker; otherwise an in-process tracker
     alone (one node has no peers, so no transport is started)."""
@@ -306,6 +308,7 @@ def build_peer_side(
             segment_size=config.segment_size,
             peer_wait=config.peer_wait,
             tasks=tasks,
+            clock=clock,
         )
     elif p2p:
         server_ssl = client_ssl = None
@@ -327,6 +330,7 @@ def build_peer_side(
             upload_rate=config.upload_rate,
             server_ssl=server_ssl,
             client_ssl=client_ssl,
+            clock=clock,
         )
         peer_side.relay = relay
         peer_side.transport = relay

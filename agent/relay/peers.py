@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Callable
 
 from agent.blobstore import BlobStore
@@ -56,6 +57,7 @@ class Relay:
         upload_rate: int = 0,
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._coordinator = coordinator
         self._store = store
@@ -73,6 +75,7 @@ class Relay:
             tasks,
             peer_wait=peer_wait,
             ssl_context=client_ssl,
+            clock=clock,
         )
 
     @property

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,6 +176,7 @@ async def make_node(
         region: str = "r1",
         peers_first: bool = True,
         upload_rate: int = 0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> Node:
         metrics = AgentMetrics.create(CollectorRegistry())
         store = BlobStore(tmp_path / agent_id, 1 << 30)
@@ -199,6 +201,7 @@ async def make_node(
             peer_wait=peer_wait,
             max_children=max_children,
             upload_rate=upload_rate,
+            clock=clock,
         )
         relay_box.append(relay)
         if peers_first:

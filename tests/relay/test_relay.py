@@ -102,6 +102,7 @@ async def test_corrupt_parent_blob_is_fetched_again_from_upstream(
     blob comes again from the upstream, and the parent is reported."""
     data, digest = make_blob(2 * MiB)
     up = ScriptedUpstream({digest: data})
+    now = [1000.0]
     liar = await make_node("liar", up)
     liar.seed(digest, data)
     # Damage the liar's cached copy behind its back (its disk went bad).
@@ -109,7 +110,7 @@ async def test_corrupt_parent_blob_is_fetched_again_from_upstream(
     assert blob is not None
     blob.path.write_bytes(b"\x01" * len(data))
     await announce_held(liar, digest, len(data))
-    victim = await make_node("victim", up)
+    victim = await make_node("victim", up, clock=lambda: now[0])
     assert await victim.pull(digest, len(data)) == data
     assert received(victim) == len(data), "the liar was never used: the test proved nothing"
     assert sum(b for _, _, b in up.served) == len(data)
@@ -117,6 +118,16 @@ async def test_corrupt_parent_blob_is_fetched_again_from_upstream(
     # The victim now holds the right bytes and the liar is no longer handed out to it.
     view = await tracker.store.peer_view(str(digest), count_lookup=False, asker="victim")
     assert "liar" in view.bad_peers
+    # For a while (on the agent's clock) that blob comes from the upstream without asking
+    # the fleet; then peers are asked again.
+    lookups = victim.coordinator.calls.count("lookup")
+    victim.store.remove(digest)
+    assert await victim.pull(digest, len(data)) == data
+    assert victim.coordinator.calls.count("lookup") == lookups
+    now[0] += victim.relay.source().distrust_seconds + 1
+    victim.store.remove(digest)
+    assert await victim.pull(digest, len(data)) == data
+    assert victim.coordinator.calls.count("lookup") == lookups + 1
 
 
 async def test_black_holed_peers_cost_one_header_timeout(
