@@ -115,6 +115,7 @@ def test_cli_refuses_unwritable_data_dir(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
+            "layerswarm",
             "agent",
             "--data-dir",
             str(blocker / "sub"),
