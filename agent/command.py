@@ -16,9 +16,6 @@ HELP = "run the node agent: a registry mirror that fetches layers from peers, th
 
 log = logging.getLogger(__name__)
 
-# SIGTERM: stop accepting, give running responses this long to finish, then cancel.
-SHUTDOWN_TIMEOUT = 30.0
-
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     settings.add_arguments(parser, AgentConfig)
@@ -46,7 +43,7 @@ async def _serve(config: AgentConfig, sock: socket.socket) -> None:
         await serve.serve(
             await build_app(config),
             sock,
-            shutdown_timeout=SHUTDOWN_TIMEOUT,
+            shutdown_timeout=config.shutdown_timeout,
             on_listening=listening,
         )
     except PeerTransferError as exc:

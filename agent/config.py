@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from core.serve import shutdown_timeout_setting
 from core.settings import (
     ConfigError,
     parse_duration,
@@ -326,6 +327,8 @@ class AgentConfig:
         default=True,
         metadata=setting("fetch from and seed to peers (off: a plain pull-through mirror)"),
     )
+    # Long enough for a layer being streamed to a client to finish.
+    shutdown_timeout: float = shutdown_timeout_setting(30.0)
 
     def __post_init__(self) -> None:
         names = [u.name for u in self.upstream]
@@ -351,6 +354,7 @@ class AgentConfig:
             "read_timeout",
             "peer_wait",
             "upstream_retry_wait",
+            "shutdown_timeout",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.replace('_', '-')} must not be negative")

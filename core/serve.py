@@ -14,12 +14,26 @@ import signal
 import socket
 import ssl
 from collections.abc import Callable
+from dataclasses import field
 
 from aiohttp import web
 
-from core.settings import ConfigError
+from core.settings import ConfigError, parse_duration, setting
 
 log = logging.getLogger(__name__)
+
+
+def shutdown_timeout_setting(default: float) -> float:
+    """The ``shutdown_timeout`` field of a daemon's config: the grace ``serve`` gives
+    running requests on SIGTERM (each daemon has its own default)."""
+    return field(
+        default=default,
+        metadata=setting(
+            "on SIGTERM, how long in-flight requests may finish",
+            parse=parse_duration,
+            metavar="DURATION",
+        ),
+    )
 
 
 class ListenError(ConfigError):

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from core.serve import shutdown_timeout_setting
 from core.settings import ConfigError, parse_duration, parse_hostport, parse_size, setting
 
 
@@ -149,14 +150,7 @@ class TrackerConfig:
             metavar="N",
         ),
     )
-    shutdown_timeout: float = field(
-        default=10.0,
-        metadata=setting(
-            "on SIGTERM, how long in-flight requests may finish",
-            parse=parse_duration,
-            metavar="DURATION",
-        ),
-    )
+    shutdown_timeout: float = shutdown_timeout_setting(10.0)
 
     def __post_init__(self) -> None:
         for name in ("agent_ttl", "lease_ttl", "preheat_ttl", "request_timeout"):

@@ -151,3 +151,40 @@ def test_partial_holding_the_whole_blob_or_more_is_finished_not_stuck(
     assert len(full) == (0 if extra == 0 else 1), registry.proc.log_tail()
     assert not partial.exists()
     assert verified_cache(agent.data_dir) == {layer.digest.split(":")[1]: True}
+
+
+def test_sigterm_lets_a_blob_being_served_finish_within_the_shutdown_timeout(
+    tmp_path: Path, registry: Registry, image_factory: ImageFactory
+) -> None:
+    image = image_factory(layers=[3 * MiB])
+    layer = image.layers[0]
+    with FaultProxy(registry.url) as proxy:
+        agent = AgentProc(
+            tmp_path / "agent",
+            {registry.host_port: proxy.url},
+            default_upstream=registry.host_port,
+            extra=["--no-p2p", "--shutdown-timeout", "40s"],
+        )
+        try:
+            agent.start()
+            proc = agent.proc
+            assert proc is not None
+            # About 2 s of streaming left when the signal comes.
+            proxy.throttle(MiB)
+            got: list[bytes] = []
+            t = threading.Thread(
+                target=lambda: got.append(
+                    fetch(f"{agent.url}/v2/{image.repo}/blobs/{layer.digest}")
+                )
+            )
+            t.start()
+            partial = agent.data_dir / "partial" / f"sha256-{layer.digest.split(':')[1]}"
+            wait_until("the first bytes", lambda: partial.exists() and partial.stat().st_size > 0)
+            os.kill(proc.pid, signal.SIGTERM)
+            proc.wait_for_log("draining requests for up to 40s", stream="stderr")
+            t.join(60)
+            wait_until("the agent to exit", lambda: not proc.running, timeout=60)
+            assert got == [image.blob(layer.digest)], "the response was cut, not drained"
+            assert proc.returncode == 0, proc.log_tail()
+        finally:
+            agent.stop()
