@@ -28,6 +28,7 @@ Classes = tuple[
 
 
 def locality(asker: AgentInfo, peer: AgentInfo) -> int:
+    """The one locality rule: what the tracker hands out first, and what the tests check."""
     same_region = asker.region == peer.region
     if asker.zone and peer.zone == asker.zone and same_region:
         return SAME_ZONE
@@ -58,26 +59,13 @@ def order_peers(
     Partial selection: candidates are split by locality class in one pass, and only the classes
     needed to fill ``limit`` are ordered within (usually the first one or two of four).
     """
-    zone, region = asker.zone, asker.region
     classes: Classes = ([], [], [], [])
     for pair in candidates:
-        # locality() inlined: this loop runs for every candidate of every lookup.
-        info = pair[0]
-        if info.region == region:
-            if zone and info.zone == zone:
-                classes[SAME_ZONE].append(pair)
-                continue
-            if region:
-                classes[SAME_REGION].append(pair)
-                continue
-        classes[SEED if info.role == "seed" else OTHER].append(pair)
-    return select_peers(classes, limit, rng)
+        classes[locality(asker, pair[0])].append(pair)
+    return _select(classes, limit, rng)
 
 
-def select_peers(
-    classes: Classes, limit: int, rng: random.Random
-) -> list[tuple[AgentInfo, Holding]]:
-    """The best ``limit`` of candidates already split by locality class (see order_peers)."""
+def _select(classes: Classes, limit: int, rng: random.Random) -> list[tuple[AgentInfo, Holding]]:
     out: list[tuple[AgentInfo, Holding]] = []
     rand = rng.random
     for group in classes:

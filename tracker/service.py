@@ -44,7 +44,7 @@ from core.wire import (
 )
 from tracker.clock import Clock
 from tracker.config import TrackerConfig
-from tracker.handout import OTHER, SAME_REGION, SAME_ZONE, SEED, Classes, select_peers
+from tracker.handout import order_peers
 from tracker.model import AgentRecord, Holding, PreheatReport
 from tracker.store.base import AuthenticatedLookup, PeerView, TrackerStore
 
@@ -253,9 +253,9 @@ class Tracker:
         for other in named:
             check_agent_id(other)
         now = self.clock.now()
-        # Bounded sample: a layer held by thousands costs a lookup no more than one held by 64.
-        # The price is that a region's only holder may be missed among many elsewhere, which
-        # costs one extra upstream fetch at worst, never a wrong answer.
+        # Bounded sample: a layer held by thousands costs a lookup no more than one held by
+        # 64. The store samples the asker's region first (its complete copies, then its
+        # fetchers), so a region's own holders are found however many hold it elsewhere.
         limit = self.config.max_candidates
         view: PeerView | None = None
         if self._one_step is not None:
@@ -264,14 +264,14 @@ class Tracker:
             rec = self._check(agent_id, key, found, now)
         else:
             rec = await self.authenticate(agent_id, key)
+        region = rec.info.region
         if view is None:
             # Only after a race with a re-registration on the fast path, or for plain stores.
-            view = await self.store.peer_view(digest, count_lookup=True, limit=limit)
-        zone, region = rec.info.zone, rec.info.region
+            view = await self.store.peer_view(
+                digest, count_lookup=True, limit=limit, asker=agent_id, region=region
+            )
         bad = view.bad_peers
-        # One pass filters the sample and splits it by locality (handout.order_peers's rule,
-        # inlined: this loop runs for every sampled holder of every lookup).
-        classes: Classes = ([], [], [], [])
+        candidates: list[tuple[AgentInfo, Holding]] = []
         region_holds = False
         for h, r in view.holders:
             if r is None or r.expires <= now:
@@ -280,16 +280,9 @@ class Tracker:
             if aid == agent_id or aid in bad:
                 continue
             info = r.info
-            if info.region == region:
-                if h.state == "holding":
-                    region_holds = True
-                if zone and info.zone == zone:
-                    classes[SAME_ZONE].append((info, h))
-                    continue
-                if region:
-                    classes[SAME_REGION].append((info, h))
-                    continue
-            classes[SEED if info.role == "seed" else OTHER].append((info, h))
+            if info.region == region and h.state == "holding":
+                region_holds = True
+            candidates.append((info, h))
         lease_holder: str | None = None
         if region_holds:
             action = "peers"
@@ -301,7 +294,7 @@ class Tracker:
             action = "fetch" if lease.granted else "wait"
             if lease.took_over:
                 log.info("lease taken over digest=%s region=%s agent=%s", digest, region, agent_id)
-        chosen = select_peers(classes, self.config.max_peers, self._rng)
+        chosen = order_peers(rec.info, candidates, self.config.max_peers, self._rng)
         if action == "wait" and lease_holder and all(i.agent_id != lease_holder for i, _ in chosen):
             # Followers stream from the agent fetching upstream as its bytes arrive: hand it
             # out even before its first progress announcement reaches us.

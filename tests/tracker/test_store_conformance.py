@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import pytest
+import redis
 
 from core.trackererrors import StoreUnavailable
 from core.wire import Counters, LayerProgress, PreheatJob, SegmentMeta
@@ -13,7 +15,7 @@ from tests.tracker.helpers import agent, digest_of, segment
 from tracker.clock import ManualClock
 from tracker.model import Holding, PreheatReport
 from tracker.store import TrackerStore
-from tracker.store.redis_store import RedisStore
+from tracker.store.redis_store import INDEX_TTL_MS, RedisStore
 
 TTL = 30.0
 D1 = digest_of("one")
@@ -306,3 +308,97 @@ async def test_peer_view_samples_popular_digests(store: TrackerStore, clock: Man
         assert len(ids) == len(set(ids)) == 5
         seen.update(ids)
     assert len(seen) > 10  # a random sample each time, not the same five
+
+
+async def fill_regions(store: TrackerStore, clock: ManualClock, regions: int, each: int) -> None:
+    for r in range(regions):
+        for i in range(each):
+            aid = f"r{r}-{i}"
+            await bind(store, clock, aid, "k" * 20, region=f"r{r}", zone=f"z{i % 3}")
+            await store.put_holdings(aid, [(D1, holding(aid, "holding" if i == 0 else "fetching"))])
+
+
+async def test_lookup_samples_the_askers_region_first(
+    store: TrackerStore, clock: ManualClock
+) -> None:
+    # 20 regions x 20 holders, a sample of 16: fleet-wide, a region's one complete copy would
+    # be missed in most lookups (the region then looks cold and fetches upstream again).
+    await fill_regions(store, clock, 20, 20)
+    await bind(store, clock, "me", "m" * 20, region="r7")
+    for _ in range(10):
+        rec, view = await store.lookup_view("me", "m" * 20, D1, clock.now(), 16)  # type: ignore[attr-defined]
+        assert rec is not None and view is not None
+        ids = [h.agent_id for h, _ in view.holders]
+        assert len(ids) == len(set(ids)) == 16
+        assert "r7-0" in ids
+        # A quarter of the sample is the region's fetchers, the rest comes from the fleet.
+        assert sum(i.startswith("r7-") for i in ids) >= 1 + 4
+        assert any(not i.startswith("r7-") for i in ids)
+    # peer_view takes the region explicitly; without one it samples the fleet.
+    view = await store.peer_view(D1, count_lookup=False, limit=16, region="r3")
+    assert "r3-0" in [h.agent_id for h, _ in view.holders]
+    assert len((await store.peer_view(D1, count_lookup=False, limit=16)).holders) == 16
+
+
+async def test_region_index_follows_every_change(store: TrackerStore, clock: ManualClock) -> None:
+    await fill_regions(store, clock, 4, 20)
+
+    async def always(agent_id: str, region: str) -> bool:
+        for _ in range(5):
+            view = await store.peer_view(D1, count_lookup=False, limit=4, region=region)
+            if agent_id not in [h.agent_id for h, _ in view.holders]:
+                return False
+        return True
+
+    # A fetcher that completes moves to the region's complete copies (2 of a sample of 4).
+    await bind(store, clock, "x", "k" * 20, region="r1")
+    await store.put_holdings("x", [(D1, holding("x", "fetching"))])
+    await store.put_holdings("x", [(D1, holding("x", "holding"))])
+    assert await always("x", "r1")
+    # The same incarnation re-registered in another region: its holdings go with it.
+    await bind(store, clock, "x", "k" * 20, region="r2")
+    assert await always("x", "r2")
+    assert await always("r2-0", "r2")
+    # Withdrawn: gone; announced again: back.
+    await store.remove_holding("x", D1)
+    assert not await always("x", "r2")
+    await store.put_holdings("x", [(D1, holding("x"))])
+    assert await always("x", "r2")
+    # Expired and pruned: gone from the region's sample too (the sample still fills up).
+    clock.advance(TTL + 1)
+    await bind(store, clock, "x", "k" * 20, region="r2")
+    assert await store.prune(clock.now()) == 80
+    view = await store.peer_view(D1, count_lookup=False, limit=4, region="r2")
+    assert [h.agent_id for h, _ in view.holders] == ["x"]
+
+
+async def test_redis_region_index_keys_carry_ttls_and_go_with_holdings(
+    redis_url: str, clock: ManualClock
+) -> None:
+    store = RedisStore.from_url(redis_url)
+    raw = redis.Redis.from_url(redis_url, decode_responses=True)
+
+    def keys_like(pattern: str) -> list[str]:
+        return sorted(cast(list[str], raw.keys(pattern)))
+
+    try:
+        await fill_regions(store, clock, 2, 3)
+        keys = keys_like("layerswarm:r[hf]:*")
+        assert [k.split(":")[1:3] for k in keys] == [
+            ["rf", "r0"],
+            ["rf", "r1"],
+            ["rh", "r0"],
+            ["rh", "r1"],
+        ]
+        assert all(0 < raw.pttl(k) <= INDEX_TTL_MS for k in keys)
+        # A new incarnation (another key) forgets its holdings, index included.
+        clock.advance(TTL + 1)
+        await bind(store, clock, "r0-0", "j" * 20, region="r0")
+        await bind(store, clock, "r0-1", "k" * 20, region="r0")
+        await store.remove_holding("r0-1", D1)
+        assert keys_like("layerswarm:r[hf]:r0:*") == ["layerswarm:rf:r0:" + D1]
+        await store.prune(clock.now())
+        assert keys_like("layerswarm:r[hf]:*") == keys_like("layerswarm:holders:*") == []
+    finally:
+        raw.close()
+        await store.close()

@@ -80,8 +80,15 @@ class TrackerStore(Protocol):
     size was published differently. With ``replace`` it always writes: the digest's metainfo
     starts over with just this segment, so no publisher can lock a digest by being first.
 
-    ``peer_view`` returns every holder of the digest, or a uniform random sample of ``limit``
-    of them when there are more (so a lookup's cost is bounded however popular a layer is).
+    ``peer_view`` returns every holder of the digest, or at most ``limit`` of them when there
+    are more (so a lookup's cost is bounded however popular a layer is): with ``region``
+    (the asker's) a uniform sample of up to ``limit // 2`` of that region's complete copies,
+    then of up to ``limit // 4`` of its fetchers, then of the rest of the fleet up to
+    ``limit`` (no holder twice); without, a uniform sample of the fleet. So a region's own
+    holders are found however many hold the digest elsewhere. The per-region index behind it
+    follows every change: announces (a fetcher becoming a holder moves), withdrawals, a new
+    incarnation forgetting its holdings, a re-registration in another region (its holdings
+    move with it) and prune.
 
     Lookup statistics and bad peers: ``peer_view(count_lookup=True)`` also counts a lookup for
     ``hottest``; ``add_bad_peer`` records one reporter's report on a peer for one digest until
@@ -123,7 +130,13 @@ class TrackerStore(Protocol):
     async def remove_holding(self, agent_id: str, digest: str) -> None: ...
 
     async def peer_view(
-        self, digest: str, *, count_lookup: bool, limit: int = 1 << 30, asker: str = ""
+        self,
+        digest: str,
+        *,
+        count_lookup: bool,
+        limit: int = 1 << 30,
+        asker: str = "",
+        region: str | None = None,
     ) -> PeerView: ...
 
     async def holding_count(self, agent_id: str) -> int: ...
@@ -184,9 +197,10 @@ class AuthenticatedLookup(Protocol):
 
     ``lookup_view`` returns the asker's record (None when absent) and, only when that agent is
     alive at ``now`` and registered under ``key``, ``peer_view(digest, count_lookup=True,
-    limit=limit)``; otherwise the view is None and no lookup is counted. The caller still
-    checks the record itself. A store that can do this in one round trip (Redis) offers it;
-    the tracker falls back to ``get_agent`` then ``peer_view`` for stores that do not.
+    limit=limit, asker=agent_id, region=<the asker's region>)``; otherwise the view is None
+    and no lookup is counted. The caller still checks the record itself. A store that can do
+    this in one round trip (Redis) offers it; the tracker falls back to ``get_agent`` then
+    ``peer_view`` for stores that do not.
     """
 
     async def lookup_view(

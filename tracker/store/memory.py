@@ -89,6 +89,11 @@ class MemoryStore:
         # strings are not tracked by the garbage collector, pairs would add 500k objects to
         # every full collection (long pauses, seen as p99 latency).
         self._holder_seq: dict[str, tuple[str, ...]] = {}
+        # (region, digest, complete?) -> holder ids: the region-first part of a lookup. An
+        # agent's holdings are indexed under the region of its record (moved when that
+        # changes); the sequences to sample from are cached like _holder_seq.
+        self._by_region: dict[tuple[str, str, bool], set[str]] = {}
+        self._region_seq: dict[tuple[str, str, bool], tuple[str, ...]] = {}
         # Sampling holders needs spread, not unpredictability.
         self._rng = random.Random()  # noqa: S311
 
@@ -105,11 +110,14 @@ class MemoryStore:
             if cur.key != key:
                 if cur.alive(now):
                     return "conflict"
-                self._forget_holdings(info.agent_id)
+                self._forget_holdings(info.agent_id, cur.info.region)
                 # That incarnation can never come back: its id now has another key.
                 self._retire(incarnation(info.agent_id, cur.key), remember=False)
             elif cur.alive(now):
                 status = "renewed"
+            if cur.key == key and cur.info.region != info.region:
+                # Its holdings stay (same incarnation) and are found in its new region.
+                self._move_region(info.agent_id, cur.info.region, info.region)
         self._agents[info.agent_id] = AgentRecord(info, key, now, expires)
         inc = incarnation(info.agent_id, key)
         came_back = self._retired_inc.pop(inc, None)
@@ -135,14 +143,43 @@ class MemoryStore:
             while len(self._retired_inc) > MAX_RETIRED_INCARNATIONS:
                 self._retired_inc.popitem(last=False)
 
-    def _forget_holdings(self, agent_id: str) -> None:
+    def _forget_holdings(self, agent_id: str, region: str) -> None:
         for digest in self._agent_digests.pop(agent_id, set()):
-            self._holder_seq.pop(digest, None)
-            holders = self._holders.get(digest)
-            if holders is not None:
-                holders.pop(agent_id, None)
-                if not holders:
-                    del self._holders[digest]
+            self._drop_holding(agent_id, digest, region)
+
+    def _drop_holding(self, agent_id: str, digest: str, region: str) -> None:
+        self._holder_seq.pop(digest, None)
+        holders = self._holders.get(digest)
+        if holders is None:
+            return
+        held = holders.pop(agent_id, None)
+        if not holders:
+            del self._holders[digest]
+        if held is not None:
+            self._unindex(region, digest, agent_id, held.state == "holding")
+
+    def _index(self, region: str, digest: str, agent_id: str, complete: bool) -> None:
+        ikey = (region, digest, complete)
+        self._by_region.setdefault(ikey, set()).add(agent_id)
+        self._region_seq.pop(ikey, None)
+
+    def _unindex(self, region: str, digest: str, agent_id: str, complete: bool) -> None:
+        ikey = (region, digest, complete)
+        ids = self._by_region.get(ikey)
+        if ids is None:
+            return
+        ids.discard(agent_id)
+        self._region_seq.pop(ikey, None)
+        if not ids:
+            del self._by_region[ikey]
+
+    def _move_region(self, agent_id: str, old: str, new: str) -> None:
+        for digest in self._agent_digests.get(agent_id, ()):
+            held = self._holders.get(digest, {}).get(agent_id)
+            if held is not None:
+                complete = held.state == "holding"
+                self._unindex(old, digest, agent_id, complete)
+                self._index(new, digest, agent_id, complete)
 
     async def get_agent(self, agent_id: str) -> AgentRecord | None:
         return self._agents.get(agent_id)
@@ -154,7 +191,7 @@ class MemoryStore:
         dead = [aid for aid, r in self._agents.items() if not r.alive(now)]
         for aid in dead:
             rec = self._agents.pop(aid)
-            self._forget_holdings(aid)
+            self._forget_holdings(aid, rec.info.region)
             self._retire(incarnation(aid, rec.key), remember=True)
             self._bad_counts.pop(aid, None)
         for lkey in [k for k, (_, until) in self._leases.items() if until <= now]:
@@ -192,18 +229,22 @@ class MemoryStore:
         return out
 
     async def put_holdings(self, agent_id: str, holdings: Sequence[tuple[str, Holding]]) -> None:
+        rec = self._agents.get(agent_id)
         for digest, holding in holdings:
             self._holder_seq.pop(digest, None)
+            before = self._holders[digest].get(agent_id)
             self._holders[digest][agent_id] = holding
             self._agent_digests[agent_id].add(digest)
+            if rec is None:
+                continue  # unknown agents are never handed out; nothing to index
+            complete = holding.state == "holding"
+            if before is not None and (before.state == "holding") != complete:
+                self._unindex(rec.info.region, digest, agent_id, not complete)
+            self._index(rec.info.region, digest, agent_id, complete)
 
     async def remove_holding(self, agent_id: str, digest: str) -> None:
-        self._holder_seq.pop(digest, None)
-        holders = self._holders.get(digest)
-        if holders is not None:
-            holders.pop(agent_id, None)
-            if not holders:
-                del self._holders[digest]
+        rec = self._agents.get(agent_id)
+        self._drop_holding(agent_id, digest, rec.info.region if rec is not None else "")
         self._agent_digests.get(agent_id, set()).discard(digest)
 
     async def holding_count(self, agent_id: str) -> int:
@@ -213,6 +254,7 @@ class MemoryStore:
         return {
             "agents": len(self._agents),
             "holder_digests": len(self._holders),
+            "region_index": len(self._by_region),
             "counters": len(self._counters),
             "retired_incarnations": len(self._retired_inc),
             "leases": len(self._leases),
@@ -244,10 +286,19 @@ class MemoryStore:
         rec = self._agents.get(agent_id)
         if rec is None or not rec.alive(now) or not hmac.compare_digest(rec.key, key):
             return rec, None
-        return rec, await self.peer_view(digest, count_lookup=True, limit=limit, asker=agent_id)
+        view = await self.peer_view(
+            digest, count_lookup=True, limit=limit, asker=agent_id, region=rec.info.region
+        )
+        return rec, view
 
     async def peer_view(
-        self, digest: str, *, count_lookup: bool, limit: int = 1 << 30, asker: str = ""
+        self,
+        digest: str,
+        *,
+        count_lookup: bool,
+        limit: int = 1 << 30,
+        asker: str = "",
+        region: str | None = None,
     ) -> PeerView:
         if count_lookup:
             self._lookups[digest] += 1
@@ -257,13 +308,39 @@ class MemoryStore:
         seq = self._holder_seq.get(digest)
         if seq is None:
             seq = self._holder_seq[digest] = tuple(holders)
-        chosen = sample(self._rng, seq, limit) if len(seq) > limit else seq
+        chosen: Sequence[str] = seq
+        if len(seq) > limit:
+            if region is None:
+                chosen = sample(self._rng, seq, limit)
+            else:
+                chosen = self._region_first(digest, region, seq, limit)
         agents = self._agents
         return PeerView(
             holders=tuple([(holders[aid], agents.get(aid)) for aid in chosen]),
             bad_peers=self._bad_for(digest, asker),
             metainfo=self._metainfo(digest),
         )
+
+    def _region_first(
+        self, digest: str, region: str, fleet: tuple[str, ...], limit: int
+    ) -> list[str]:
+        """``limit`` ids: the region's complete copies, its fetchers, then the fleet."""
+        picked: dict[str, None] = {}
+        for complete, share in ((True, limit // 2), (False, limit // 4)):
+            ikey = (region, digest, complete)
+            ids = self._by_region.get(ikey)
+            if not ids:
+                continue
+            seq = self._region_seq.get(ikey)
+            if seq is None:
+                seq = self._region_seq[ikey] = tuple(ids)
+            picked.update(dict.fromkeys(sample(self._rng, seq, share) if len(seq) > share else seq))
+        # Drawn as many as the limit: at most len(picked) of them are already in.
+        for aid in sample(self._rng, fleet, limit):
+            if len(picked) >= limit:
+                break
+            picked.setdefault(aid)
+        return list(picked)
 
     async def hottest(self, limit: int) -> list[tuple[str, int]]:
         return self._lookups.most_common(limit)

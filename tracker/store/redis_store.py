@@ -2,10 +2,15 @@
 
 Key layout (``P`` is the prefix, ``layerswarm:`` by default):
     P agent:<id>            hash  key, info (JSON AgentInfo), last_seen, expires, ver (a hash
-                                  of the other four: names the record's content exactly)
+                                  of the other four: names the record's content exactly),
+                                  region (the one its holdings are indexed under)
     P agents                zset  id -> expires, for listing and pruning
     P adig:<id>             set   digests the agent announced, to forget them when it goes
     P holders:<digest>      hash  agent id -> JSON Holding
+    P rh:<region>:<digest>  hash  agent id -> 1: the region's complete copies; P rf:... its
+                                  fetchers (TTL: a week past the region's last announce or
+                                  lookup of the digest; after that the region's lookups
+                                  sample the fleet until its next announce)
     P counters              hash  incarnation -> JSON Counters, plus the agent's "region"
                                   (live and recently dead agents)
     P retired               hash  "region TAB counter name" -> total of agents pruned
@@ -76,10 +81,26 @@ local function fold(prefix, raw, sign)
 end
 """
 
+# A region's index keys of a digest live this long past the last announce or lookup that
+# touched them (a backstop: prune and withdrawals keep them exact).
+INDEX_TTL_MS = 7 * 86400 * 1000
+
+# Takes one agent's holding of digest d out of the holders and the region index.
+_UNHOLD = """
+local function unhold(prefix, id, d, region)
+  redis.call('HDEL', prefix .. 'holders:' .. d, id)
+  if region then
+    redis.call('HDEL', prefix .. 'rh:' .. region .. ':' .. d, id)
+    redis.call('HDEL', prefix .. 'rf:' .. region .. ':' .. d, id)
+  end
+end
+"""
+
 _BIND = (
     _FOLD
+    + _UNHOLD
     + """
-local cur = redis.call('HMGET', KEYS[1], 'key', 'expires')
+local cur = redis.call('HMGET', KEYS[1], 'key', 'expires', 'region')
 local now = tonumber(ARGV[4])
 local status = 'new'
 if cur[1] then
@@ -87,7 +108,7 @@ if cur[1] then
   if cur[1] ~= ARGV[2] then
     if alive then return 'conflict' end
     for _, d in ipairs(redis.call('SMEMBERS', KEYS[3])) do
-      redis.call('HDEL', ARGV[6] .. 'holders:' .. d, ARGV[1])
+      unhold(ARGV[6], ARGV[1], d, cur[3])
     end
     redis.call('DEL', KEYS[3])
     -- That incarnation can never come back (its id has another key now): fold it.
@@ -99,8 +120,20 @@ if cur[1] then
         redis.call('HDEL', KEYS[4], old_inc)
       end
     end
-  elseif alive then
-    status = 'renewed'
+  else
+    if alive then status = 'renewed' end
+    if cur[3] and cur[3] ~= ARGV[10] then
+      -- Same incarnation, another region: its holdings are found in the new one.
+      for _, d in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+        for _, kind in ipairs({'rh:', 'rf:'}) do
+          if redis.call('HDEL', ARGV[6] .. kind .. cur[3] .. ':' .. d, ARGV[1]) == 1 then
+            local moved = ARGV[6] .. kind .. ARGV[10] .. ':' .. d
+            redis.call('HSET', moved, ARGV[1], '1')
+            redis.call('PEXPIRE', moved, @INDEX_TTL@)
+          end
+        end
+      end
+    end
   end
 end
 -- Pruned, then back under the same key: its counters count once, live again.
@@ -110,11 +143,43 @@ if back then
   redis.call('HDEL', ARGV[6] .. 'retiredinc', ARGV[7])
   redis.call('ZREM', ARGV[6] .. 'retiredinc_t', ARGV[7])
 end
-redis.call('HSET', KEYS[1], 'key', ARGV[2], 'info', ARGV[3],
-           'last_seen', ARGV[4], 'expires', ARGV[5], 'ver', ARGV[9], 'inc', ARGV[7])
+redis.call('HSET', KEYS[1], 'key', ARGV[2], 'info', ARGV[3], 'last_seen', ARGV[4],
+           'expires', ARGV[5], 'ver', ARGV[9], 'inc', ARGV[7], 'region', ARGV[10])
 redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
 redis.call('HSET', KEYS[4], ARGV[7], ARGV[8])
 return status
+"""
+).replace("@INDEX_TTL@", str(INDEX_TTL_MS))
+
+# KEYS: agent, adig; ARGV: prefix, agent id, then digest, state, holding JSON per holding.
+# An agent without a region field (registered by an older tracker) is not indexed until its
+# next heartbeat; its holdings are still in the fleet-wide sample.
+_PUT_HOLDINGS = """
+local region = redis.call('HGET', KEYS[1], 'region')
+local id = ARGV[2]
+for i = 3, #ARGV, 3 do
+  local d = ARGV[i]
+  redis.call('HSET', ARGV[1] .. 'holders:' .. d, id, ARGV[i + 2])
+  redis.call('SADD', KEYS[2], d)
+  if region then
+    local put, drop = 'rh:', 'rf:'
+    if ARGV[i + 1] ~= 'holding' then put, drop = 'rf:', 'rh:' end
+    local tail = region .. ':' .. d
+    redis.call('HDEL', ARGV[1] .. drop .. tail, id)
+    redis.call('HSET', ARGV[1] .. put .. tail, id, '1')
+    redis.call('PEXPIRE', ARGV[1] .. put .. tail, @INDEX_TTL@)
+  end
+end
+return 0
+""".replace("@INDEX_TTL@", str(INDEX_TTL_MS))
+
+# KEYS: agent, adig; ARGV: prefix, agent id, digest.
+_REMOVE_HOLDING = (
+    _UNHOLD
+    + """
+unhold(ARGV[1], ARGV[2], ARGV[3], redis.call('HGET', KEYS[1], 'region'))
+redis.call('SREM', KEYS[2], ARGV[3])
+return 0
 """
 )
 
@@ -123,13 +188,48 @@ return status
 # replica keeps parsed records by ver (RedisStore._records), so a lookup moves a short hash per
 # holder instead of its whole record, and one string instead of hundreds of RESP items. Agent
 # ids and compact JSON hold no TAB or newline.
+# With more holders than the limit and a region (the asker's): a sample of the region's
+# complete copies (limit/2), of its fetchers (limit/4), then of the fleet up to the limit.
 _VIEW_BODY = """
 local limit = tonumber(ARGV[3])
 local h
-if redis.call('HLEN', KEYS[2]) > limit then
-  h = redis.call('HRANDFIELD', KEYS[2], limit, 'WITHVALUES')
-else
+if redis.call('HLEN', KEYS[2]) <= limit then
   h = redis.call('HGETALL', KEYS[2])
+elseif region then
+  h = {}
+  local n = 0
+  local seen = {}
+  local tail = region .. ':' .. ARGV[2]
+  for _, part in ipairs({{'rh:', math.floor(limit / 2)}, {'rf:', math.floor(limit / 4)}}) do
+    local ikey = ARGV[1] .. part[1] .. tail
+    local ids = {}
+    if part[2] > 0 then ids = redis.call('HRANDFIELD', ikey, part[2]) end
+    if #ids > 0 then
+      redis.call('PEXPIRE', ikey, @INDEX_TTL@)
+      local raws = redis.call('HMGET', KEYS[2], unpack(ids))
+      for j, id in ipairs(ids) do
+        if raws[j] then
+          seen[id] = true
+          n = n + 1
+          h[2 * n - 1] = id
+          h[2 * n] = raws[j]
+        end
+      end
+    end
+  end
+  if limit > n then
+    -- As many as the limit: at most n of them are already in.
+    local rest = redis.call('HRANDFIELD', KEYS[2], limit, 'WITHVALUES')
+    for j = 1, #rest, 2 do
+      if n < limit and not seen[rest[j]] then
+        n = n + 1
+        h[2 * n - 1] = rest[j]
+        h[2 * n] = rest[j + 1]
+      end
+    end
+  end
+else
+  h = redis.call('HRANDFIELD', KEYS[2], limit, 'WITHVALUES')
 end
 local out = {}
 for i = 1, #h, 2 do
@@ -138,12 +238,14 @@ for i = 1, #h, 2 do
 end
 local view = {table.concat(out, '\\n'), redis.call('HGETALL', KEYS[3]),
               redis.call('HGETALL', KEYS[5])}
-"""
+""".replace("@INDEX_TTL@", str(INDEX_TTL_MS))
 
-# KEYS: agent (unused), holders, bad, hot, meta; ARGV: prefix, digest, limit, count.
+# KEYS: agent (unused), holders, bad, hot, meta; ARGV: prefix, digest, limit, count, and
+# the region to sample first (absent: the fleet only).
 _VIEW = (
     """
 if ARGV[4] == '1' then redis.call('ZINCRBY', KEYS[4], 1, ARGV[2]) end
+local region = ARGV[5]
 """
     + _VIEW_BODY
     + """
@@ -157,10 +259,11 @@ return view
 # the returned record again (expiry, constant-time key comparison) before answering.
 _LOOKUP = (
     """
-local me = redis.call('HMGET', KEYS[1], 'key', 'expires', 'ver')
+local me = redis.call('HMGET', KEYS[1], 'key', 'expires', 'ver', 'region')
 if not me[1] or not me[2] or tonumber(me[2]) <= tonumber(ARGV[4]) then return {'unknown'} end
 if redis.sha1hex(me[1]) ~= ARGV[5] then return {'forbidden'} end
 redis.call('ZINCRBY', KEYS[4], 1, ARGV[2])
+local region = me[4]
 """
     + _VIEW_BODY
     + """
@@ -274,6 +377,7 @@ return math.max(#metas, #reports)
 # listing and the deletion is kept.
 _PRUNE = (
     _FOLD
+    + _UNHOLD
     + """
 local now = tonumber(ARGV[1])
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 500)
@@ -282,8 +386,9 @@ for _, id in ipairs(ids) do
   local exp = redis.call('HGET', ARGV[2] .. 'agent:' .. id, 'expires')
   if (not exp) or tonumber(exp) <= now then
     local dkey = ARGV[2] .. 'adig:' .. id
+    local region = redis.call('HGET', ARGV[2] .. 'agent:' .. id, 'region')
     for _, d in ipairs(redis.call('SMEMBERS', dkey)) do
-      redis.call('HDEL', ARGV[2] .. 'holders:' .. d, id)
+      unhold(ARGV[2], id, d, region)
     end
     -- Its counters fold into the retired total, remembered in case it comes back.
     local inc = redis.call('HGET', ARGV[2] .. 'agent:' .. id, 'inc')
@@ -387,6 +492,8 @@ class RedisStore:
         self._pool = pool
         self._p = prefix
         self._bind = client.register_script(_BIND)
+        self._put_holdings = client.register_script(_PUT_HOLDINGS)
+        self._remove_holding = client.register_script(_REMOVE_HOLDING)
         self._view = client.register_script(_VIEW)
         self._lookup = client.register_script(_LOOKUP)
         # agent id -> (ver, record). Content-addressed by ver, which every lookup reads afresh
@@ -454,6 +561,7 @@ class RedisStore:
                 incarnation(aid, key),
                 _dumps({**info.counters.to_json(), "region": info.region}),
                 record_version(key, info_json, seen, until),
+                info.region,
             ],
         )
         return cast(BindStatus, status)
@@ -573,18 +681,19 @@ class RedisStore:
     async def put_holdings(self, agent_id: str, holdings: Sequence[tuple[str, Holding]]) -> None:
         if not holdings:
             return
-        async with self._r.pipeline(transaction=True) as pipe:
-            for digest, h in holdings:
-                pipe.hset(self._k("holders", digest), agent_id, _dumps(h.to_json()))
-            pipe.sadd(self._k("adig", agent_id), *[d for d, _ in holdings])
-            await pipe.execute()
+        args = [self._p, agent_id]
+        for digest, h in holdings:
+            args += [digest, h.state, _dumps(h.to_json())]
+        await self._put_holdings(
+            keys=[self._k("agent", agent_id), self._k("adig", agent_id)], args=args
+        )
 
     @_translated
     async def remove_holding(self, agent_id: str, digest: str) -> None:
-        async with self._r.pipeline(transaction=True) as pipe:
-            pipe.hdel(self._k("holders", digest), agent_id)
-            pipe.srem(self._k("adig", agent_id), digest)
-            await pipe.execute()
+        await self._remove_holding(
+            keys=[self._k("agent", agent_id), self._k("adig", agent_id)],
+            args=[self._p, agent_id, digest],
+        )
 
     def _view_keys(self, agent_id: str, digest: str) -> list[str]:
         return [
@@ -597,12 +706,18 @@ class RedisStore:
 
     @_translated
     async def peer_view(
-        self, digest: str, *, count_lookup: bool, limit: int = 1 << 30, asker: str = ""
+        self,
+        digest: str,
+        *,
+        count_lookup: bool,
+        limit: int = 1 << 30,
+        asker: str = "",
+        region: str | None = None,
     ) -> PeerView:
-        holders, bad, meta = await self._view(
-            keys=self._view_keys("", digest),
-            args=[self._p, digest, str(limit), "1" if count_lookup else "0"],
-        )
+        args = [self._p, digest, str(limit), "1" if count_lookup else "0"]
+        if region is not None:
+            args.append(region)
+        holders, bad, meta = await self._view(keys=self._view_keys("", digest), args=args)
         return await self._peer_view(digest, holders, bad, meta, asker=asker)
 
     @_translated
