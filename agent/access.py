@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from agent.config import Upstream
 from agent.errors import BlobUnknown, DigestInvalid, RegistryError, UpstreamError
 from agent.oci import DEFAULT_ACCEPT, Digest, parse_digest
 from agent.upstream import UpstreamClient, ensure_ok
+from core import durable
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +84,9 @@ class AccessChecker:
     def _save_anonymous(self) -> None:
         if self._state_file is None:
             return
-        tmp = self._state_file.with_name(self._state_file.name + ".tmp")
         try:
-            tmp.write_text(json.dumps(self._anonymous))
-            os.replace(tmp, self._state_file)
+            durable.write(self._state_file, json.dumps(self._anonymous).encode())
         except OSError as exc:
-            # A half-written .tmp beside the state file would only hold room the disk lacks.
-            tmp.unlink(missing_ok=True)
             log.warning("could not save anonymous grants: %s", exc)
 
     def _load_origins(self) -> None:
@@ -127,11 +123,9 @@ class AccessChecker:
     def _rewrite_origins(self) -> None:
         if self._origins_file is None:
             return
-        tmp = self._origins_file.with_name(self._origins_file.name + ".tmp")
         lines = [f"{d} {u} {r}\n" for d, pairs in self._origins.items() for u, r in pairs]
         try:
-            tmp.write_text("".join(lines))
-            os.replace(tmp, self._origins_file)
+            durable.write(self._origins_file, "".join(lines).encode())
             self._origin_lines = len(lines)
         except OSError as exc:
             log.warning("could not save blob origins: %s", exc)

@@ -7,9 +7,11 @@ client-supplied string)::
     partial/<algo>-<hex>        a download in progress or interrupted: resumable with Range
     tmp/                        scratch for small atomic writes; emptied at start-up
 
-A blob appears under blobs/ only by ``os.replace`` of a file whose hash was checked, so a
-reader can never see a half-written or wrong blob there. Eviction skips pinned blobs (those
-being read) so a client's response is never cut short by the cache making room.
+A blob appears under blobs/ only by a rename of a file whose hash was checked, flushed to
+disk before the rename and the directory after it (``core.durable``), so neither a reader nor
+a restart after a power cut can find a half-written or wrong blob there. Eviction skips
+pinned blobs (those being read) so a client's response is never cut short by the cache making
+room.
 
 Two bounds apply: ``max_bytes`` of cached blobs (``--cache-size``) and a free-space reserve on
 the filesystem itself (``--disk-reserve``), since the disk may be smaller than the cache size
@@ -32,6 +34,7 @@ from pathlib import Path
 
 from agent.errors import NoSpace
 from agent.oci import ALGORITHMS, Digest
+from core import durable
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +206,7 @@ class BlobStore:
         dest = self.path_for(digest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         size = verified_file.stat().st_size
-        os.replace(verified_file, dest)
+        durable.replace(verified_file, dest)
         now = self.clock()
         old = self._index.pop(digest, None)
         if old is not None:

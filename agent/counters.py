@@ -13,6 +13,7 @@ import logging
 import os
 from pathlib import Path
 
+from core import durable
 from core.wire import Counters
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,9 @@ class LifetimeCounters:
     def _save(self, counters: Counters) -> None:
         tmp = self._path.with_name(f"{FILE_NAME}.{os.getpid()}.tmp")
         try:
-            # No fsync: a crash loses at most the bytes since the last heartbeat, and the
-            # file is written on every heartbeat that moved bytes.
-            tmp.write_text(json.dumps(counters.to_json()))
-            os.replace(tmp, self._path)
+            # Flushed like every other state file: without it a power cut can leave an empty
+            # counters.json, and the fleet totals would lose this agent's history.
+            durable.write(self._path, json.dumps(counters.to_json()).encode(), tmp=tmp)
         except OSError as exc:
             log.warning("could not save %s: %s", self._path, exc.strerror)
             return

@@ -42,6 +42,7 @@ from agent.errors import BlobIntegrityError, NoSpace, RegistryError, UpstreamErr
 from agent.metrics import AgentMetrics
 from agent.oci import Digest
 from agent.upstream import UpstreamClient, connection_failure, ensure_ok, relay_error
+from core import durable
 from core.failures import classify
 from core.tasks import Supervisor
 
@@ -690,6 +691,9 @@ class BlobFetcher:
                     # next round comes from the upstream.
                     log.error("wrong bytes from peers for %s (%s); fetching again", job.digest, exc)
                     dl.restart()
+            # The commit flushes the blob before renaming it into the cache; doing the costly
+            # part here, off the event loop, leaves it nothing but metadata to write.
+            await asyncio.to_thread(durable.sync_file, dl.path)
             cached = self.store.commit(job.digest, dl.path)
             dl.finish(cached.path)
             self.metrics.fetch_seconds.labels(dl.source).observe(time.monotonic() - t0)

@@ -7,7 +7,6 @@ able to speak for its old entries before they expire). The key file is mode 0600
 
 from __future__ import annotations
 
-import os
 import secrets
 import socket
 from dataclasses import dataclass, field
@@ -15,6 +14,8 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+
+from core import durable
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,4 @@ def certificate_name(cert_pem: bytes) -> str:
 
 
 def _write(path: Path, text: str, mode: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
-    os.replace(tmp, path)
+    durable.write(path, (text + "\n").encode(), mode=mode)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.oci import Digest, parse_digest
+from core import durable
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +114,7 @@ class ManifestStore:
 
     def _atomic_write(self, path: Path, data: bytes) -> None:
         tmp = self._tmp / f"{path.name}.{os.getpid()}.{time.monotonic_ns()}"
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-        except OSError:
-            # A half-written scratch file would only take more of the room that ran out.
-            tmp.unlink(missing_ok=True)
-            raise
+        durable.write(path, data, tmp=tmp)
 
     @staticmethod
     def _tag_key(upstream: str, repo: str, tag: str) -> str:

@@ -24,7 +24,6 @@ import base64
 import contextlib
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +35,7 @@ from agent.fetch import Download, FetchJob, SourceUnavailable
 from agent.metrics import AgentMetrics
 from agent.oci import ALGORITHMS, Digest
 from agent.p2p.engine import PeerEngine, PeerTransferError
+from core import durable
 from core.tasks import Supervisor
 
 log = logging.getLogger(__name__)
@@ -153,9 +153,8 @@ class SegmentFiles:
     def save_meta(self, digest: Digest, segments: list[SegmentRef], total: int) -> None:
         d = self.dir_for(digest)
         d.mkdir(parents=True, exist_ok=True)
-        tmp = d / "meta.json.tmp"
-        tmp.write_text(json.dumps({"total": total, "segments": [s.to_json() for s in segments]}))
-        os.replace(tmp, d / "meta.json")
+        meta = {"total": total, "segments": [s.to_json() for s in segments]}
+        durable.write(d / "meta.json", json.dumps(meta).encode())
 
     def load_meta(self, digest: Digest) -> tuple[list[SegmentRef], int] | None:
         try:
@@ -595,7 +594,7 @@ def _copy_range(src: Path, dest: Path, offset: int, length: int) -> int:
                 break
             fout.write(block)
             copied += len(block)
-    os.replace(tmp, dest)
+    durable.replace(tmp, dest)
     return copied
 
 

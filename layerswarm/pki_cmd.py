@@ -12,11 +12,11 @@ Keys are written with mode 0600 and never printed. Certificates are short-lived 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from agent.p2p.pki import PKIError, generate_ca, generate_key_and_csr, sign_csr
+from core import durable
 
 HELP = "create the fleet CA and agent certificates for encrypted, fleet-only peer swarms"
 
@@ -37,11 +37,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    durable.write(path, data, mode=mode)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 # chromium: headless, for tests/tracker/test_page.py (the fleet page in a real browser).
 DEBS=(python3 python3-venv python3-pip docker-registry skopeo umoci podman containerd
       redis-server iproute2 iperf3 systemd prometheus make git ca-certificates
-      wrk docker.io chromium)  # wrk: load generator for bench/tracker_load.py; docker.io: tests/runtime
+      wrk docker.io chromium strace)  # wrk: load generator for bench/tracker_load.py; docker.io: tests/runtime
+# strace: tests/agent/test_durable_writes.py watches the agent's fsyncs and renames.
 missing=()
 for p in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from core import durable
 from layerswarm.runtimeconf import tomledit
 
 log = logging.getLogger(__name__)
@@ -162,8 +163,4 @@ def _atomic_write(path: Path, text: str, like: os.stat_result | None) -> None:
             os.unlink(tmp)
         raise
     # The rename is durable only once the directory entry is on disk.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    durable.sync_dir(path.parent)
