@@ -418,126 +418,7 @@ class PeerSource:
             raise
 
     async def _fetch_segments(self, job: FetchJob, download: Download, lookup: Lookup) -> None:
-        sw = self._swarm
-        digest = str(job.digest)
-        size = sw.segment_size
-        next_index = download.written // size
-        pending: dict[int, asyncio.Task[Path]] = {}
-        last_progress = last_lookup = sw.clock()
-        known = len(lookup.segments)
-        holder_bytes = _fetched_bytes(lookup)
-        took_over = False
-        # Who holds the lease, and since when: a new holder gets a full peer_wait before
-        # anyone may call it stalled (two followers must not void each other's takeover).
-        holder, holder_since = lookup.lease_holder, sw.clock()
-        try:
-            while True:
-                if lookup.lease_holder != holder:
-                    holder, holder_since = lookup.lease_holder, sw.clock()
-                    last_progress = holder_since
-                total = lookup.total_size
-                if total is not None:
-                    download.set_started(total)
-                    if download.written >= total:
-                        return
-                by_index = {s.index: s for s in lookup.segments}
-                peers = [(p.host, p.port) for p in lookup.peers]
-                # Keep a window of segment fetches running ahead of the one appended next.
-                for index in range(next_index, next_index + FETCH_WINDOW):
-                    if index in pending or index not in by_index:
-                        continue
-                    seg = by_index[index]
-                    if seg.offset != index * size:
-                        raise SourceUnavailable("segment layout does not match ours")
-                    pending[index] = asyncio.create_task(self._fetch_one(job.digest, seg, peers))
-                head = pending.get(next_index)
-                if head is not None and head.done():
-                    del pending[next_index]
-                    try:
-                        path = head.result()
-                    except SourceUnavailable as exc:
-                        if sw.clock() - holder_since < sw.peer_wait:
-                            continue  # the lease just changed hands: ask the new holder
-                        if took_over:
-                            raise
-                        took_over = True
-                        # Nobody delivered this segment: claim the lease, or keep waiting
-                        # on whoever the tracker hands it to instead.
-                        lookup = await self._claim_lease(digest, lookup, str(exc))
-                        last_progress = sw.clock()
-                        continue
-                    await _append_file(download, path)
-                    sw.metrics.count_peer_received(by_index[next_index].length)
-                    sw._published.setdefault(job.digest, []).append(by_index[next_index])
-                    next_index += 1
-                    last_progress = sw.clock()
-                    with contextlib.suppress(CoordinatorUnavailable):
-                        await sw.coordinator.announce(digest, "fetching", download.written, total)
-                    continue
-                # Running segment fetches guard themselves (the engine's stall timeout); this
-                # deadline is for waiting on segments nobody has published yet.
-                if not pending and sw.clock() - last_progress > sw.peer_wait:
-                    reason = f"no progress from peers in {sw.peer_wait}s"
-                    if took_over:
-                        raise SourceUnavailable(reason)
-                    took_over = True
-                    lookup = await self._claim_lease(digest, lookup, reason)
-                    last_progress = sw.clock()
-                    continue
-                if head is not None:
-                    await asyncio.wait({head}, timeout=_POLL)
-                else:
-                    await asyncio.sleep(_POLL)
-                # Ask the tracker again only for something new: more segments while the
-                # metainfo is incomplete, or now and then for more peers to trade with.
-                since = sw.clock() - last_lookup
-                if since < (_LOOKUP_WAITING if not lookup.complete else _LOOKUP_PEERS):
-                    continue
-                last_lookup = sw.clock()
-                try:
-                    lookup = await sw.coordinator.lookup(digest)
-                except CoordinatorUnavailable as exc:
-                    if not pending:
-                        raise SourceUnavailable("tracker unavailable") from exc
-                    continue
-                if lookup.action == "fetch" and not pending:
-                    # The lease came back to us (its holder died): fetch the rest upstream.
-                    raise SourceUnavailable("lease handed to this agent")
-                fetched = _fetched_bytes(lookup)
-                if len(lookup.segments) > known or fetched > holder_bytes:
-                    # The agent fetching upstream is still making progress: keep waiting.
-                    last_progress = sw.clock()
-                known, holder_bytes = len(lookup.segments), max(holder_bytes, fetched)
-                new_peers = [(p.host, p.port) for p in lookup.peers]
-                for seg in lookup.segments:
-                    if seg.index >= next_index:
-                        sw.engine.add_peers(seg.info_hash, new_peers)
-        finally:
-            for t in pending.values():
-                t.cancel()
-            for t in pending.values():
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
-
-    async def _claim_lease(self, digest: str, lookup: Lookup, reason: str) -> Lookup:
-        """The agent fetching this blob upstream stopped delivering: report it (the tracker
-        voids its lease) and ask again. One follower gets the lease and fetches upstream;
-        the others follow that one, so a region still fetches the blob about once."""
-        sw = self._swarm
-        holder = lookup.lease_holder
-        if not holder:
-            raise SourceUnavailable(reason)
-        log.warning(
-            "lease holder %s stalled on %s (%s); asking for its lease", holder, digest, reason
-        )
-        try:
-            await sw.coordinator.report_unresponsive(digest, holder)
-            fresh = await sw.coordinator.lookup(digest)
-        except CoordinatorUnavailable as exc:
-            raise SourceUnavailable("tracker unavailable") from exc
-        if fresh.action == "fetch":
-            raise SourceUnavailable(f"took over the lease of {holder}")
-        return fresh
+        await _SegmentFollower(self._swarm, self, job, download, lookup).run()
 
     async def _fetch_one(
         self, digest: Digest, seg: SegmentRef, peers: list[tuple[str, int]]
@@ -562,6 +443,159 @@ class PeerSource:
         if dest.stat().st_size != seg.length:
             raise SourceUnavailable(f"segment {seg.index} has the wrong length")
         return dest
+
+
+class _SegmentFollower:
+    """One blob's segments fetched from peers in order, a window of them running ahead of
+    the one appended next, as the tracker's lookups say; the agent fetching the blob
+    upstream (the lease holder) is given up on, once, when nothing arrives in time."""
+
+    def __init__(
+        self, swarm: Swarm, source: PeerSource, job: FetchJob, download: Download, lookup: Lookup
+    ) -> None:
+        self._sw = swarm
+        self._source = source
+        self._job = job
+        self._dl = download
+        self._digest = str(job.digest)
+        self._lookup = lookup
+        self._next = download.written // swarm.segment_size
+        self._pending: dict[int, asyncio.Task[Path]] = {}
+        self._last_progress = self._last_lookup = swarm.clock()
+        self._known = len(lookup.segments)
+        self._holder_bytes = _fetched_bytes(lookup)
+        self._took_over = False
+        # Who holds the lease, and since when: a new holder gets a full peer_wait before
+        # anyone may call it stalled (two followers must not void each other's takeover).
+        self._holder, self._holder_since = lookup.lease_holder, swarm.clock()
+
+    async def run(self) -> None:
+        sw = self._sw
+        try:
+            while True:
+                if self._lookup.lease_holder != self._holder:
+                    self._holder, self._holder_since = self._lookup.lease_holder, sw.clock()
+                    self._last_progress = self._holder_since
+                total = self._lookup.total_size
+                if total is not None:
+                    self._dl.set_started(total)
+                    if self._dl.written >= total:
+                        return
+                by_index = {s.index: s for s in self._lookup.segments}
+                self._fill_window(by_index)
+                head = self._pending.get(self._next)
+                if head is not None and head.done():
+                    del self._pending[self._next]
+                    await self._take(head, by_index, total)
+                    continue
+                # Running segment fetches guard themselves (the engine's stall timeout); this
+                # deadline is for waiting on segments nobody has published yet.
+                if not self._pending and sw.clock() - self._last_progress > sw.peer_wait:
+                    await self._take_over(f"no progress from peers in {sw.peer_wait}s")
+                    continue
+                if head is not None:
+                    await asyncio.wait({head}, timeout=_POLL)
+                else:
+                    await asyncio.sleep(_POLL)
+                await self._ask_again()
+        finally:
+            for t in self._pending.values():
+                t.cancel()
+            # Their outcome no longer matters: only that none outlives this fetch.
+            await asyncio.gather(*self._pending.values(), return_exceptions=True)
+
+    def _fill_window(self, by_index: dict[int, SegmentRef]) -> None:
+        peers = [(p.host, p.port) for p in self._lookup.peers]
+        for index in range(self._next, self._next + FETCH_WINDOW):
+            if index in self._pending or index not in by_index:
+                continue
+            seg = by_index[index]
+            if seg.offset != index * self._sw.segment_size:
+                raise SourceUnavailable("segment layout does not match ours")
+            self._pending[index] = asyncio.create_task(
+                self._source._fetch_one(self._job.digest, seg, peers),
+                name=f"segment {index} of {self._digest}",
+            )
+
+    async def _take(
+        self, head: asyncio.Task[Path], by_index: dict[int, SegmentRef], total: int | None
+    ) -> None:
+        """Append the segment fetched next, or deal with its failure."""
+        sw = self._sw
+        try:
+            path = head.result()
+        except SourceUnavailable as exc:
+            if sw.clock() - self._holder_since < sw.peer_wait:
+                return  # the lease just changed hands: ask the new holder
+            # Nobody delivered this segment: claim the lease, or keep waiting on whoever the
+            # tracker hands it to instead.
+            await self._take_over(str(exc), exc)
+            return
+        seg = by_index[self._next]
+        await _append_file(self._dl, path)
+        sw.metrics.count_peer_received(seg.length)
+        sw._published.setdefault(self._job.digest, []).append(seg)
+        self._next += 1
+        self._last_progress = sw.clock()
+        with contextlib.suppress(CoordinatorUnavailable):
+            await sw.coordinator.announce(self._digest, "fetching", self._dl.written, total)
+
+    async def _take_over(self, reason: str, failure: SourceUnavailable | None = None) -> None:
+        """The lease holder stopped delivering: report it and ask for its lease, once; the
+        second time, give up on peers (the upstream continues from here)."""
+        if self._took_over:
+            raise failure if failure is not None else SourceUnavailable(reason)
+        self._took_over = True
+        self._lookup = await self._claim_lease(reason)
+        self._last_progress = self._sw.clock()
+
+    async def _claim_lease(self, reason: str) -> Lookup:
+        """The agent fetching this blob upstream stopped delivering: report it (the tracker
+        voids its lease) and ask again. One follower gets the lease and fetches upstream;
+        the others follow that one, so a region still fetches the blob about once."""
+        sw = self._sw
+        holder = self._lookup.lease_holder
+        if not holder:
+            raise SourceUnavailable(reason)
+        log.warning(
+            "lease holder %s stalled on %s (%s); asking for its lease", holder, self._digest, reason
+        )
+        try:
+            await sw.coordinator.report_unresponsive(self._digest, holder)
+            fresh = await sw.coordinator.lookup(self._digest)
+        except CoordinatorUnavailable as exc:
+            raise SourceUnavailable("tracker unavailable") from exc
+        if fresh.action == "fetch":
+            raise SourceUnavailable(f"took over the lease of {holder}")
+        return fresh
+
+    async def _ask_again(self) -> None:
+        """Ask the tracker again only for something new: more segments while the metainfo
+        is incomplete, or now and then for more peers to trade with."""
+        sw = self._sw
+        since = sw.clock() - self._last_lookup
+        if since < (_LOOKUP_WAITING if not self._lookup.complete else _LOOKUP_PEERS):
+            return
+        self._last_lookup = sw.clock()
+        try:
+            self._lookup = await sw.coordinator.lookup(self._digest)
+        except CoordinatorUnavailable as exc:
+            if not self._pending:
+                raise SourceUnavailable("tracker unavailable") from exc
+            return
+        lookup = self._lookup
+        if lookup.action == "fetch" and not self._pending:
+            # The lease came back to us (its holder died): fetch the rest upstream.
+            raise SourceUnavailable("lease handed to this agent")
+        fetched = _fetched_bytes(lookup)
+        if len(lookup.segments) > self._known or fetched > self._holder_bytes:
+            # The agent fetching upstream is still making progress: keep waiting.
+            self._last_progress = sw.clock()
+        self._known, self._holder_bytes = len(lookup.segments), max(self._holder_bytes, fetched)
+        new_peers = [(p.host, p.port) for p in lookup.peers]
+        for seg in lookup.segments:
+            if seg.index >= self._next:
+                sw.engine.add_peers(seg.info_hash, new_peers)
 
 
 def _fetched_bytes(lookup: Lookup) -> int:
