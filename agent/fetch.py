@@ -671,45 +671,11 @@ class BlobFetcher:
         self.metrics.inflight.inc()
         try:
             await dl.resume_existing()
-            for round_ in range(2):
-                await self._try_sources(job, dl)
-                dl.close_file()
-                try:
-                    dl.verify()
-                    break
-                except BlobIntegrityError as exc:
-                    tainted = dl.sources_used - {"upstream"}
-                    self.metrics.verify_failures.labels(dl.source).inc()
-                    for corrupt_hook in self.on_corrupt:
-                        for source_name in tainted or {dl.source}:
-                            corrupt_hook(job.digest, source_name)
-                    if not tainted or round_:
-                        dl.path.unlink(missing_ok=True)
-                        raise
-                    # Peers delivered a wrong blob; no client has read any of it (they wait
-                    # for verification). The peer source now refuses this digest, so the
-                    # next round comes from the upstream.
-                    log.error("wrong bytes from peers for %s (%s); fetching again", job.digest, exc)
-                    dl.restart()
+            await self._fetch_verified(job, dl)
             # The commit flushes the blob before renaming it into the cache; doing the costly
             # part here, off the event loop, leaves it nothing but metadata to write.
             await asyncio.to_thread(durable.sync_file, dl.path)
-            cached = self.store.commit(job.digest, dl.path)
-            dl.finish(cached.path)
-            self.metrics.fetch_seconds.labels(dl.source).observe(time.monotonic() - t0)
-            log.info(
-                "cached digest=%s repo=%s source=%s bytes=%d seconds=%.3f",
-                job.digest,
-                job.repo,
-                dl.source,
-                cached.size,
-                time.monotonic() - t0,
-            )
-            for hook in self.on_cached:
-                try:
-                    hook(job.digest, cached.path, cached.size)
-                except Exception:
-                    log.exception("on_cached hook failed for %s", job.digest)
+            self._commit(job, dl, t0)
         except asyncio.CancelledError:
             # Shutdown: keep partial bytes for a resume after restart.
             dl.fail(UpstreamError("agent shutting down", status=503))
@@ -731,6 +697,48 @@ class BlobFetcher:
             self.metrics.inflight.dec()
             if self._inflight.get(job.digest) is dl:
                 del self._inflight[job.digest]
+
+    async def _fetch_verified(self, job: FetchJob, dl: Download) -> None:
+        """All of the blob in ``dl``'s partial file, hashed to its digest: a wrong blob from
+        peers is fetched once more from the upstream; BlobIntegrityError otherwise."""
+        for round_ in range(2):
+            await self._try_sources(job, dl)
+            dl.close_file()
+            try:
+                dl.verify()
+                return
+            except BlobIntegrityError as exc:
+                tainted = dl.sources_used - {"upstream"}
+                self.metrics.verify_failures.labels(dl.source).inc()
+                for corrupt_hook in self.on_corrupt:
+                    for source_name in tainted or {dl.source}:
+                        corrupt_hook(job.digest, source_name)
+                if not tainted or round_:
+                    dl.path.unlink(missing_ok=True)
+                    raise
+                # Peers delivered a wrong blob; no client has read any of it (they wait
+                # for verification). The peer source now refuses this digest, so the
+                # next round comes from the upstream.
+                log.error("wrong bytes from peers for %s (%s); fetching again", job.digest, exc)
+                dl.restart()
+
+    def _commit(self, job: FetchJob, dl: Download, t0: float) -> None:
+        cached = self.store.commit(job.digest, dl.path)
+        dl.finish(cached.path)
+        self.metrics.fetch_seconds.labels(dl.source).observe(time.monotonic() - t0)
+        log.info(
+            "cached digest=%s repo=%s source=%s bytes=%d seconds=%.3f",
+            job.digest,
+            job.repo,
+            dl.source,
+            cached.size,
+            time.monotonic() - t0,
+        )
+        for hook in self.on_cached:
+            try:
+                hook(job.digest, cached.path, cached.size)
+            except Exception:
+                log.exception("on_cached hook failed for %s", job.digest)
 
     def _no_space(self, job: FetchJob, dl: Download, exc: NoSpace) -> None:
         started = dl.started.done()
