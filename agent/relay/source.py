@@ -289,11 +289,12 @@ class RelaySource:
         finally:
             for t in asks:
                 t.cancel()
+            await asyncio.wait(asks)
+            # An ask that attached after the winner (or failed: nothing to close) lets go.
             for t in asks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    other = await t
-                    if isinstance(other, _Attached) and other is not winner:
-                        other.resp.close()
+                other = None if t.cancelled() or t.exception() else t.result()
+                if isinstance(other, _Attached) and other is not winner:
+                    other.resp.close()
         return winner, hints
 
     async def _ask(
