@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,6 +125,7 @@ class LibtorrentEngine:
         self._listen_waiter: asyncio.Future[None] | None = None
         self._ports: dict[str, int] = {}
         self._ca_norm = tls.ca_pem.strip() if tls else None
+        self._handlers = self._alert_handlers()
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -513,90 +514,111 @@ class LibtorrentEngine:
                 log.exception("error handling libtorrent alert %s", type(alert).__name__)
 
     def _dispatch(self, a: Any) -> None:
-        loop = self._loop_()
-        if isinstance(a, lt.listen_succeeded_alert):
-            # socket_type is an lt.socket_type_t (not the alert's own legacy enum).
-            types = lt.socket_type_t
-            kind = None
-            if a.socket_type == types.tcp:
-                kind = "tcp"
-            elif a.socket_type == types.tcp_ssl:
-                kind = "tcp_ssl"
-            if kind:
-                self._ports[kind] = a.port
-            want = {"tcp", "tcp_ssl"} if self._tls else {"tcp"}
-            if (
-                want <= self._ports.keys()
-                and self._listen_waiter
-                and not self._listen_waiter.done()
-            ):
-                self._listen_waiter.set_result(None)
-        elif isinstance(a, lt.listen_failed_alert):
-            log.error("peer engine cannot listen: %s", a.message())
-            # Only the TCP sockets matter: uTP is off, its UDP socket is incidental.
-            tcp = a.socket_type in (lt.socket_type_t.tcp, lt.socket_type_t.tcp_ssl)
-            if tcp and self._listen_waiter and not self._listen_waiter.done():
-                self._listen_waiter.set_exception(
-                    PeerTransferError(f"cannot listen for peers: {a.message()}")
-                )
-        elif isinstance(a, lt.session_stats_alert):
-            waiters, self._stats_waiters = self._stats_waiters, []
-            values = {name: int(a.values[name]) for name in _STAT_NAMES.values()}
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(values)
-        elif isinstance(a, lt.torrent_removed_alert | lt.torrent_deleted_alert):
-            ih = str(a.info_hashes.v1)
-            removed = self._removed.get(ih)
-            # Without delete_files only torrent_removed_alert comes; with it, wait until the
-            # file is gone (deleted) so a retry can start from scratch.
-            if removed is not None and not removed.done():
-                deleting = isinstance(a, lt.torrent_deleted_alert)
-                if deleting or not self._awaits_delete(ih):
-                    removed.set_result(None)
-        elif isinstance(a, lt.torrent_delete_failed_alert):
-            removed = self._removed.get(str(a.info_hashes.v1))
-            if removed is not None and not removed.done():
-                log.warning("could not delete partial segment: %s", a.message())
-                removed.set_result(None)
-        elif isinstance(a, lt.piece_finished_alert):
-            t = self._torrents.get(_hash_of(a))
-            if t is not None:
-                t.last_progress = loop.time()
-        elif isinstance(a, lt.hash_failed_alert):
-            t = self._torrents.get(_hash_of(a))
-            if t is not None:
-                t.hash_failures += 1
-            log.warning("piece failed hash check info_hash=%s piece=%d", _hash_of(a), a.piece_index)
-        elif isinstance(a, lt.peer_ban_alert):
-            self._on_ban(a)
-        elif isinstance(a, lt.torrent_finished_alert):
-            t = self._torrents.get(_hash_of(a))
-            if t is not None and t.fetching and t.handle is not None:
-                t.fetching = False
-                self._renamed[t.info_hash] = t.done
-                # Only now does the file get its final name: a file at dest is complete.
-                t.handle.rename_file(0, t.path.name)
-        elif isinstance(a, lt.file_renamed_alert):
-            renamed = self._renamed.pop(_hash_of(a), None)
-            if renamed is not None and not renamed.done():
-                renamed.set_result(None)
-        elif isinstance(a, lt.file_rename_failed_alert):
-            renamed = self._renamed.pop(_hash_of(a), None)
-            if renamed is not None and not renamed.done():
-                renamed.set_exception(
-                    PeerTransferError(f"cannot rename fetched segment: {a.message()}")
-                )
-        elif isinstance(a, lt.torrent_error_alert):
-            t = self._torrents.get(_hash_of(a))
-            log.error("torrent error: %s", a.message())
-            if t is not None and not t.done.done():
-                t.done.set_exception(PeerTransferError(a.message()))
-        elif isinstance(a, lt.torrent_need_cert_alert):
+        for kinds, handle in self._handlers:
+            if isinstance(a, kinds):
+                handle(a)
+                return
+
+    def _alert_handlers(self) -> tuple[tuple[Any, Callable[[Any], None]], ...]:
+        """What each alert the engine cares about does; any other alert is ignored."""
+        return (
+            (lt.listen_succeeded_alert, self._on_listening),
+            (lt.listen_failed_alert, self._on_listen_failed),
+            (lt.session_stats_alert, self._on_stats),
+            (lt.torrent_removed_alert | lt.torrent_deleted_alert, self._on_removed),
+            (lt.torrent_delete_failed_alert, self._on_delete_failed),
+            (lt.piece_finished_alert, self._on_piece),
+            (lt.hash_failed_alert, self._on_hash_failed),
+            (lt.peer_ban_alert, self._on_ban),
+            (lt.torrent_finished_alert, self._on_finished),
+            (lt.file_renamed_alert, self._on_renamed),
+            (lt.file_rename_failed_alert, self._on_rename_failed),
+            (lt.torrent_error_alert, self._on_torrent_error),
             # Posted on every add, before _add installs the cert; only worth a debug line.
-            log.debug("libtorrent asks for a TLS cert for %s", a.torrent_name)
-        elif isinstance(a, lt.peer_error_alert | lt.file_error_alert):
-            log.debug("%s", a.message())
+            (
+                lt.torrent_need_cert_alert,
+                lambda a: log.debug("TLS cert asked for %s", a.torrent_name),
+            ),
+            (lt.peer_error_alert | lt.file_error_alert, lambda a: log.debug("%s", a.message())),
+        )
+
+    def _on_listening(self, a: Any) -> None:
+        # socket_type is an lt.socket_type_t (not the alert's own legacy enum).
+        kind = {lt.socket_type_t.tcp: "tcp", lt.socket_type_t.tcp_ssl: "tcp_ssl"}.get(a.socket_type)
+        if kind:
+            self._ports[kind] = a.port
+        want = {"tcp", "tcp_ssl"} if self._tls else {"tcp"}
+        if want <= self._ports.keys() and self._listen_waiter and not self._listen_waiter.done():
+            self._listen_waiter.set_result(None)
+
+    def _on_listen_failed(self, a: Any) -> None:
+        log.error("peer engine cannot listen: %s", a.message())
+        # Only the TCP sockets matter: uTP is off, its UDP socket is incidental.
+        tcp = a.socket_type in (lt.socket_type_t.tcp, lt.socket_type_t.tcp_ssl)
+        if tcp and self._listen_waiter and not self._listen_waiter.done():
+            self._listen_waiter.set_exception(
+                PeerTransferError(f"cannot listen for peers: {a.message()}")
+            )
+
+    def _on_stats(self, a: Any) -> None:
+        waiters, self._stats_waiters = self._stats_waiters, []
+        values = {name: int(a.values[name]) for name in _STAT_NAMES.values()}
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(values)
+
+    def _on_removed(self, a: Any) -> None:
+        ih = str(a.info_hashes.v1)
+        removed = self._removed.get(ih)
+        # Without delete_files only torrent_removed_alert comes; with it, wait until the
+        # file is gone (deleted) so a retry can start from scratch.
+        if removed is not None and not removed.done():
+            deleting = isinstance(a, lt.torrent_deleted_alert)
+            if deleting or not self._awaits_delete(ih):
+                removed.set_result(None)
+
+    def _on_delete_failed(self, a: Any) -> None:
+        removed = self._removed.get(str(a.info_hashes.v1))
+        if removed is not None and not removed.done():
+            log.warning("could not delete partial segment: %s", a.message())
+            removed.set_result(None)
+
+    def _on_piece(self, a: Any) -> None:
+        t = self._torrents.get(_hash_of(a))
+        if t is not None:
+            t.last_progress = self._loop_().time()
+
+    def _on_hash_failed(self, a: Any) -> None:
+        t = self._torrents.get(_hash_of(a))
+        if t is not None:
+            t.hash_failures += 1
+        log.warning("piece failed hash check info_hash=%s piece=%d", _hash_of(a), a.piece_index)
+
+    def _on_finished(self, a: Any) -> None:
+        t = self._torrents.get(_hash_of(a))
+        if t is not None and t.fetching and t.handle is not None:
+            t.fetching = False
+            self._renamed[t.info_hash] = t.done
+            # Only now does the file get its final name: a file at dest is complete.
+            t.handle.rename_file(0, t.path.name)
+
+    def _on_renamed(self, a: Any) -> None:
+        renamed = self._renamed.pop(_hash_of(a), None)
+        if renamed is not None and not renamed.done():
+            renamed.set_result(None)
+
+    def _on_rename_failed(self, a: Any) -> None:
+        renamed = self._renamed.pop(_hash_of(a), None)
+        if renamed is not None and not renamed.done():
+            renamed.set_exception(
+                PeerTransferError(f"cannot rename fetched segment: {a.message()}")
+            )
+
+    def _on_torrent_error(self, a: Any) -> None:
+        t = self._torrents.get(_hash_of(a))
+        log.error("torrent error: %s", a.message())
+        if t is not None and not t.done.done():
+            t.done.set_exception(PeerTransferError(a.message()))
 
     def _awaits_delete(self, info_hash: str) -> bool:
         return info_hash in self._deleting
