@@ -346,11 +346,15 @@ class RegistryHandlers:
                 headers["Content-Length"] = str(size)
             return web.Response(headers=headers)
         opened = await self._mirror.open_blob(upstream, repo, digest, auth)
+        source = "cache"
         if isinstance(opened, Download) and not opened.trusted_stream and request.method == "GET":
-            # Bytes from peers reach a client only once the whole blob verified.
-            opened = await self._verified(opened)
+            # Bytes from peers reach a client only once the whole blob verified; they are still
+            # the download's (peers' or the upstream's), not bytes the cache saved.
+            dl = opened
+            opened = await self._verified(dl)
+            source = dl.source
         if isinstance(opened, CachedBlob):
-            return await self._send_cached(request, opened)
+            return await self._send_cached(request, opened, source)
         return await self._send_download(request, opened)
 
     async def _verified(self, dl: Download) -> CachedBlob | Download:
@@ -384,9 +388,11 @@ class RegistryHandlers:
                 exc.headers["Content-Range"] = f"bytes */{size}"
             raise
 
-    async def _send_cached(self, request: web.Request, blob: CachedBlob) -> web.StreamResponse:
+    async def _send_cached(
+        self, request: web.Request, blob: CachedBlob, source: str = "cache"
+    ) -> web.StreamResponse:
         ri = info(request)
-        ri.source = "cache"
+        ri.source = source
         headers = self._blob_headers(blob.digest)
         rng = self._range(request, blob.size)
         offset, count, status = 0, blob.size, 200
@@ -396,7 +402,7 @@ class RegistryHandlers:
         if request.method == "HEAD":
             headers["Content-Length"] = str(count)
             return web.Response(status=status, headers=headers)
-        self._metrics.first_byte_seconds.labels("cache").observe(time.monotonic() - ri.started)
+        self._metrics.first_byte_seconds.labels(source).observe(time.monotonic() - ri.started)
         with self._store.pin(blob.digest):
             resp = SendfileResponse(blob.path, offset, count, status=status, headers=headers)
             await resp.prepare(request)
@@ -436,8 +442,10 @@ class RegistryHandlers:
                     )
                 await resp.write(chunk)
                 sent += len(chunk)
-                # Counted by the middleware when the response ends, however it ends.
+                # Counted by the middleware when the response ends, however it ends. The source
+                # too: a download picks it (peers or the upstream) after a client joined it.
                 ri.bytes = sent
+                ri.source = dl.source
                 if end is None and dl.finished and dl.error is None and start + sent >= dl.written:
                     break
         except (RegistryError, Exception) as exc:
