@@ -1,23 +1,30 @@
-"""Soak: pulls for a long time through one agent under eviction pressure, with the agent
-restarted at random (SIGKILL or SIGTERM) and tags moved upstream, then a steady phase that
-measures growth and checks that nothing was lost, leaked or corrupted.
+"""Soak: pulls for a long time through agents under eviction pressure, with agents restarted
+at random (SIGKILL or SIGTERM) and tags moved upstream, then a steady phase that measures
+growth and checks that nothing was lost, leaked or corrupted.
 
-Run:  .venv/bin/python -m bench.soak [--minutes 30] [--json OUT]
+Run:  .venv/bin/python -m bench.soak [--minutes 30] [--p2p AGENTS] [--json OUT]
 
-Real registry, real agent (the CLI, --no-p2p), loopback only. Phase 1 (all but the last
-third): ``pullers`` clients pull random images by tag, a mover pushes a new image under a
-random tag every few seconds, a restarter kills or stops the agent every so often. Phase 2
-(the last third): the agent restarted cleanly, pulls and tag moves go on without restarts;
-the agent's RSS and fds are sampled after a warm-up and at the end.
+Real registry, real agents (the CLI), loopback only. Without ``--p2p``: one agent with
+--no-p2p. With ``--p2p N``: N agents and a real tracker, peer-to-peer on with the default
+(relay) transport, so pulls on one agent stream layers from the others while those are
+killed, restarted and evicting. Phase 1 (all but the last third): ``pullers`` clients pull
+random images by tag from random agents, a mover pushes a new image under a random tag every
+few seconds, a restarter kills or stops a random agent every so often. Phase 2 (the last
+third): every agent restarted cleanly, pulls and tag moves go on without restarts; each
+agent's RSS and fds are sampled after a warm-up and at the end.
 
 Checks (``SoakResult.problems`` lists every failure):
-- every pull completed with the right digests, except those overlapping a restart (which may
-  fail, but never with a complete body of the wrong digest);
+- every pull completed with the right digests, except those overlapping a restart of the
+  agent it asked (which may fail, but never with a complete body of the wrong digest); a
+  restart of a peer the agent was streaming from must not fail a pull;
 - a pull started ``tag_ttl`` + 1 s after a tag moved got the new manifest (or a newer one);
-- RSS grew by at most ``rss_growth_bound`` and fds by at most ``fd_growth_bound`` in phase 2;
-- no orphan files: partial/ and tmp/ empty, no ``*.tmp``, blobs/ exactly the cache's index;
+- each agent's RSS grew by at most ``rss_growth_bound`` and its fds by at most
+  ``fd_growth_bound`` in phase 2;
+- no orphan files in any data dir: partial/ and tmp/ empty, no ``*.tmp``, blobs/ exactly the
+  cache's index;
 - every cached blob and stored manifest hashes to its name;
-- served bytes by source (cache + peer + upstream) equal the bytes clients received in phase 2.
+- served bytes by source (cache + peer + upstream), summed over the agents, equal the bytes
+  clients received in phase 2.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import json
 import os
 import random
 import re
+import secrets
 import signal
 import sys
 import tempfile
@@ -64,6 +72,9 @@ class SoakParams:
     rss_growth_bound: int = 32 * MiB
     fd_growth_bound: int = 32
     seed: int = 7
+    # 1 agent with --no-p2p, or this many agents and a tracker with peer-to-peer on.
+    agents: int = 1
+    p2p: bool = False
     # Every loop is bounded in count as well as in time.
     max_pulls: int = 500_000
     max_moves: int = 10_000
@@ -93,18 +104,17 @@ class SoakResult:
 
 
 class Soak:
-    def __init__(self, params: SoakParams, registry_url: str, agent: Any, data_dir: Path) -> None:
-        # ``agent`` is a testbed.agent.AgentProc (imported lazily by main()).
+    def __init__(self, params: SoakParams, registry_url: str, agents: list[Any]) -> None:
+        # ``agents`` are testbed.agent.AgentProc (imported lazily by soak()).
         self.p = params
         self.registry_url = registry_url
-        self.agent = agent
-        self.data_dir = data_dir
+        self.agents = agents
         self.rng = random.Random(params.seed)
         self.result = SoakResult(params)
         # repo -> [(monotonic time pushed, manifest digest)], oldest first.
         self.history: dict[str, list[tuple[float, str]]] = {}
-        # Restart windows [(down_at, up_at)]; up_at is None while it is down.
-        self.windows: list[tuple[float, float | None]] = []
+        # Restart windows per agent [(down_at, up_at)]; up_at is None while it is down.
+        self.windows: list[list[tuple[float, float | None]]] = [[] for _ in agents]
         self.phase2_bytes = 0
         self.attempts = 0
         self.phase = 1
@@ -132,9 +142,10 @@ class Soak:
             ok.add(older[-1])
         return ok
 
-    def disrupted(self, start: float, end: float) -> bool:
-        # A restart window overlapping the pull, widened by a second for in-flight requests.
-        for down, up in self.windows:
+    def disrupted(self, agent: int, start: float, end: float) -> bool:
+        # A restart of the agent asked overlapping the pull, widened by a second for requests
+        # in flight. Restarts of its peers are not an excuse: it must fall back on its own.
+        for down, up in self.windows[agent]:
             if start <= (up if up is not None else end) + 1.0 and end >= down - 1.0:
                 return True
         return False
@@ -145,6 +156,7 @@ class Soak:
         while time.monotonic() < self.stop_at and self.attempts < self.p.max_pulls:
             self.attempts += 1
             repo = self.rng.choice(sorted(self.history))
+            index = self.rng.randrange(len(self.agents))
             t0 = time.monotonic()
             phase = self.phase
 
@@ -154,13 +166,14 @@ class Soak:
                     self.phase2_bytes += n
 
             try:
-                got = await pull_image(session, self.agent.url, repo, "live", on_bytes=counted)
+                url = self.agents[index].url
+                got = await pull_image(session, url, repo, "live", on_bytes=counted)
             except PullError as exc:
-                if not isinstance(exc, CorruptPull) and self.disrupted(t0, time.monotonic()):
+                if not isinstance(exc, CorruptPull) and self.disrupted(index, t0, time.monotonic()):
                     self.result.pulls_disrupted += 1
                     await asyncio.sleep(0.2)
                 else:
-                    self.result.errors.append(f"{repo}: {exc}")
+                    self.result.errors.append(f"agent {index} {repo}: {exc}")
                 continue
             if got.manifest_digest not in self.acceptable(repo, t0):
                 self.result.stale_tag_answers += 1
@@ -176,68 +189,70 @@ class Soak:
             await self.move_tag(session, self.rng.choice(sorted(self.history)))
             self.result.tag_moves += 1
 
-    async def restart(self, *, kill: bool) -> None:
-        self.windows.append((time.monotonic(), None))
-        proc = self.agent.proc
+    async def restart(self, index: int, *, kill: bool) -> None:
+        windows = self.windows[index]
+        windows.append((time.monotonic(), None))
+        agent = self.agents[index]
+        proc = agent.proc
         if kill:
             os.kill(proc.pid, signal.SIGKILL)
             self.result.restarts_kill += 1
         else:
             self.result.restarts_term += 1
         # stop() reaps the killed process, or SIGTERMs and waits for a clean one.
-        await asyncio.to_thread(self.agent.stop)
-        await asyncio.to_thread(self.agent.start)
-        self.windows[-1] = (self.windows[-1][0], time.monotonic())
+        await asyncio.to_thread(agent.stop)
+        await asyncio.to_thread(agent.start)
+        windows[-1] = (windows[-1][0], time.monotonic())
 
     async def restarter(self, phase1_end: float) -> None:
         while self.result.restarts_kill + self.result.restarts_term < self.p.max_restarts:
             await asyncio.sleep(self.rng.uniform(*self.p.restart_every))
             if time.monotonic() >= phase1_end:
                 return
-            await self.restart(kill=self.rng.random() < 0.5)
+            index = self.rng.randrange(len(self.agents))
+            await self.restart(index, kill=self.rng.random() < 0.5)
 
     # -- checks -----------------------------------------------------------------------------
 
-    async def metrics(self, session: aiohttp.ClientSession) -> str:
-        async with session.get(f"{self.agent.url}/metrics") as r:
+    async def metrics(self, session: aiohttp.ClientSession, agent: Any) -> str:
+        async with session.get(f"{agent.url}/metrics") as r:
             return await r.text()
 
-    def check_files(self, metrics: str) -> None:
+    def check_files(self, name: str, data: Path, metrics: str) -> None:
         problems = self.result.problems
-        data = self.data_dir
         for sub in ("partial", "tmp"):
             left = sorted(p.name for p in (data / sub).iterdir())
             if left:
-                problems.append(f"orphan files in {sub}/: {left[:5]}")
+                problems.append(f"{name}: orphan files in {sub}/: {left[:5]}")
         stray = sorted(p.name for p in data.rglob("*.tmp"))
         if stray:
-            problems.append(f"stray .tmp files: {stray[:5]}")
+            problems.append(f"{name}: stray .tmp files: {stray[:5]}")
         total = 0
         for p in (data / "blobs" / "sha256").iterdir():
             total += p.stat().st_size
             if hashlib.sha256(p.read_bytes()).hexdigest() != p.name:
-                problems.append(f"cached blob {p.name} does not verify")
+                problems.append(f"{name}: cached blob {p.name} does not verify")
             self.result.cached_blobs_verified += 1
         m = re.search(r"^layerswarm_cache_bytes (\S+)$", metrics, re.MULTILINE)
         indexed = float(m.group(1)) if m else -1.0
         if total != indexed:
-            problems.append(f"blobs/ holds {total} bytes, the cache index {indexed}")
+            problems.append(f"{name}: blobs/ holds {total} bytes, the cache index {indexed}")
         if total > self.p.cache_size:
-            problems.append(f"cache holds {total} bytes, over --cache-size {self.p.cache_size}")
+            problems.append(f"{name}: cache holds {total} bytes, over {self.p.cache_size}")
         for p in (data / "manifests" / "sha256").iterdir():
             if p.suffix == ".type":
                 continue
             if hashlib.sha256(p.read_bytes()).hexdigest() != p.name:
-                problems.append(f"stored manifest {p.name} does not verify")
+                problems.append(f"{name}: stored manifest {p.name} does not verify")
             self.result.manifests_verified += 1
 
-    def check_accounting(self, metrics: str) -> None:
-        served = {
-            m.group(1): float(m.group(2))
+    def check_accounting(self, metrics: list[str]) -> None:
+        served: dict[str, float] = {}
+        for text in metrics:
             for m in re.finditer(
-                r'^layerswarm_served_bytes_total\{source="(\w+)"\} (\S+)$', metrics, re.MULTILINE
-            )
-        }
+                r'^layerswarm_served_bytes_total\{source="(\w+)"\} (\S+)$', text, re.MULTILINE
+            ):
+                served[m.group(1)] = served.get(m.group(1), 0.0) + float(m.group(2))
         self.result.served_by_source_phase2 = served
         self.result.client_bytes_phase2 = self.phase2_bytes
         if sum(served.values()) != self.phase2_bytes:
@@ -262,27 +277,31 @@ class Soak:
             pullers = [asyncio.create_task(self.puller(session)) for _ in range(self.p.pullers)]
             restarter = asyncio.create_task(self.restarter(phase1_end))
             await asyncio.gather(*pullers, restarter)
-            # Phase 2: a clean restart gives counters that phase 2 alone moved.
-            await self.restart(kill=False)
+            # Phase 2: clean restarts give counters that phase 2 alone moved.
+            for index in range(len(self.agents)):
+                await self.restart(index, kill=False)
             self.phase = 2
             self.stop_at = t0 + self.p.duration
             pullers = [asyncio.create_task(self.puller(session)) for _ in range(self.p.pullers)]
             await asyncio.sleep(min(self.p.warmup, max(0.0, self.stop_at - time.monotonic())))
-            start = sample(self.agent.proc.pid)
+            starts = [sample(a.proc.pid) for a in self.agents]
             await asyncio.gather(*pullers)
             await mover
-            end = sample(self.agent.proc.pid)
-            self.result.rss_start, self.result.fds_start = start.rss, start.fds
-            self.result.rss_end, self.result.fds_end = end.rss, end.fds
-            if end.rss - start.rss > self.p.rss_growth_bound:
-                self.result.problems.append(
-                    f"RSS grew {(end.rss - start.rss) / MiB:.1f} MiB in phase 2"
-                )
-            if end.fds - start.fds > self.p.fd_growth_bound:
-                self.result.problems.append(f"fds grew by {end.fds - start.fds} in phase 2")
-            metrics = await self.metrics(session)
+            ends = [sample(a.proc.pid) for a in self.agents]
+            r = self.result
+            r.rss_start, r.fds_start = sum(s.rss for s in starts), sum(s.fds for s in starts)
+            r.rss_end, r.fds_end = sum(s.rss for s in ends), sum(s.fds for s in ends)
+            for index, (start, end) in enumerate(zip(starts, ends, strict=True)):
+                if end.rss - start.rss > self.p.rss_growth_bound:
+                    r.problems.append(
+                        f"agent {index}: RSS grew {(end.rss - start.rss) / MiB:.1f} MiB in phase 2"
+                    )
+                if end.fds - start.fds > self.p.fd_growth_bound:
+                    r.problems.append(f"agent {index}: fds grew by {end.fds - start.fds}")
+            metrics = [await self.metrics(session, a) for a in self.agents]
             self.check_accounting(metrics)
-            self.check_files(metrics)
+            for index, (agent, text) in enumerate(zip(self.agents, metrics, strict=True)):
+                self.check_files(f"agent {index}", agent.data_dir, text)
         if self.result.errors:
             self.result.problems.append(f"{len(self.result.errors)} pulls failed outside restarts")
         self.result.seconds = time.monotonic() - t0
@@ -290,11 +309,12 @@ class Soak:
 
 
 def report(r: SoakResult) -> str:
+    mode = f"{r.params.agents} agents, p2p" if r.params.p2p else "1 agent, --no-p2p"
     return (
-        f"{r.seconds:.0f}s: {r.pulls_ok} pulls ok, {r.pulls_disrupted} cut by "
+        f"{mode}, {r.seconds:.0f}s: {r.pulls_ok} pulls ok, {r.pulls_disrupted} cut by "
         f"{r.restarts_kill} SIGKILL + {r.restarts_term} SIGTERM restarts, {r.tag_moves} tag "
         f"moves, {len(r.errors)} errors\n"
-        f"phase 2: RSS {r.rss_start / MiB:.1f} -> {r.rss_end / MiB:.1f} MiB, fds "
+        f"phase 2 (all agents): RSS {r.rss_start / MiB:.1f} -> {r.rss_end / MiB:.1f} MiB, fds "
         f"{r.fds_start} -> {r.fds_end}; served {r.served_by_source_phase2} vs clients "
         f"{r.client_bytes_phase2}; verified {r.cached_blobs_verified} blobs, "
         f"{r.manifests_verified} manifests\n"
@@ -302,46 +322,90 @@ def report(r: SoakResult) -> str:
     )
 
 
-def start_agent(workdir: Path, registry: Any, params: SoakParams) -> Any:
+def make_agent(workdir: Path, registry: Any, params: SoakParams, peer: list[str]) -> Any:
+    """``peer``: the tracker flags, or [] for a plain mirror (--no-p2p)."""
     from testbed.agent import AgentProc
 
-    agent = AgentProc(
+    if peer:
+        # Port 0: a restarted agent comes back on another peer port, which the tracker must
+        # learn from its next heartbeat, as after a real node's restart.
+        peer = [*peer, "--peer-listen", "127.0.0.1:0", "--advertise-address", "127.0.0.1"]
+    return AgentProc(
         workdir,
         {registry.host_port: registry.url},
         default_upstream=registry.host_port,
         extra=[
-            "--no-p2p",
+            *(peer or ["--no-p2p"]),
             "--cache-size",
             str(params.cache_size),
             "--tag-ttl",
             f"{params.tag_ttl}s",
         ],
     )
-    return agent
+
+
+def start_tracker(workdir: Path) -> tuple[Any, list[str]]:
+    """A real tracker on loopback; returns it and the agent flags that reach it."""
+    from testbed.procs import Proc, free_port, wait_for_http
+
+    token = workdir / "fleet-token"
+    token.write_text(secrets.token_urlsafe(24))
+    token.chmod(0o600)
+    url = f"http://127.0.0.1:{free_port()}"
+    tracker = Proc(
+        [sys.executable, "-m", "layerswarm", "tracker", "--listen", url.removeprefix("http://"),
+         # A short TTL: heartbeats every second, so a restarted agent is back in seconds.
+         "--token-file", str(token), "--agent-ttl", "3s"],
+        workdir / "tracker-logs", name="tracker",
+    ).start()  # fmt: skip
+    try:
+        wait_for_http(f"{url}/healthz", timeout=30, proc=tracker)
+    except BaseException:
+        tracker.stop()
+        raise
+    return tracker, ["--tracker", url, "--tracker-token-file", str(token)]
 
 
 async def soak(params: SoakParams, workdir: Path) -> SoakResult:
     from testbed.registry import Registry
 
     registry = Registry(workdir / "registry").start()
-    agent = start_agent(workdir / "agent", registry, params)
+    tracker = None
+    agents: list[Any] = []
     try:
-        await asyncio.to_thread(agent.start)
-        return await Soak(params, registry.url, agent, agent.data_dir).run()
+        peer: list[str] = []
+        if params.p2p:
+            tracker, peer = start_tracker(workdir)
+        agents = [
+            make_agent(workdir / f"agent{i}", registry, params, peer) for i in range(params.agents)
+        ]
+        for agent in agents:
+            await asyncio.to_thread(agent.start)
+        return await Soak(params, registry.url, agents).run()
     finally:
-        agent.stop()
+        for agent in agents:
+            agent.stop()
+        if tracker is not None:
+            tracker.stop()
         registry.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=30.0)
+    ap.add_argument(
+        "--p2p",
+        type=int,
+        metavar="AGENTS",
+        default=0,
+        help="run this many agents and a tracker, peer-to-peer on (default: 1 agent, --no-p2p)",
+    )
     ap.add_argument("--json", type=Path, help="also write the result here")
     ap.add_argument(
         "--workdir", type=Path, help="run (and keep logs and data) here instead of a temp dir"
     )
     args = ap.parse_args(argv)
-    params = SoakParams(duration=args.minutes * 60)
+    params = SoakParams(duration=args.minutes * 60, agents=max(1, args.p2p), p2p=args.p2p > 0)
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
         result = asyncio.run(soak(params, args.workdir))
