@@ -224,49 +224,64 @@ def _decode(data: bytes, pos: int, depth: int) -> tuple[BValue, int]:
         raise InvalidMetainfo("truncated metainfo")
     lead = data[pos : pos + 1]
     if lead == b"i":
-        end = data.find(b"e", pos + 1)
-        digits = data[pos + 1 : end] if end > 0 else b""
-        if (
-            end < 0
-            or not digits
-            or len(digits) > 20
-            or not digits.lstrip(b"-").isdigit()
-            or digits.startswith(b"-0")
-            or (digits.startswith(b"0") and digits != b"0")
-        ):
-            raise InvalidMetainfo("malformed integer in metainfo")
-        return int(digits), end + 1
+        return _decode_int(data, pos)
     if lead.isdigit():
-        colon = data.find(b":", pos)
-        digits = data[pos:colon] if colon > 0 else b""
-        if (
-            colon < 0
-            or not digits.isdigit()
-            or len(digits) > 8
-            or (digits.startswith(b"0") and digits != b"0")
-        ):
-            raise InvalidMetainfo("malformed string length in metainfo")
-        size = int(digits)
-        end = colon + 1 + size
-        if end > len(data):
-            raise InvalidMetainfo("truncated string in metainfo")
-        return data[colon + 1 : end], end
+        return _decode_bytes(data, pos)
     if lead == b"l":
-        items: list[BValue] = []
-        pos += 1
-        while data[pos : pos + 1] != b"e":
-            item, pos = _decode(data, pos, depth + 1)
-            items.append(item)
-        return items, pos + 1
+        return _decode_list(data, pos, depth)
     if lead == b"d":
-        out: dict[bytes, BValue] = {}
-        pos += 1
-        while data[pos : pos + 1] != b"e":
-            key, pos = _decode(data, pos, depth + 1)
-            if not isinstance(key, bytes):
-                raise InvalidMetainfo("dictionary key is not a string")
-            if key in out:
-                raise InvalidMetainfo("duplicate key in metainfo")
-            out[key], pos = _decode(data, pos, depth + 1)
-        return out, pos + 1
+        return _decode_dict(data, pos, depth)
     raise InvalidMetainfo(f"unexpected byte {lead!r} in metainfo")
+
+
+def _decode_int(data: bytes, pos: int) -> tuple[int, int]:
+    end = data.find(b"e", pos + 1)
+    digits = data[pos + 1 : end] if end > 0 else b""
+    if (
+        end < 0
+        or not digits
+        or len(digits) > 20
+        or not digits.lstrip(b"-").isdigit()
+        or digits.startswith(b"-0")
+        or (digits.startswith(b"0") and digits != b"0")
+    ):
+        raise InvalidMetainfo("malformed integer in metainfo")
+    return int(digits), end + 1
+
+
+def _decode_bytes(data: bytes, pos: int) -> tuple[bytes, int]:
+    colon = data.find(b":", pos)
+    digits = data[pos:colon] if colon > 0 else b""
+    if (
+        colon < 0
+        or not digits.isdigit()
+        or len(digits) > 8
+        or (digits.startswith(b"0") and digits != b"0")
+    ):
+        raise InvalidMetainfo("malformed string length in metainfo")
+    end = colon + 1 + int(digits)
+    if end > len(data):
+        raise InvalidMetainfo("truncated string in metainfo")
+    return data[colon + 1 : end], end
+
+
+def _decode_list(data: bytes, pos: int, depth: int) -> tuple[list[BValue], int]:
+    items: list[BValue] = []
+    pos += 1
+    while data[pos : pos + 1] != b"e":
+        item, pos = _decode(data, pos, depth + 1)
+        items.append(item)
+    return items, pos + 1
+
+
+def _decode_dict(data: bytes, pos: int, depth: int) -> tuple[dict[bytes, BValue], int]:
+    out: dict[bytes, BValue] = {}
+    pos += 1
+    while data[pos : pos + 1] != b"e":
+        key, pos = _decode(data, pos, depth + 1)
+        if not isinstance(key, bytes):
+            raise InvalidMetainfo("dictionary key is not a string")
+        if key in out:
+            raise InvalidMetainfo("duplicate key in metainfo")
+        out[key], pos = _decode(data, pos, depth + 1)
+    return out, pos + 1
