@@ -654,6 +654,13 @@ def scan_runtime_files(
     agent_url: str, daemon_json: Path, certs_dir: Path, registries_conf: Path
 ) -> FileFindings:
     found = FileFindings([], [], [])
+    _scan_docker(found, agent_url, daemon_json)
+    _scan_containerd(found, agent_url, certs_dir)
+    _scan_podman(found, agent_url, registries_conf)
+    return found
+
+
+def _scan_docker(found: FileFindings, agent_url: str, daemon_json: Path) -> None:
     data, err = _read(daemon_json, "json")
     if err:
         found.errors.append(err)
@@ -666,6 +673,8 @@ def scan_runtime_files(
         else:
             found.present.append(f"{daemon_json} (registry-mirrors: {mirrors or 'none'})")
 
+
+def _scan_containerd(found: FileFindings, agent_url: str, certs_dir: Path) -> None:
     for d in _certs_dirs(certs_dir):
         path = d / "hosts.toml"
         data, err = _read(path, "toml")
@@ -685,34 +694,37 @@ def scan_runtime_files(
         else:
             found.present.append(str(path))
 
+
+def _scan_podman(found: FileFindings, agent_url: str, registries_conf: Path) -> None:
     data, err = _read(registries_conf, "toml")
     if err:
         found.errors.append(err)
-    elif data is not None:
-        names = []
-        for entry in data.get("registry") or []:
-            if not isinstance(entry, dict):
-                continue
-            mirrors = entry.get("mirror") or []
-            ours = [
-                str(m.get("location", ""))
-                for m in mirrors
-                if isinstance(m, dict) and same_endpoint(str(m.get("location", "")), agent_url)
-            ]
-            if ours:
-                name = str(entry.get("prefix") or entry.get("location") or "?")
-                names.append(name)
-                # A prefix may name a namespace too (docker.io/library); the host comes first.
-                registry = name.split("/", 1)[0]
-                found.uses.extend(
-                    MirrorUse("podman", str(registries_conf), registry, mirror_path_prefix(loc))
-                    for loc in ours
-                )
-        if names:
-            found.pointed.append(f"podman/CRI-O ({registries_conf}): {', '.join(names)}")
-        else:
-            found.present.append(str(registries_conf))
-    return found
+        return
+    if data is None:
+        return
+    names = []
+    for entry in data.get("registry") or []:
+        if not isinstance(entry, dict):
+            continue
+        mirrors = entry.get("mirror") or []
+        ours = [
+            str(m.get("location", ""))
+            for m in mirrors
+            if isinstance(m, dict) and same_endpoint(str(m.get("location", "")), agent_url)
+        ]
+        if ours:
+            name = str(entry.get("prefix") or entry.get("location") or "?")
+            names.append(name)
+            # A prefix may name a namespace too (docker.io/library); the host comes first.
+            registry = name.split("/", 1)[0]
+            found.uses.extend(
+                MirrorUse("podman", str(registries_conf), registry, mirror_path_prefix(loc))
+                for loc in ours
+            )
+    if names:
+        found.pointed.append(f"podman/CRI-O ({registries_conf}): {', '.join(names)}")
+    else:
+        found.present.append(str(registries_conf))
 
 
 def check_runtime_files(
