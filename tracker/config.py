@@ -153,6 +153,10 @@ class TrackerConfig:
     shutdown_timeout: float = shutdown_timeout_setting(10.0)
 
     def __post_init__(self) -> None:
+        self._check_ranges()
+        self._check_combinations()
+
+    def _check_ranges(self) -> None:
         for name in ("agent_ttl", "lease_ttl", "preheat_ttl", "request_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be positive")
@@ -170,12 +174,14 @@ class TrackerConfig:
             raise ConfigError("max-inflight must not be negative")
         if not 1 <= self.workers <= 64:
             raise ConfigError("workers must be between 1 and 64")
+        if self.max_torrent < 1024:
+            raise ConfigError("max-torrent must be at least 1K")
+
+    def _check_combinations(self) -> None:
         if self.workers > 1 and self.store == "memory":
             raise ConfigError(
                 "workers above 1 need --store redis://...: the memory store lives in one process"
             )
-        if self.max_torrent < 1024:
-            raise ConfigError("max-torrent must be at least 1K")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ConfigError("tls-cert-file and tls-key-file go together")
         if self.agent_ca_file is not None and self.tls_cert_file is None:
