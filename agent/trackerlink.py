@@ -38,6 +38,9 @@ PreheatRunner = Callable[[str, preheat.ProgressHook], Awaitable[list[preheat.Lay
 
 # A failure that persists is logged again this often, not at every heartbeat.
 _REPEAT_WARNING_SECONDS = 300.0
+# The heartbeat interval a tracker may set (it grows with the fleet) is taken within these.
+MIN_HEARTBEAT_INTERVAL = 0.2
+MAX_HEARTBEAT_INTERVAL = 60.0
 
 
 @dataclass(frozen=True)
@@ -156,13 +159,20 @@ class TrackerLink:
     # -- heartbeats and preheat -----------------------------------------------------------
 
     async def heartbeat(self) -> float:
+        """One heartbeat (and lease upkeep); the seconds until the next one."""
         reply = await self.client.heartbeat(self.describe())
-        items = list(self.fetching()) if self.fetching is not None else []
+        fetching = list(self.fetching()) if self.fetching is not None else []
+        items = list(fetching)
         if reply.registered or reply.reannounce:
             items.extend(self.held())
         if items:
             await self.client.announce_many(items)
-        return reply.heartbeat_interval or self.default_interval
+        interval = reply.heartbeat_interval or self.default_interval
+        if fetching and reply.lease_ttl > 0:
+            # These heartbeats keep this agent's leases, which the tracker's interval for a
+            # large fleet could outlast.
+            interval = min(interval, reply.lease_ttl / 3)
+        return max(MIN_HEARTBEAT_INTERVAL, min(interval, MAX_HEARTBEAT_INTERVAL))
 
     async def run_once(self) -> None:
         """One heartbeat and task poll, then sleep; a tracker outage only delays the next."""
@@ -191,7 +201,7 @@ class TrackerLink:
             log.exception("heartbeat to tracker %s failed", self.tracker_url)
         else:
             self._enter(TrackerState("ok"))
-        await asyncio.sleep(max(0.2, min(interval, 60.0)))
+        await asyncio.sleep(interval)
 
     def _enter(self, new: TrackerState) -> None:
         old, self.state = self.state, new

@@ -100,8 +100,19 @@ class TrackerConfig:
     max_candidates: int = field(
         default=64,
         metadata=setting(
-            "holders of a layer considered per lookup; more popular layers are sampled at random",
+            "holders of a layer considered per lookup; more popular layers are sampled at "
+            "random, the asker's region first",
             metavar="N",
+        ),
+    )
+    heartbeat_rate: float = field(
+        default=250.0,
+        metadata=setting(
+            "heartbeats per second the whole fleet should send: agents are told to send one "
+            "every live agents / RATE seconds (at least agent-ttl/3, at most 60 s; the agent "
+            "ttl grows to three intervals), so a large fleet does not heartbeat every 10 s "
+            "(0: always agent-ttl/3)",
+            metavar="RATE",
         ),
     )
     max_body: int = field(
@@ -170,6 +181,8 @@ class TrackerConfig:
             raise ConfigError("max-body must be at least 4K")
         if not 1 <= self.max_announce <= 100_000:
             raise ConfigError("max-announce must be between 1 and 100000")
+        if self.heartbeat_rate < 0:
+            raise ConfigError("heartbeat-rate must not be negative")
         if self.max_inflight < 0:
             raise ConfigError("max-inflight must not be negative")
         if not 1 <= self.workers <= 64:

@@ -55,6 +55,11 @@ WAIT_RETRY = 1.0
 # Live seeds are listed at most this often for task assignment; 10,000 agents polling tasks
 # must not each list the whole fleet.
 SEED_CACHE_SECONDS = 5.0
+# The fleet is counted at most this often to set the heartbeat interval.
+FLEET_COUNT_SECONDS = 5.0
+# The longest heartbeat interval the tracker asks for: tag invalidations and preheat jobs
+# reach agents with their heartbeat, and a dead agent is noticed after three intervals.
+MAX_HEARTBEAT_INTERVAL = 60.0
 MAX_SEGMENTS = 100_000
 MAX_PREHEAT_LAYERS = 1000
 HOTTEST = 10
@@ -138,6 +143,7 @@ class Tracker:
         # Peer shuffling needs no cryptographic strength, only spread across holders.
         self._rng = rng or random.Random()  # noqa: S311
         self._seed_cache: tuple[float, list[AgentInfo]] | None = None
+        self._fleet_count: tuple[float, int] | None = None
         # Checked once: a runtime Protocol check costs microseconds on every lookup.
         self._one_step = store if isinstance(store, AuthenticatedLookup) else None
         self._history: deque[tuple[float, int, int]] = deque(maxlen=HISTORY_POINTS)
@@ -149,10 +155,28 @@ class Tracker:
         rec = await self.store.get_agent(agent_id)
         return self._check(agent_id, key, rec, self.clock.now())
 
+    async def heartbeat_interval(self) -> float:
+        """How often agents should heartbeat: ``--heartbeat-rate`` spread over the live fleet.
+
+        Agents fetching from the upstream heartbeat at least every lease ttl / 3 whatever this
+        says (agent.trackerlink), since their heartbeats keep their leases.
+        """
+        base = self.config.agent_ttl / 3
+        rate = self.config.heartbeat_rate
+        if rate <= 0:
+            return base
+        now = self.clock.now()
+        if self._fleet_count is None or self._fleet_count[0] + FLEET_COUNT_SECONDS <= now:
+            self._fleet_count = (now, await self.store.count_agents(now))
+        return min(max(base, self._fleet_count[1] / rate), max(base, MAX_HEARTBEAT_INTERVAL))
+
     async def heartbeat(self, agent: AgentInfo, key: str) -> HeartbeatReply:
         check_key(key)
+        interval = await self.heartbeat_interval()
+        # Three intervals: one lost heartbeat never makes a live agent look gone.
+        ttl = max(self.config.agent_ttl, 3 * interval)
         now = self.clock.now()
-        status = await self.store.bind_agent(agent, key, now, now + self.config.agent_ttl)
+        status = await self.store.bind_agent(agent, key, now, now + ttl)
         if status == "conflict":
             raise Forbidden(f"agent {agent.agent_id} is registered under another key")
         if status == "new":
@@ -166,8 +190,8 @@ class Tracker:
         return HeartbeatReply(
             registered=status == "new",
             reannounce=status == "new",
-            agent_ttl=self.config.agent_ttl,
-            heartbeat_interval=self.config.agent_ttl / 3,
+            agent_ttl=ttl,
+            heartbeat_interval=interval,
             lease_ttl=self.config.lease_ttl,
         )
 

@@ -16,7 +16,7 @@ from tracker.config import TrackerConfig
 from tracker.embedded import embedded_tracker, local_client
 from tracker.handout import order_peers
 from tracker.model import Holding
-from tracker.service import Tracker
+from tracker.service import FLEET_COUNT_SECONDS, Tracker
 from tracker.store import TrackerStore
 
 D = digest_of("layer")
@@ -318,3 +318,22 @@ async def test_preheat_with_no_agent_in_scope_says_why_then_ends(
     status = await tracker.preheat_status(job)
     assert status["state"] == "no_agents"
     assert status["reason"].startswith("no live agent in scope (") and "within" in status["reason"]
+
+
+async def test_heartbeat_interval_follows_the_fleet_size(
+    store: TrackerStore, clock: ManualClock
+) -> None:
+    tracker = Tracker(store, clock, TrackerConfig(agent_ttl=30, heartbeat_rate=2))
+    first = await tracker.heartbeat(agent("a0"), new_key())
+    assert (first.heartbeat_interval, first.agent_ttl) == (10.0, 30.0)
+    for i in range(1, 50):
+        await join(tracker, f"a{i}")
+    clock.advance(FLEET_COUNT_SECONDS)  # counted at most that often
+    key = await join(tracker, "late")
+    reply = await tracker.heartbeat(agent("late"), key)
+    assert (reply.heartbeat_interval, reply.agent_ttl) == (25.0, 75.0)
+    # Its record lives three of those intervals, so a slower-beating fleet stays registered.
+    clock.advance(70)
+    assert (await tracker.lookup("late", key, D)).action == "fetch"
+    fixed = Tracker(store, clock, TrackerConfig(agent_ttl=30, heartbeat_rate=0))
+    assert (await fixed.heartbeat(agent("late"), key)).heartbeat_interval == 10.0

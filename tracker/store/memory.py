@@ -187,6 +187,9 @@ class MemoryStore:
     async def live_agents(self, now: float) -> list[AgentRecord]:
         return [r for r in self._agents.values() if r.alive(now)]
 
+    async def count_agents(self, now: float) -> int:
+        return sum(1 for r in self._agents.values() if r.alive(now))
+
     async def prune(self, now: float) -> int:
         dead = [aid for aid, r in self._agents.items() if not r.alive(now)]
         for aid in dead:

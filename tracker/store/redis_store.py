@@ -602,6 +602,10 @@ class RedisStore:
         return out
 
     @_translated
+    async def count_agents(self, now: float) -> int:
+        return int(await self._r.zcount(self._k("agents"), f"({_num(now)}", "+inf"))
+
+    @_translated
     async def prune(self, now: float) -> int:
         total = 0
         while True:
