@@ -20,7 +20,7 @@ from agent.manifests import ManifestStore
 from agent.metrics import AgentMetrics
 from agent.mirror import Mirror
 from agent.peerside import PeerSide, build_peer_side
-from agent.preheat import LayerProgress, ProgressHook, preheat_image
+from agent.preheat import ProgressHook, preheat_image
 from agent.server.middleware import make_middleware
 from agent.server.ops import OpsHandlers, describe_config
 from agent.server.registry import RegistryHandlers
@@ -28,7 +28,7 @@ from agent.upstream import UpstreamClient, load_credentials
 from core.settings import ConfigError
 from core.tasks import Supervisor
 from core.trackererrors import InvalidRequest
-from core.wire import check_agent_id
+from core.wire import LayerProgress, check_agent_id
 
 log = logging.getLogger(__name__)
 

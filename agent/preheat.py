@@ -22,6 +22,7 @@ from agent.fetch import Download
 from agent.mirror import Mirror
 from agent.oci import DEFAULT_ACCEPT, Digest, parse_digest
 from agent.reference import parse_image
+from core.wire import LayerProgress
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +37,18 @@ CONCURRENCY = 4
 
 
 @dataclass
-class LayerProgress:
+class _Pull:
+    """One blob of a preheat while it arrives; reports carry its snapshot, ``progress()``."""
+
     digest: str
     size: int
     done_bytes: int = 0
     kind: str = "layer"
     source: str = ""
+
+    def progress(self) -> LayerProgress:
+        done = min(self.done_bytes, self.size) if self.size else self.done_bytes
+        return LayerProgress(self.digest, self.size, done, self.kind, self.source)
 
 
 ProgressHook = Callable[[list[LayerProgress]], Awaitable[None]]
@@ -97,11 +104,11 @@ async def preheat_image(
                         upstream, ref.repo, child, DEFAULT_ACCEPT, None, internal=True
                     )
                 )
-    progress: dict[Digest, LayerProgress] = {}
+    progress: dict[Digest, _Pull] = {}
     for m in manifests:
         blobs, _ = _descriptors(m.body)
         for digest, size, kind in blobs:
-            progress.setdefault(digest, LayerProgress(str(digest), size, kind=kind))
+            progress.setdefault(digest, _Pull(str(digest), size, kind=kind))
     items = list(progress.values())
     lock = asyncio.Lock()
 
@@ -109,11 +116,11 @@ async def preheat_image(
         # One report at a time, always of every blob: concurrent fetches share the list.
         if on_progress is not None:
             async with lock:
-                await on_progress(items)
+                await on_progress([i.progress() for i in items])
 
     slots = asyncio.Semaphore(CONCURRENCY)
 
-    async def fetch(digest: Digest, item: LayerProgress) -> None:
+    async def fetch(digest: Digest, item: _Pull) -> None:
         async with slots:
             opened = await mirror.open_blob(upstream, ref.repo, digest, None, internal=True)
             if isinstance(opened, CachedBlob):
@@ -134,10 +141,10 @@ async def preheat_image(
         # The first failure is the job's answer (the others are usually the same cause).
         raise group.exceptions[0] from None
     log.info("preheated image=%s blobs=%d bytes=%d", image, len(items), sum(i.size for i in items))
-    return items
+    return [i.progress() for i in items]
 
 
-async def _follow(dl: Download, item: LayerProgress, report: Callable[[], Awaitable[None]]) -> None:
+async def _follow(dl: Download, item: _Pull, report: Callable[[], Awaitable[None]]) -> None:
     reported = 0
     while not dl.finished:
         await dl.wait_changed()

@@ -20,23 +20,24 @@ Layout under the data directory::
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from agent.fetch import Download, FetchJob, SourceUnavailable
 from agent.metrics import AgentMetrics
 from agent.oci import ALGORITHMS, Digest
 from agent.p2p.engine import PeerEngine, PeerTransferError
+from agent.trackerlink import Coordinator, CoordinatorUnavailable, Lookup
 from core import durable
 from core.tasks import Supervisor
+from core.trackererrors import InvalidRequest
+from core.wire import SegmentMeta
 
 log = logging.getLogger(__name__)
 
@@ -50,84 +51,6 @@ _POLL = 0.2
 # Seconds between tracker lookups while waiting for segments, and once all are known.
 _LOOKUP_WAITING = 0.5
 _LOOKUP_PEERS = 5.0
-
-
-@dataclass(frozen=True)
-class PeerRef:
-    agent_id: str
-    host: str
-    port: int
-    progress_bytes: int = 0  # for an agent still fetching; 0 when it holds the blob
-    fetching: bool = False  # still fetching (progress may be 0), not holding the whole blob
-
-
-@dataclass(frozen=True)
-class SegmentRef:
-    index: int
-    offset: int
-    length: int
-    info_hash: str
-    torrent: bytes
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "index": self.index,
-            "offset": self.offset,
-            "length": self.length,
-            "info_hash": self.info_hash,
-            "torrent": base64.b64encode(self.torrent).decode(),
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, object]) -> SegmentRef:
-        return cls(
-            index=int(str(d["index"])),
-            offset=int(str(d["offset"])),
-            length=int(str(d["length"])),
-            info_hash=str(d["info_hash"]),
-            torrent=base64.b64decode(str(d["torrent"])),
-        )
-
-
-@dataclass
-class Lookup:
-    """The tracker's answer for one digest, as the agent uses it."""
-
-    action: str  # "fetch": we hold the lease, go upstream; "wait"/"peers": get it from peers
-    peers: list[PeerRef]
-    segments: list[SegmentRef]
-    total_size: int | None
-    complete: bool
-    lease_holder: str | None = None
-
-
-class Coordinator(Protocol):
-    """What the agent needs from the tracker. Every method raises CoordinatorUnavailable
-    when no tracker answers in time; the agent then behaves as a plain mirror."""
-
-    async def lookup(self, digest: str, named: Sequence[str] = ()) -> Lookup:
-        """``named``: agent ids to vouch for as well (see tracker.service.Tracker.lookup)."""
-        ...
-
-    async def publish_segment(
-        self, digest: str, segment: SegmentRef, total_size: int | None
-    ) -> None: ...
-
-    async def announce(
-        self, digest: str, state: str, done_bytes: int, total_bytes: int | None
-    ) -> None: ...
-
-    async def withdraw(self, digest: str) -> None: ...
-
-    async def report_bad_peer(self, digest: str, host: str, port: int) -> None: ...
-
-    async def report_unresponsive(self, digest: str, agent_id: str) -> None:
-        """The agent fetching ``digest`` (the lease holder) stopped delivering."""
-        ...
-
-
-class CoordinatorUnavailable(Exception):
-    """No tracker answered: fall back to the upstream."""
 
 
 class SegmentFiles:
@@ -150,17 +73,17 @@ class SegmentFiles:
     def path(self, digest: Digest, index: int) -> Path:
         return self.dir_for(digest) / f"{index:06d}"
 
-    def save_meta(self, digest: Digest, segments: list[SegmentRef], total: int) -> None:
+    def save_meta(self, digest: Digest, segments: list[SegmentMeta], total: int) -> None:
         d = self.dir_for(digest)
         d.mkdir(parents=True, exist_ok=True)
         meta = {"total": total, "segments": [s.to_json() for s in segments]}
         durable.write(d / "meta.json", json.dumps(meta).encode())
 
-    def load_meta(self, digest: Digest) -> tuple[list[SegmentRef], int] | None:
+    def load_meta(self, digest: Digest) -> tuple[list[SegmentMeta], int] | None:
         try:
             doc = json.loads((self.dir_for(digest) / "meta.json").read_text())
-            return [SegmentRef.from_json(s) for s in doc["segments"]], int(doc["total"])
-        except (OSError, ValueError, KeyError, TypeError):
+            return [SegmentMeta.from_json(s) for s in doc["segments"]], int(doc["total"])
+        except (OSError, ValueError, KeyError, TypeError, InvalidRequest):
             return None
 
     def remove(self, digest: Digest) -> None:
@@ -186,7 +109,7 @@ class Swarm:
     # The agent's background tasks: re-seeding, completing and announcing cached blobs.
     tasks: Supervisor
     clock: Callable[[], float] = time.monotonic
-    _published: dict[Digest, list[SegmentRef]] = field(default_factory=dict)
+    _published: dict[Digest, list[SegmentMeta]] = field(default_factory=dict)
     _publishers: dict[Digest, _Publisher] = field(default_factory=dict)
     # Digests whose peer copy failed verification: fetched from upstream for a while.
     _distrust: dict[Digest, float] = field(default_factory=dict)
@@ -228,7 +151,7 @@ class Swarm:
                 continue
             self.tasks.spawn(self._reseed(digest, *meta), name=f"reseed {digest}")
 
-    async def _reseed(self, digest: Digest, segments: list[SegmentRef], total: int) -> None:
+    async def _reseed(self, digest: Digest, segments: list[SegmentMeta], total: int) -> None:
         try:
             for seg in segments:
                 await self.engine.seed(seg.torrent, self.files.path(digest, seg.index))
@@ -277,7 +200,7 @@ class Swarm:
         segments = self._published.pop(digest, [])
         self.tasks.spawn(self._withdraw(digest, segments), name=f"withdraw {digest}")
 
-    async def _withdraw(self, digest: Digest, segments: list[SegmentRef]) -> None:
+    async def _withdraw(self, digest: Digest, segments: list[SegmentMeta]) -> None:
         for seg in segments:
             with contextlib.suppress(PeerTransferError):
                 await self.engine.stop(seg.info_hash)
@@ -289,7 +212,7 @@ class Swarm:
 
     async def _publish_from(
         self, digest: Digest, src: Path, index: int, total: int | None
-    ) -> SegmentRef:
+    ) -> SegmentMeta:
         offset = index * self.segment_size
         dest = self.files.path(digest, index)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -298,7 +221,7 @@ class Swarm:
         # info-hashes, so their swarms are one.
         st = await self.engine.make_segment(dest, name=f"{digest.hex}.{index}")
         await self.engine.seed(st.metainfo, dest)
-        seg = SegmentRef(index, offset, length, st.info_hash, st.metainfo)
+        seg = SegmentMeta(index, offset, length, st.info_hash, st.metainfo)
         await self.coordinator.publish_segment(str(digest), seg, total)
         return seg
 
@@ -353,7 +276,7 @@ class _Publisher:
 
     async def _publish_all(self) -> None:
         digest = self._dl.digest
-        published: list[SegmentRef] = list(self._swarm._published.get(digest, []))
+        published: list[SegmentMeta] = list(self._swarm._published.get(digest, []))
         src = self._fd_path
         while True:
             index = await self._queue.get()
@@ -421,7 +344,7 @@ class PeerSource:
         await _SegmentFollower(self._swarm, self, job, download, lookup).run()
 
     async def _fetch_one(
-        self, digest: Digest, seg: SegmentRef, peers: list[tuple[str, int]]
+        self, digest: Digest, seg: SegmentMeta, peers: list[tuple[str, int]]
     ) -> Path:
         sw = self._swarm
         dest = sw.files.path(digest, seg.index)
@@ -504,8 +427,8 @@ class _SegmentFollower:
             # Their outcome no longer matters: only that none outlives this fetch.
             await asyncio.gather(*self._pending.values(), return_exceptions=True)
 
-    def _fill_window(self, by_index: dict[int, SegmentRef]) -> None:
-        peers = [(p.host, p.port) for p in self._lookup.peers]
+    def _fill_window(self, by_index: dict[int, SegmentMeta]) -> None:
+        peers = [(p.address, p.port) for p in self._lookup.peers]
         for index in range(self._next, self._next + FETCH_WINDOW):
             if index in self._pending or index not in by_index:
                 continue
@@ -518,7 +441,7 @@ class _SegmentFollower:
             )
 
     async def _take(
-        self, head: asyncio.Task[Path], by_index: dict[int, SegmentRef], total: int | None
+        self, head: asyncio.Task[Path], by_index: dict[int, SegmentMeta], total: int | None
     ) -> None:
         """Append the segment fetched next, or deal with its failure."""
         sw = self._sw
@@ -592,7 +515,7 @@ class _SegmentFollower:
             # The agent fetching upstream is still making progress: keep waiting.
             self._last_progress = sw.clock()
         self._known, self._holder_bytes = len(lookup.segments), max(self._holder_bytes, fetched)
-        new_peers = [(p.host, p.port) for p in lookup.peers]
+        new_peers = [(p.address, p.port) for p in lookup.peers]
         for seg in lookup.segments:
             if seg.index >= self._next:
                 sw.engine.add_peers(seg.info_hash, new_peers)
@@ -600,7 +523,7 @@ class _SegmentFollower:
 
 def _fetched_bytes(lookup: Lookup) -> int:
     """How far the agents still fetching this blob have got, together."""
-    return sum(p.progress_bytes for p in lookup.peers if p.progress_bytes)
+    return sum(p.progress_bytes for p in lookup.peers if p.state == "fetching")
 
 
 async def _report(coordinator: Coordinator, digest: str, host: str, port: int) -> None:

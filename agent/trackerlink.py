@@ -14,10 +14,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
-from agent import preheat
-from agent.swarm import CoordinatorUnavailable, Lookup, PeerRef, SegmentRef
+from agent.preheat import ProgressHook
 from core.tasks import Supervisor
 from core.trackerclient import TrackerClient
 from core.trackererrors import (
@@ -28,19 +27,60 @@ from core.trackererrors import (
     Unauthorized,
     UnknownAgent,
 )
-from core.wire import AgentInfo, Announcement, LayerProgress, PreheatJob, SegmentMeta
+from core.wire import AgentInfo, Announcement, LayerProgress, Peer, PreheatJob, SegmentMeta
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-PreheatRunner = Callable[[str, preheat.ProgressHook], Awaitable[list[preheat.LayerProgress]]]
+PreheatRunner = Callable[[str, ProgressHook], Awaitable[list[LayerProgress]]]
 
 # A failure that persists is logged again this often, not at every heartbeat.
 _REPEAT_WARNING_SECONDS = 300.0
 # The heartbeat interval a tracker may set (it grows with the fleet) is taken within these.
 MIN_HEARTBEAT_INTERVAL = 0.2
 MAX_HEARTBEAT_INTERVAL = 60.0
+
+
+@dataclass
+class Lookup:
+    """The tracker's answer for one digest, as the agent uses it."""
+
+    action: str  # "fetch": we hold the lease, go upstream; "wait"/"peers": get it from peers
+    peers: list[Peer]
+    segments: list[SegmentMeta]
+    total_size: int | None
+    complete: bool
+    lease_holder: str | None = None
+
+
+class Coordinator(Protocol):
+    """What the agent needs from the tracker. Every method raises CoordinatorUnavailable
+    when no tracker answers in time; the agent then behaves as a plain mirror."""
+
+    async def lookup(self, digest: str, named: Sequence[str] = ()) -> Lookup:
+        """``named``: agent ids to vouch for as well (see tracker.service.Tracker.lookup)."""
+        ...
+
+    async def publish_segment(
+        self, digest: str, segment: SegmentMeta, total_size: int | None
+    ) -> None: ...
+
+    async def announce(
+        self, digest: str, state: str, done_bytes: int, total_bytes: int | None
+    ) -> None: ...
+
+    async def withdraw(self, digest: str) -> None: ...
+
+    async def report_bad_peer(self, digest: str, host: str, port: int) -> None: ...
+
+    async def report_unresponsive(self, digest: str, agent_id: str) -> None:
+        """The agent fetching ``digest`` (the lease holder) stopped delivering."""
+        ...
+
+
+class CoordinatorUnavailable(Exception):
+    """No tracker answered: fall back to the upstream."""
 
 
 @dataclass(frozen=True)
@@ -100,39 +140,22 @@ class TrackerLink:
 
     async def lookup(self, digest: str, named: Sequence[str] = ()) -> Lookup:
         reply = await self._call(lambda: self.client.lookup(digest, named))
-        peers = []
         for p in reply.peers:
             self._peer_ids[(p.address, p.port)] = p.agent_id
-            fetching = p.progress_bytes if p.state == "fetching" else 0
-            peers.append(
-                PeerRef(p.agent_id, p.address, p.port, fetching, fetching=p.state == "fetching")
-            )
         meta = reply.metainfo
-        segments = (
-            [SegmentRef(s.index, s.offset, s.length, s.info_hash, s.torrent) for s in meta.segments]
-            if meta is not None
-            else []
-        )
         return Lookup(
             action=reply.action,
-            peers=peers,
-            segments=segments,
+            peers=list(reply.peers),
+            segments=list(meta.segments) if meta is not None else [],
             total_size=meta.total_size if meta is not None and meta.total_size else None,
             complete=bool(meta is not None and meta.complete),
             lease_holder=reply.lease_holder,
         )
 
     async def publish_segment(
-        self, digest: str, segment: SegmentRef, total_size: int | None
+        self, digest: str, segment: SegmentMeta, total_size: int | None
     ) -> None:
-        meta = SegmentMeta(
-            index=segment.index,
-            offset=segment.offset,
-            length=segment.length,
-            info_hash=segment.info_hash,
-            torrent=segment.torrent,
-        )
-        await self._call(lambda: self.client.put_metainfo(digest, total_size or 0, meta))
+        await self._call(lambda: self.client.put_metainfo(digest, total_size or 0, segment))
 
     async def announce(
         self, digest: str, state: str, done_bytes: int, total_bytes: int | None
@@ -233,9 +256,9 @@ class TrackerLink:
     async def _preheat(self, job: PreheatJob) -> None:
         assert self.run_preheat is not None
 
-        latest: list[preheat.LayerProgress] = []
+        latest: list[LayerProgress] = []
 
-        async def progress(items: list[preheat.LayerProgress]) -> None:
+        async def progress(items: list[LayerProgress]) -> None:
             latest[:] = items
             await self._report(job, items, "running")
 
@@ -251,28 +274,11 @@ class TrackerLink:
             log.warning("preheat job=%s image=%s failed: %s", job.id, job.image, reason)
             # Keep the layers that did arrive in the job's status: a retry needs only the rest.
             with contextlib.suppress(TrackerError):
-                await self.client.report_preheat(
-                    job.id, self._layers(latest), "failed", error=str(reason)[:500]
-                )
+                await self.client.report_preheat(job.id, latest, "failed", error=str(reason)[:500])
         finally:
             self._finished_jobs.add(job.id)
             self._jobs.pop(job.id, None)
 
-    @staticmethod
-    def _layers(items: list[preheat.LayerProgress]) -> list[LayerProgress]:
-        return [
-            LayerProgress(
-                i.digest,
-                i.size,
-                min(i.done_bytes, i.size) if i.size else i.done_bytes,
-                i.kind,
-                i.source,
-            )
-            for i in items
-        ]
-
-    async def _report(
-        self, job: PreheatJob, items: list[preheat.LayerProgress], state: str
-    ) -> None:
+    async def _report(self, job: PreheatJob, items: list[LayerProgress], state: str) -> None:
         with contextlib.suppress(TrackerError):
-            await self.client.report_preheat(job.id, self._layers(items), state)
+            await self.client.report_preheat(job.id, items, state)

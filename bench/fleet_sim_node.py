@@ -49,11 +49,10 @@ from typing import Any
 import aiohttp
 
 from agent.relay.source import order_candidates
-from agent.swarm import CoordinatorUnavailable, Lookup, PeerRef
-from agent.trackerlink import TrackerLink
+from agent.trackerlink import CoordinatorUnavailable, Lookup, TrackerLink
 from core.tasks import Supervisor
 from core.trackerclient import HttpTrackerClient
-from core.wire import AgentInfo, Announcement
+from core.wire import AgentInfo, Announcement, Peer
 
 # The relay's constants (agent/relay/source.py, agent/relay/server.py), so the simulated
 # followers make the same tracker calls at the same moments.
@@ -395,7 +394,7 @@ class SimAgent:
                     await self.link.report_unresponsive(tr.digest, peer_id)
             deadline = world.now() + world.spec.peer_wait
 
-    def _candidates(self, lookup: Lookup, failed: set[str]) -> list[PeerRef]:
+    def _candidates(self, lookup: Lookup, failed: set[str]) -> list[Peer]:
         return order_candidates(lookup, failed, self.agent_id, self.world.rng)
 
     def _attach(
@@ -405,7 +404,7 @@ class SimAgent:
         queue = self._candidates(lookup, failed)
         tried: set[str] = set()
         while queue:
-            batch: list[PeerRef] = []
+            batch: list[Peer] = []
             while queue and len(batch) < PARALLEL_ASKS:
                 peer = queue.pop(0)
                 if peer.agent_id not in tried and peer.agent_id not in failed:
@@ -425,13 +424,13 @@ class SimAgent:
         return None
 
     def _ask(
-        self, tr: Transfer, peer: PeerRef, failed: set[str]
+        self, tr: Transfer, peer: Peer, failed: set[str]
     ) -> tuple[str, Transfer | None] | list[str]:
         """What the peer's relay server would answer (agent/relay/server.py ``blob``)."""
         other = self.world.agents.get(peer.agent_id)
         if other is None:
             # Another process's agent: a holder streams; one still fetching counts as busy.
-            return [] if peer.fetching else (peer.agent_id, None)
+            return [] if peer.state == "fetching" else (peer.agent_id, None)
         if other.dead:
             failed.add(peer.agent_id)
             return []

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from agent.config import valid_registry_name
 from layerswarm.runtimeconf import containerd, docker, files, podman
+from layerswarm.runtimeconf.address import DEFAULT_MIRROR, MirrorAddress, parse_address
 from layerswarm.runtimeconf.files import ConfigureError, FileChange
-from layerswarm.runtimeconf.mirror import DEFAULT_MIRROR, Mirror, parse_mirror
 from layerswarm.runtimeconf.paths import add_path_arguments
 
 HELP = "point docker, containerd or podman/CRI-O at the local layerswarm agent"
@@ -90,7 +90,7 @@ def _registries(args: argparse.Namespace) -> list[str]:
     return names
 
 
-def plan_docker(args: argparse.Namespace, mirror: Mirror) -> Plan:
+def plan_docker(args: argparse.Namespace, mirror: MirrorAddress) -> Plan:
     registries = _registries(args)
     if registries != [DOCKER_HUB]:
         raise UsageError(
@@ -110,7 +110,7 @@ def plan_docker(args: argparse.Namespace, mirror: Mirror) -> Plan:
     return plan
 
 
-def plan_containerd(args: argparse.Namespace, mirror: Mirror) -> Plan:
+def plan_containerd(args: argparse.Namespace, mirror: MirrorAddress) -> Plan:
     registries = _registries(args)
     if args.default:
         registries.append(containerd.DEFAULT_HOST_DIR)
@@ -146,7 +146,7 @@ def plan_containerd(args: argparse.Namespace, mirror: Mirror) -> Plan:
     return plan
 
 
-def plan_podman(args: argparse.Namespace, mirror: Mirror) -> Plan:
+def plan_podman(args: argparse.Namespace, mirror: MirrorAddress) -> Plan:
     registries = _registries(args)
     if args.default:
         raise UsageError("--default is for containerd only; name each --registry for podman")
@@ -173,7 +173,7 @@ _PLANNERS = {"docker": plan_docker, "containerd": plan_containerd, "podman": pla
 
 def run(args: argparse.Namespace) -> int:
     try:
-        mirror = parse_mirror(args.mirror)
+        mirror = parse_address(args.mirror)
         # Everything is read and checked before anything is written.
         plan = _PLANNERS[args.runtime](args, mirror)
     except UsageError as exc:

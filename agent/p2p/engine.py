@@ -19,7 +19,7 @@ from agent.p2p.errors import (
     PeerFetchTimeout,
     PeerTransferError,
 )
-from agent.p2p.metainfo import Metainfo, parse_metainfo
+from agent.p2p.metainfo import TorrentInfo, parse_metainfo
 
 __all__ = [
     "BadPeerCallback",
@@ -27,13 +27,13 @@ __all__ = [
     "EngineStats",
     "FleetTLS",
     "InvalidMetainfo",
-    "Metainfo",
     "Peer",
     "PeerEngine",
     "PeerFetchCorrupt",
     "PeerFetchTimeout",
     "PeerTransferError",
     "SegmentTorrent",
+    "TorrentInfo",
     "parse_metainfo",
 ]
 

@@ -41,7 +41,7 @@ from agent.p2p.errors import (
 )
 from agent.p2p.metainfo import (
     DEFAULT_MAX_LENGTH,
-    Metainfo,
+    TorrentInfo,
     build_metainfo,
     check_name,
     default_piece_length,
@@ -444,7 +444,7 @@ class LibtorrentEngine:
         assert self._loop is not None
         return self._loop
 
-    def _validate(self, metainfo: bytes) -> Metainfo:
+    def _validate(self, metainfo: bytes) -> TorrentInfo:
         info = parse_metainfo(metainfo, max_length=self._opts.max_segment_length)
         if self._ca_norm is not None and (
             info.ssl_cert is None or info.ssl_cert.strip() != self._ca_norm

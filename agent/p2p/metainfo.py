@@ -32,7 +32,7 @@ BValue = int | bytes | list["BValue"] | dict[bytes, "BValue"]
 
 
 @dataclass(frozen=True)
-class Metainfo:
+class TorrentInfo:
     """What the engine needs to know about a validated segment torrent."""
 
     info_hash: str  # hex SHA-1 of the bencoded info dictionary (BitTorrent v1)
@@ -115,7 +115,7 @@ def check_name(name: str) -> None:
         raise InvalidMetainfo(f"unsafe torrent name {name[:_MAX_NAME]!r}")
 
 
-def parse_metainfo(data: bytes, *, max_length: int = DEFAULT_MAX_LENGTH) -> Metainfo:
+def parse_metainfo(data: bytes, *, max_length: int = DEFAULT_MAX_LENGTH) -> TorrentInfo:
     """Validate metainfo from the network; raise InvalidMetainfo for anything unexpected."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise InvalidMetainfo("metainfo must be bytes")
@@ -153,7 +153,7 @@ def parse_metainfo(data: bytes, *, max_length: int = DEFAULT_MAX_LENGTH) -> Meta
     if ssl_cert is not None and not isinstance(ssl_cert, bytes):
         raise InvalidMetainfo("ssl-cert must be a string")
     info_hash = hashlib.sha1(data[info_span[0] : info_span[1]]).hexdigest()  # noqa: S324
-    return Metainfo(
+    return TorrentInfo(
         info_hash=info_hash,
         length=length,
         piece_length=piece_length,

@@ -17,7 +17,7 @@ from agent.p2p.engine import FleetTLS
 from agent.relay.server import PeerServer
 from agent.relay.source import RelaySource
 from agent.relay.state import RelayState
-from agent.swarm import Coordinator, CoordinatorUnavailable
+from agent.trackerlink import Coordinator, CoordinatorUnavailable
 from core.tasks import Supervisor
 
 log = logging.getLogger(__name__)

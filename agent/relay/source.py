@@ -31,8 +31,9 @@ from agent.metrics import AgentMetrics
 from agent.oci import Digest
 from agent.relay.server import AGENT_HEADER, CHILDREN_HEADER, LINEAGE_HEADER, SIZE_HEADER
 from agent.relay.state import RelayState
-from agent.swarm import Coordinator, CoordinatorUnavailable, Lookup, PeerRef
+from agent.trackerlink import Coordinator, CoordinatorUnavailable, Lookup
 from core.tasks import Supervisor
+from core.wire import Peer
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ _MAX_BLAME = 1000
 
 @dataclass
 class _Attached:
-    peer: PeerRef
+    peer: Peer
     resp: aiohttp.ClientResponse
     lineage: tuple[str, ...]
 
@@ -241,7 +242,7 @@ class RelaySource:
 
     # -- choosing a parent ----------------------------------------------------------------
 
-    def _candidates(self, lookup: Lookup, failed: set[str]) -> list[PeerRef]:
+    def _candidates(self, lookup: Lookup, failed: set[str]) -> list[Peer]:
         return order_candidates(lookup, failed, self._state.agent_id, self._rng)
 
     async def _attach(
@@ -257,7 +258,7 @@ class RelaySource:
         queue = self._candidates(lookup, failed)
         tried: set[str] = set()
         while queue:
-            batch: list[PeerRef] = []
+            batch: list[Peer] = []
             while queue and len(batch) < _PARALLEL_ASKS:
                 peer = queue.pop(0)
                 if peer.agent_id not in tried and peer.agent_id not in failed:
@@ -274,7 +275,7 @@ class RelaySource:
         return None
 
     async def _ask_batch(
-        self, batch: list[PeerRef], digest: Digest, offset: int, failed: set[str]
+        self, batch: list[Peer], digest: Digest, offset: int, failed: set[str]
     ) -> tuple[_Attached | None, list[str]]:
         asks = [asyncio.create_task(self._ask(p, digest, offset, failed)) for p in batch]
         winner: _Attached | None = None
@@ -298,10 +299,10 @@ class RelaySource:
         return winner, hints
 
     async def _ask(
-        self, peer: PeerRef, digest: Digest, offset: int, failed: set[str]
+        self, peer: Peer, digest: Digest, offset: int, failed: set[str]
     ) -> _Attached | list[str]:
         """The parent's stream, or the children it named when it had no free slot."""
-        url = f"{self._scheme}://{_host(peer.host)}:{peer.port}/v1/blobs/{digest}"
+        url = f"{self._scheme}://{_host(peer.address)}:{peer.port}/v1/blobs/{digest}"
         headers = {AGENT_HEADER: self._state.agent_id}
         if offset:
             headers["Range"] = f"bytes={offset}-"
@@ -410,9 +411,7 @@ async def _read_batch(content: aiohttp.StreamReader) -> bytes:
     return b"".join(parts)
 
 
-def order_candidates(
-    lookup: Lookup, failed: set[str], me: str, rng: random.Random
-) -> list[PeerRef]:
+def order_candidates(lookup: Lookup, failed: set[str], me: str, rng: random.Random) -> list[Peer]:
     """The peers of a lookup in the order a follower asks them (bench.fleet_sim models the
     relay with this same function).
 
@@ -425,8 +424,8 @@ def order_candidates(
         for p in lookup.peers
         if p.agent_id not in failed and p.agent_id != me and 0 < p.port < 65536
     ]
-    holders = [p for p in usable if not p.fetching]
-    fetching = [p for p in usable if p.fetching]
+    holders = [p for p in usable if p.state != "fetching"]
+    fetching = [p for p in usable if p.state == "fetching"]
     rng.shuffle(holders)
     rng.shuffle(fetching)
     fetching.sort(key=lambda p: (p.agent_id != lookup.lease_holder, -p.progress_bytes))

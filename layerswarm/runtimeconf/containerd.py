@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from layerswarm.runtimeconf.address import MirrorAddress
 from layerswarm.runtimeconf.files import ConfigureError
-from layerswarm.runtimeconf.mirror import Mirror
 
 DEFAULT_CERTS_DIR = "/etc/containerd/certs.d"
 DEFAULT_CONTAINERD_CONFIG = "/etc/containerd/config.toml"
@@ -38,7 +38,9 @@ def default_server(registry: str) -> str | None:
     return f"https://{registry}"
 
 
-def desired_hosts_toml(current: dict[str, Any], registry: str, mirror: Mirror) -> dict[str, Any]:
+def desired_hosts_toml(
+    current: dict[str, Any], registry: str, mirror: MirrorAddress
+) -> dict[str, Any]:
     """``current`` with our mirror as the first host; the operator's server and hosts kept."""
     hosts = current.get("host", {})
     if not isinstance(hosts, dict):

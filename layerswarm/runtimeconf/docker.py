@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from layerswarm.runtimeconf.address import MirrorAddress
 from layerswarm.runtimeconf.files import ConfigureError
-from layerswarm.runtimeconf.mirror import Mirror
 
 DEFAULT_DAEMON_JSON = "/etc/docker/daemon.json"
 
@@ -14,7 +14,7 @@ def _same_url(a: str, b: str) -> bool:
     return a.rstrip("/").lower() == b.rstrip("/").lower()
 
 
-def desired_daemon_json(current: dict[str, Any], mirror: Mirror) -> dict[str, Any]:
+def desired_daemon_json(current: dict[str, Any], mirror: MirrorAddress) -> dict[str, Any]:
     """``current`` with our mirror first in ``registry-mirrors``, every other key kept.
 
     Our mirror goes first because dockerd tries mirrors in order; the operator's other

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from agent.config import mirror_prefix
+from layerswarm.runtimeconf.address import MirrorAddress
 from layerswarm.runtimeconf.files import ConfigureError
-from layerswarm.runtimeconf.mirror import Mirror
 
 DEFAULT_REGISTRIES_CONF = "/etc/containers/registries.conf.d/50-layerswarm.conf"
 
@@ -25,7 +25,7 @@ def _registry_name(entry: dict[str, Any]) -> str | None:
 
 
 def desired_registries_conf(
-    current: dict[str, Any], registries: list[str], mirror: Mirror
+    current: dict[str, Any], registries: list[str], mirror: MirrorAddress
 ) -> dict[str, Any]:
     """``current`` with our mirror first for each of ``registries``; all else kept."""
     for k in _V1_KEYS:

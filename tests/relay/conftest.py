@@ -26,10 +26,9 @@ from agent.fetch import BlobFetcher, Download, FetchJob, SourceUnavailable
 from agent.metrics import AgentMetrics
 from agent.oci import Digest, parse_digest
 from agent.relay.peers import Relay
-from agent.swarm import Coordinator, Lookup, PeerRef, SegmentRef
-from agent.trackerlink import TrackerLink
+from agent.trackerlink import Coordinator, Lookup, TrackerLink
 from core.tasks import Supervisor
-from core.wire import AgentInfo
+from core.wire import AgentInfo, SegmentMeta
 from tracker.clock import SystemClock
 from tracker.config import TrackerConfig
 from tracker.embedded import local_client
@@ -102,7 +101,7 @@ class CountingCoordinator:
         return await self._link.lookup(digest, named)
 
     async def publish_segment(
-        self, digest: str, segment: SegmentRef, total_size: int | None
+        self, digest: str, segment: SegmentMeta, total_size: int | None
     ) -> None:
         raise AssertionError("the relay publishes no segments")
 
@@ -249,10 +248,6 @@ class SilentPeer:
             self._server.close()
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
-
-
-def peer_ref(agent_id: str, port: int) -> PeerRef:
-    return PeerRef(agent_id, "127.0.0.1", port)
 
 
 __all__ = ["Coordinator", "SourceUnavailable"]

@@ -12,7 +12,7 @@ DEFAULT_MIRROR = "http://127.0.0.1:5050"
 
 
 @dataclass(frozen=True)
-class Mirror:
+class MirrorAddress:
     scheme: str
     host: str
     port: int | None
@@ -42,7 +42,7 @@ class Mirror:
             return False
 
 
-def parse_mirror(raw: str) -> Mirror:
+def parse_address(raw: str) -> MirrorAddress:
     parts = urlsplit(raw.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigureError(f"--mirror must be http(s)://HOST[:PORT], got {raw!r}")
@@ -52,4 +52,4 @@ def parse_mirror(raw: str) -> Mirror:
         port = parts.port
     except ValueError:
         raise ConfigureError(f"--mirror has a bad port: {raw!r}") from None
-    return Mirror(parts.scheme, parts.hostname.lower(), port)
+    return MirrorAddress(parts.scheme, parts.hostname.lower(), port)
