@@ -25,6 +25,7 @@ from agent.server.middleware import make_middleware
 from agent.server.ops import OpsHandlers, describe_config
 from agent.server.registry import RegistryHandlers
 from agent.upstream import UpstreamClient, load_credentials
+from core.fleettoken import read_fleet_token
 from core.settings import ConfigError
 from core.tasks import Supervisor
 from core.trackererrors import InvalidRequest
@@ -129,6 +130,10 @@ async def build_app(
     clock: Callable[[], float] = time.monotonic,
 ) -> web.Application:
     prepare_data_dir(config)
+    # Read before anything is opened, so a bad token stops the agent with one line.
+    tracker_token = (
+        read_fleet_token(config.tracker_token_file, "tracker-token-file") if config.tracker else ""
+    )
     credentials = load_credentials(config.credentials_file)
     unknown = set(credentials) - set(config.upstreams)
     if unknown:
@@ -189,6 +194,7 @@ async def build_app(
         run_preheat,
         mirror.invalidate_tag,
         clock=clock,
+        tracker_token=tracker_token,
     )
     if peer_side.transport is not None:
         # Peers first, the upstream when no peer can serve in time.

@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.errors import NoSpace
-from agent.oci import ALGORITHMS, Digest
+from agent.oci import Digest
 from core import durable
+from core.digest import ALGORITHMS
 
 log = logging.getLogger(__name__)
 

@@ -41,20 +41,6 @@ from tracker.service import Tracker
 log = logging.getLogger(__name__)
 
 
-def read_tracker_token(config: AgentConfig) -> str:
-    if config.tracker_token_file is None:
-        raise ConfigError("tracker-token-file is required with --tracker")
-    try:
-        token = config.tracker_token_file.read_text().strip()
-    except OSError as exc:
-        raise ConfigError(
-            f"tracker-token-file {config.tracker_token_file}: {exc.strerror}"
-        ) from None
-    if not token:
-        raise ConfigError(f"tracker-token-file {config.tracker_token_file} is empty")
-    return token
-
-
 def read_fleet_tls(config: AgentConfig) -> FleetTLS | None:
     if config.peer_ca_file is None or config.peer_cert_file is None or config.peer_key_file is None:
         return None
@@ -245,16 +231,19 @@ def build_peer_side(
     tasks: Supervisor,
     run_preheat: Callable[[str, ProgressHook], Any] | None,
     on_invalidate: Callable[[str], None] | None = None,
+    *,
     clock: Callable[[], float] = time.monotonic,
+    tracker_token: str = "",
 ) -> PeerSide:
-    """Remote tracker and a peer transport with --tracker; otherwise an in-process tracker
-    alone (one node has no peers, so no transport is started)."""
+    """Remote tracker and a peer transport with --tracker (``tracker_token`` is the fleet
+    token, read at start-up); otherwise an in-process tracker alone (one node has no peers,
+    so no transport is started)."""
     embedded: Tracker | None = None
     client: TrackerClient
     if config.tracker:
         client = HttpTrackerClient(
             config.tracker,
-            read_tracker_token(config),
+            tracker_token,
             identity.agent_id,
             identity.key,
             session,

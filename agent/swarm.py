@@ -31,10 +31,11 @@ from pathlib import Path
 
 from agent.fetch import Download, FetchJob, SourceUnavailable
 from agent.metrics import AgentMetrics
-from agent.oci import ALGORITHMS, Digest
+from agent.oci import Digest
 from agent.p2p.engine import PeerEngine, PeerTransferError
 from agent.trackerlink import Coordinator, CoordinatorUnavailable, Lookup
 from core import durable
+from core.digest import ALGORITHMS
 from core.tasks import Supervisor
 from core.trackererrors import InvalidRequest
 from core.wire import SegmentMeta

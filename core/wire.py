@@ -14,14 +14,12 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from core.digest import digest_problem
 from core.trackererrors import InvalidRequest
 
 _AGENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _LABEL = re.compile(r"^[A-Za-z0-9._-]{0,63}$")
 _HEX = re.compile(r"^[a-f0-9]+$")
-_ALGO = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*$")
-# Known algorithms must have their exact length; others at least 128 bits of hex.
-_DIGEST_LEN = {"sha256": 64, "sha384": 96, "sha512": 128}
 
 Role = Literal["peer", "seed"]
 HoldState = Literal["holding", "fetching"]
@@ -37,17 +35,10 @@ AGENT_KEY_HEADER = "X-Layerswarm-Agent-Key"
 AGENT_ID_HEADER = "X-Layerswarm-Agent-Id"
 
 
-def valid_digest(digest: str) -> bool:
-    algo, sep, hexpart = digest.partition(":")
-    if not sep or not _ALGO.match(algo) or not _HEX.match(hexpart):
-        return False
-    want = _DIGEST_LEN.get(algo)
-    return len(hexpart) == want if want else 32 <= len(hexpart) <= 256
-
-
 def check_digest(digest: str) -> str:
-    if not valid_digest(digest):
-        raise InvalidRequest(f"bad digest {digest[:80]!r}: expected algo:hex, e.g. sha256:<64 hex>")
+    problem = digest_problem(digest)
+    if problem is not None:
+        raise InvalidRequest(f"{problem}: expected sha256:<64 hex> or sha512:<128 hex>")
     return digest
 
 

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 from agent.config import AgentConfig, Upstream, canonical_registry, registry_from_prefix
 from core import settings
 from core.failures import classify
+from core.fleettoken import read_fleet_token
 from core.settings import ConfigError, parse_duration
 from layerswarm.preheat_cmd import human_bytes
 from layerswarm.runtimeconf import containerd
@@ -45,7 +46,6 @@ from layerswarm.trackerapi import (
     TrackerRefused,
     TrackerUnreachable,
     http_request,
-    read_token,
 )
 
 HELP = "check this node: agent, tracker, upstreams, disk, and the runtime's mirror config"
@@ -331,7 +331,7 @@ def check_tracker(config: AgentConfig, timeout: float) -> list[Check]:
             )
         ]
     try:
-        token = read_token(config.tracker_token_file)
+        token = read_fleet_token(config.tracker_token_file, "tracker-token-file")
     except ConfigError as exc:
         return [Check("tracker token", "FAIL", str(exc), "fix the file's path or contents")]
     checks = []
@@ -390,7 +390,9 @@ def check_region(view: AgentView, config: AgentConfig, timeout: float) -> list[C
     if not urls or token_path is None:
         return []
     try:
-        fleet = TrackerAPI(urls, read_token(token_path), timeout).fleet()
+        fleet = TrackerAPI(
+            urls, read_fleet_token(token_path, "tracker-token-file"), timeout
+        ).fleet()
     except (ConfigError, TrackerRefused, TrackerUnreachable) as exc:
         return [
             Check(

@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from core.fleettoken import read_fleet_token
 from core.settings import ConfigError, parse_duration, parse_url_list, setting
-
-MIN_TOKEN = 16
 
 
 class TrackerAPIError(Exception):
@@ -94,7 +93,7 @@ class TrackerAccess:
         assert self.tracker_token_file is not None
         return TrackerAPI(
             self.tracker.split(","),
-            read_token(self.tracker_token_file),
+            read_fleet_token(self.tracker_token_file, "tracker-token-file"),
             self.http_timeout,
             ssl_context=fleet_ca_context(self.tracker_ca_file),
         )
@@ -111,18 +110,6 @@ def fleet_ca_context(ca_file: Path | None) -> ssl.SSLContext | None:
         raise ConfigError(f"tracker-ca-file {ca_file}: {exc}") from None
     ctx.check_hostname = False
     return ctx
-
-
-def read_token(path: Path) -> str:
-    try:
-        token = path.read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"tracker-token-file {path}: {exc.strerror}") from None
-    if len(token) < MIN_TOKEN:
-        raise ConfigError(
-            f"tracker-token-file {path}: token must be at least {MIN_TOKEN} characters"
-        )
-    return token
 
 
 def _no_proxy_opener(context: ssl.SSLContext | None = None) -> urllib.request.OpenerDirector:

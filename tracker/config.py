@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from core.fleettoken import read_fleet_token
 from core.serve import shutdown_timeout_setting
 from core.settings import ConfigError, parse_duration, parse_hostport, parse_size, setting
 
@@ -224,12 +225,4 @@ class TrackerConfig:
 
     def read_token(self) -> str:
         """The fleet token, read once at start-up; a server without one would accept anybody."""
-        if self.token_file is None:
-            raise ConfigError("token-file is required: the fleet's shared secret")
-        try:
-            token = self.token_file.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"token-file {self.token_file}: {exc.strerror}") from None
-        if len(token) < 16:
-            raise ConfigError(f"token-file {self.token_file}: token must be at least 16 characters")
-        return token
+        return read_fleet_token(self.token_file, "token-file")
