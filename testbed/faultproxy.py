@@ -197,9 +197,11 @@ class FaultProxy:
                 )
             )
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        is_blob = request.method == "GET" and _BLOB_RE.match(request.path) is not None
-        is_manifest = _MANIFEST_RE.match(request.path) is not None
+    def _take_faults(
+        self, is_blob: bool, is_manifest: bool
+    ) -> tuple[tuple[int, str | None] | None, int | None, float | None]:
+        """The next injected failure (status, Retry-After) or reset point for this request,
+        and the rate to send a blob at."""
         fail: tuple[int, str | None] | None = None
         reset: int | None = None
         with self._lock:
@@ -210,6 +212,12 @@ class FaultProxy:
                 fail = self._fail.pop(0)
             elif is_blob and self._resets:
                 reset = self._resets.pop(0)
+        return fail, reset, rate
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        is_blob = request.method == "GET" and _BLOB_RE.match(request.path) is not None
+        is_manifest = _MANIFEST_RE.match(request.path) is not None
+        fail, reset, rate = self._take_faults(is_blob, is_manifest)
         if fail is not None:
             status, retry_after = fail
             self._record(request, status, "status")
