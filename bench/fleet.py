@@ -485,17 +485,11 @@ class ScenarioRun:
         procs += [p for p in (self.tracker, *(a.proc for a in self.agents)) if p is not None]
         return [p.pid for p in procs if p.running]
 
-    def rollout(self) -> tuple[list[NodeResult], float, float, float]:
-        """Release every node's skopeo at once.
-
-        Returns (per-node results, machine busy fraction, cores used by the scenario's own
-        processes, wall seconds).
-        """
+    def _start_gated_clients(
+        self, go: Path, env: dict[str, str]
+    ) -> list[tuple[Host, Path, subprocess.Popen[bytes]]]:
+        """One skopeo per node, each waiting in its namespace for ``go`` to exist."""
         assert self.image is not None
-        go = self.work / "go"
-        auth = self.work / "empty-auth.json"
-        auth.write_text("{}")
-        env = {**os.environ, "REGISTRY_AUTH_FILE": str(auth)}
         procs: list[tuple[Host, Path, subprocess.Popen[bytes]]] = []
         for host in self.node_hosts:
             dest = self.work / f"pull-{host.index}"
@@ -516,29 +510,51 @@ class ScenarioRun:
             err = (self.work / f"skopeo-{host.index}.err").open("wb")
             procs.append((host, dest, host.popen(gate, env=env, stdout=err, stderr=err)))
             err.close()
+        return procs
+
+    def _result(
+        self, host: Host, dest: Path, p: subprocess.Popen[bytes], seconds: float
+    ) -> NodeResult:
+        """A node's pull: its time, exit code and whether what it wrote is the image."""
+        assert self.image is not None
+        nr = NodeResult(host.index - 2, seconds, p.returncode, verified=False)
+        if p.returncode == 0:
+            try:
+                if self.p.client_dest == "oci":
+                    compare_oci_with_image(dest, self.image)
+                else:
+                    compare_dir_with_image(dest, self.image)
+                nr.verified = True
+            except AssertionError as exc:
+                nr.error = str(exc)[:500]
+        else:
+            err = self.work / f"skopeo-{host.index}.err"
+            nr.error = err.read_text(errors="replace")[-500:]
+        shutil.rmtree(dest, ignore_errors=True)
+        return nr
+
+    def rollout(self) -> tuple[list[NodeResult], float, float, float]:
+        """Release every node's skopeo at once.
+
+        Returns (per-node results, machine busy fraction, cores used by the scenario's own
+        processes, wall seconds).
+        """
+        assert self.image is not None
+        go = self.work / "go"
+        auth = self.work / "empty-auth.json"
+        auth.write_text("{}")
+        env = {**os.environ, "REGISTRY_AUTH_FILE": str(auth)}
+        procs = self._start_gated_clients(go, env)
         time.sleep(1.0)  # every gate is polling by now
         ends: dict[int, float] = {}
         client_cpu: dict[int, float] = {}
         lock = threading.Lock()
 
         def wait(i: int, p: subprocess.Popen[bytes]) -> None:
-            # wait4 rather than Popen.wait: its rusage is skopeo's own CPU (the gate and
-            # `ip netns exec` exec into it, so the PID is the same process).
-            deadline = time.monotonic() + self.p.timeout
-            while True:
-                pid, status, usage = os.wait4(p.pid, os.WNOHANG)
-                if pid:
-                    p.returncode = os.waitstatus_to_exitcode(status)
-                    break
-                if time.monotonic() > deadline:
-                    p.kill()
-                    _, status, usage = os.wait4(p.pid, 0)
-                    p.returncode = os.waitstatus_to_exitcode(status)
-                    break
-                time.sleep(0.005)
+            cpu = _wait_for_pull(p, self.p.timeout)
             with lock:
                 ends[i] = time.monotonic()
-                client_cpu[i] = usage.ru_utime + usage.ru_stime
+                client_cpu[i] = cpu
 
         meter = CpuMeter()
         servers = self.server_pids()
@@ -563,40 +579,14 @@ class ScenarioRun:
             sampler.result()
         cpu = meter.stop()
         samples.append((time.monotonic() - t0, self.link_counters()))
-        self.timeline = {
-            str(idx): [
-                (
-                    round(t, 2),
-                    c[idx][0] - base.get(idx, (0, 0))[0],
-                    c[idx][1] - base.get(idx, (0, 0))[1],
-                )
-                for t, c in samples
-                if idx in c
-            ]
-            for idx in base
-        }
+        self.timeline = _timeline(base, samples)
         wall = max(ends.values()) - t0
         own = sum(proc_cpu_seconds(pid) for pid in servers) - server_cpu0
         self.client_cores = sum(client_cpu.values()) / wall if wall > 0 else 0.0
         own += sum(client_cpu.values())
-        results = []
-        for i, (host, dest, p) in enumerate(procs):
-            nr = NodeResult(host.index - 2, ends[i] - t0, p.returncode, verified=False)
-            if p.returncode == 0:
-                try:
-                    if self.p.client_dest == "oci":
-                        compare_oci_with_image(dest, self.image)
-                    else:
-                        compare_dir_with_image(dest, self.image)
-                    nr.verified = True
-                except AssertionError as exc:
-                    nr.error = str(exc)[:500]
-            else:
-                nr.error = (self.work / f"skopeo-{host.index}.err").read_text(errors="replace")[
-                    -500:
-                ]
-            shutil.rmtree(dest, ignore_errors=True)
-            results.append(nr)
+        results = [
+            self._result(host, dest, p, ends[i] - t0) for i, (host, dest, p) in enumerate(procs)
+        ]
         return results, cpu, own / wall if wall > 0 else 0.0, wall
 
     def upstream_blob_lines(self) -> list[tuple[str, int]]:
@@ -853,3 +843,41 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _timeline(
+    base: dict[int, tuple[int, int]], samples: list[tuple[float, dict[int, tuple[int, int]]]]
+) -> dict[str, list[tuple[float, int, int]]]:
+    """Per node: (seconds, bytes received, bytes sent) since the rollout started."""
+    return {
+        str(idx): [
+            (
+                round(t, 2),
+                c[idx][0] - base.get(idx, (0, 0))[0],
+                c[idx][1] - base.get(idx, (0, 0))[1],
+            )
+            for t, c in samples
+            if idx in c
+        ]
+        for idx in base
+    }
+
+
+def _wait_for_pull(p: subprocess.Popen[bytes], timeout: float) -> float:
+    """Wait for a node's skopeo (killed past ``timeout``); its CPU seconds.
+
+    wait4 rather than Popen.wait: its rusage is skopeo's own CPU (the gate and
+    `ip netns exec` exec into it, so the PID is the same process).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() > deadline:
+            p.kill()
+            _, status, usage = os.wait4(p.pid, 0)
+            break
+        time.sleep(0.005)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return usage.ru_utime + usage.ru_stime
