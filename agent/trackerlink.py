@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -89,10 +90,14 @@ class TrackerState:
 
     ``state``: starting (no heartbeat yet), ok, unreachable, or refused (the tracker answered
     but would not take us: wrong fleet token, agent key); ``reason`` says why, for operators.
+    ``registrations``: how often a tracker took this agent as new (its start, or the tracker
+    forgot it) and accepted everything it holds; one more after a tracker restart means the
+    fleet can find this agent's layers again.
     """
 
     state: str = "starting"
     reason: str = ""
+    registrations: int = 0
 
     @property
     def healthy(self) -> bool:
@@ -117,6 +122,7 @@ class TrackerLink:
     # Told the image of each fleet-wide tag invalidation (agent.mirror.Mirror.invalidate_tag).
     on_invalidate: Callable[[str], None] | None = None
     _invalidated_up_to: float = 0.0
+    _registrations: int = 0
     _warned_at: float = -_REPEAT_WARNING_SECONDS
     _peer_ids: dict[tuple[str, int], str] = field(default_factory=dict)
     _jobs: dict[str, asyncio.Task[None]] = field(default_factory=dict)
@@ -186,10 +192,13 @@ class TrackerLink:
         reply = await self.client.heartbeat(self.describe())
         fetching = list(self.fetching()) if self.fetching is not None else []
         items = list(fetching)
-        if reply.registered or reply.reannounce:
+        full = reply.registered or reply.reannounce
+        if full:
             items.extend(self.held())
         if items:
             await self.client.announce_many(items)
+        if full:
+            self._registrations += 1
         interval = reply.heartbeat_interval or self.default_interval
         if fetching and reply.lease_ttl > 0:
             # These heartbeats keep this agent's leases, which the tracker's interval for a
@@ -227,6 +236,7 @@ class TrackerLink:
         await asyncio.sleep(interval)
 
     def _enter(self, new: TrackerState) -> None:
+        new = dataclasses.replace(new, registrations=self._registrations)
         old, self.state = self.state, new
         if new.healthy:
             if not old.healthy:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from testbed.agent import AgentProc
 from testbed.clients import skopeo_copy, skopeo_copy_logged_in, write_registries_conf
@@ -157,7 +158,8 @@ class Fleet:
         )
         return dest
 
-    def agent_metrics(self, index: int) -> str:
+    def agent_get(self, index: int, path: str) -> str:
+        """GET an agent's operator endpoint, from inside its host."""
         host = self.topo.hosts[index]
         agent = self.agents[index]
         res = host.run(
@@ -166,11 +168,19 @@ class Fleet:
                 "-c",
                 "import sys,urllib.request;"
                 "sys.stdout.write(urllib.request.urlopen(sys.argv[1],timeout=10).read().decode())",
-                f"{agent.url}/metrics",
+                f"{agent.url}{path}",
             ],
         )
         out: str = res.stdout
         return out
+
+    def agent_metrics(self, index: int) -> str:
+        return self.agent_get(index, "/metrics")
+
+    def agent_tracker_state(self, index: int) -> dict[str, Any]:
+        """The agent's view of its tracker link (``/healthz``): state, reason, registrations."""
+        state: dict[str, Any] = json.loads(self.agent_get(index, "/healthz"))["tracker"]
+        return state
 
     def metric(self, index: int, name: str, labels: str = "") -> float:
         for line in self.agent_metrics(index).splitlines():

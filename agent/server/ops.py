@@ -96,7 +96,11 @@ class OpsHandlers:
         return web.json_response(
             {
                 "status": "ok" if tracker.healthy else "degraded",
-                "tracker": {"state": tracker.state, "reason": tracker.reason},
+                "tracker": {
+                    "state": tracker.state,
+                    "reason": tracker.reason,
+                    "registrations": tracker.registrations,
+                },
                 "cache_bytes": self._store.total_bytes,
                 "cache_limit_bytes": self._store.max_bytes,
                 "disk_free_bytes": usage.free,

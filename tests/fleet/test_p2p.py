@@ -12,7 +12,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,17 +38,31 @@ def pull_all(fleet: Fleet, indexes: list[int], image: Image) -> list[Path]:
         return [f.result(timeout=280) for f in futures]
 
 
-def wait_until_registered(fleet: Fleet, agents: int, timeout: float = 40.0) -> None:
-    """Until the tracker lists ``agents`` live agents, then one heartbeat more (1 s at
-    --agent-ttl 3): what an agent holds is announced right after it registers."""
+def wait_for_tracker_state(
+    fleet: Fleet, index: int, ok: Callable[[dict[str, Any]], bool], timeout: float = 40.0
+) -> dict[str, Any]:
+    """Poll agent ``index``'s /healthz until its tracker link satisfies ``ok``."""
     deadline = time.monotonic() + timeout
     while True:
-        view = fleet.tracker_get("/v1/fleet", check=False)
-        if isinstance(view, dict) and len(view.get("agents", [])) >= agents:
-            break
-        assert time.monotonic() < deadline, logs(fleet)
-        time.sleep(0.3)
-    time.sleep(1.5)
+        state = fleet.agent_tracker_state(index)
+        if ok(state):
+            return state
+        assert time.monotonic() < deadline, (state, logs(fleet))
+        time.sleep(0.2)
+
+
+def registrations(fleet: Fleet, index: int) -> int:
+    """How often a tracker has taken agent ``index`` with all it holds (at least once)."""
+    state = wait_for_tracker_state(fleet, index, lambda s: s["registrations"] >= 1)
+    return int(state["registrations"])
+
+
+def wait_until_reregistered(fleet: Fleet, index: int, before: int) -> None:
+    """Until the tracker took agent ``index`` again, holdings included (its healthz says so
+    only after the tracker accepted them)."""
+    wait_for_tracker_state(
+        fleet, index, lambda s: s["state"] == "ok" and s["registrations"] > before
+    )
 
 
 def logs(fleet: Fleet) -> str:
@@ -121,7 +137,13 @@ def test_fetching_agent_killed_mid_layer(fleet: FleetFactory) -> None:
             time.sleep(0.1)
         others = concurrent.futures.ThreadPoolExecutor(2)
         futures = [others.submit(f.pull, i, image) for i in (2, 3)]
-        time.sleep(0.5)
+        # The kill must land while both followers stream the layer (from agent 1, which
+        # holds the lease): their partial files have bytes.
+        followers = [f.agents[i].data_dir / "partial" / layer.replace(":", "-") for i in (2, 3)]
+        deadline = time.monotonic() + 60
+        while not all(p.exists() and p.stat().st_size > 0 for p in followers):
+            assert time.monotonic() < deadline, logs(f)
+            time.sleep(0.05)
         agent1 = f.agents[1].proc
         assert agent1 is not None and agent1.pid is not None
         os.killpg(agent1.pid, signal.SIGKILL)  # a crash, not a shutdown
@@ -239,11 +261,13 @@ def test_corrupt_peer_never_breaks_a_pull(fleet: FleetFactory) -> None:
     f = fleet(3)
     image = f.push_image([6 * MiB])
     layer = image.layers[0].digest
-    # Agent 1 seeds slowly, so the downloader also asks the bad peer for pieces.
-    f.start_agent(1, extra=(*TORRENT, *SEGMENT, "--upload-rate", "1M"))
+    f.start_agent(1, extra=(*TORRENT, *SEGMENT))
     compare_dir_with_image(f.pull(1, image), image)
     meta = f.tracker_get(f"/v1/metainfo/{layer}")
     assert isinstance(meta, dict)
+    # The honest seed leaves (its segment metainfo stays): the bad peer is then the only
+    # holder, so the downloader asks it, whatever the timing.
+    f.agents[1].stop()
     specs = [f"{s['info_hash']}:{-(-s['length'] // (256 << 10))}" for s in meta["segments"]]
     evil_host = f.topo.hosts[3]
     evil = evil_host.popen(
@@ -290,11 +314,11 @@ def test_after_a_tracker_restart_new_agents_still_use_peers(fleet: FleetFactory)
     layer = image.layers[0].digest
     f.start_agent(1)
     compare_dir_with_image(f.pull(1, image), image)
+    before = registrations(f, 1)
     tracker.stop()
     assert not tracker.running
     f.start_tracker()  # the same process again: same flags, nothing remembered
-    # Its holdings go in the same heartbeat that registers it.
-    wait_until_registered(f, 1)
+    wait_until_reregistered(f, 1, before)
     f.start_agent(2, extra=("--peer-wait", "30s"))
     compare_dir_with_image(f.pull(2, image), image)
     assert f.registry.blob_fetches(layer) == 1, logs(f)
@@ -323,12 +347,14 @@ def test_after_redis_restarts_empty_holders_serve_again(fleet: FleetFactory) -> 
         layer = image.layers[0].digest
         f.start_agent(1)
         compare_dir_with_image(f.pull(1, image), image)
+        before = registrations(f, 1)
         redis.stop()
         assert not redis.running  # the fault really happened
-        time.sleep(1.5)  # heartbeats fail meanwhile (the tracker answers 503)
+        # ... and reached the agent: its heartbeats fail (the tracker answers 503).
+        wait_for_tracker_state(f, 1, lambda s: s["state"] == "unreachable")
         redis.start()
         wait_for_port("127.0.0.1", port, 20, netns=host.name, proc=redis)
-        wait_until_registered(f, 1)
+        wait_until_reregistered(f, 1, before)
         f.start_agent(2, extra=("--peer-wait", "30s"))
         compare_dir_with_image(f.pull(2, image), image)
         assert f.registry.blob_fetches(layer) == 1, logs(f)
