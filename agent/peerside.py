@@ -175,7 +175,7 @@ class PeerSide:
         if self.relay is None:
             return []
         return [
-            Announcement(str(dl.digest), "fetching", dl.written, dl.size or 0)
+            Announcement(str(dl.digest), "fetching", dl.written, dl.size or 0, upstream=True)
             for dl in self._fetcher.downloads()
             if dl.source == "upstream" and not dl.finished
         ]

@@ -15,13 +15,16 @@ Scenarios: ``cold`` (nobody holds the image; every node starts pulling at once, 
 over ``--ramp`` seconds), ``preheated`` (one seed per region holds every layer first),
 ``churn`` (5% of the pulling agents die and 5% more join during the first ``--churn-window``
 seconds), ``kill-tracker`` (the first replica is killed with SIGKILL ``--kill-at`` seconds
-into the rollout and stays down).
+into the rollout and stays down), ``restart-redis`` (redis-server is killed ``--kill-at``
+seconds in and started again empty on its port: the fleet's state is lost).
 
 Reported per scenario (results.json, results.md): requests/s per tracker, p50/p99 client-side
 latency per endpoint, tracker requests per node per layer with heartbeats apart, time until
 every node has its first hand-out (a parent, the lease or the upstream) for every layer,
 completion time, lease hand-outs per region and layer, upstream fetches, failures, tracker
-and Redis CPU per request, Redis memory. ``--redis-memory-agents N`` also measures Redis
+and Redis CPU per request, Redis memory; after a kill, per node when it first saw a failed
+tracker request and how long until one was answered again, and after a Redis restart how
+long until each node was registered again. ``--redis-memory-agents N`` also measures Redis
 memory for N agents holding 50 digests each, announced through the agent's client.
 """
 
@@ -52,7 +55,7 @@ from core.wire import AgentInfo, Announcement
 from testbed.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("cold", "preheated", "churn", "kill-tracker")
+SCENARIOS = ("cold", "preheated", "churn", "kill-tracker", "restart-redis")
 
 
 @dataclass(frozen=True)
@@ -220,7 +223,7 @@ def run_scenario(params: Params, scenario: str, workdir: Path) -> dict[str, Any]
         try:
             for t in trackers:
                 t.wait_ready()
-            return _drive(params, scenario, workdir, rng, token, rs.url, trackers)
+            return _drive(params, scenario, workdir, rng, token, rs, trackers)
         finally:
             for t in trackers:
                 t.stop()
@@ -232,9 +235,10 @@ def _drive(
     workdir: Path,
     rng: random.Random,
     token: str,
-    redis_url: str,
+    rs: RedisServer,
     trackers: list[Tracker],
 ) -> dict[str, Any]:
+    redis_url = rs.url
     agents = plan_agents(params, scenario, rng)
     size = params.layer_mib << 20
     layers = [(layer_digest(i), size) for i in range(params.layers)]
@@ -283,11 +287,18 @@ def _drive(
         while any(p.poll() is None for p, _ in workers):
             now = time.time()
             if (
-                scenario == "kill-tracker"
+                scenario in ("kill-tracker", "restart-redis")
                 and killed_at is None
                 and now >= start_at + params.kill_at
             ):
-                trackers[0].kill()
+                if scenario == "kill-tracker":
+                    trackers[0].kill()
+                else:
+                    # Its CPU counters restart with it: what it used until now counts too.
+                    last = redis_info(redis_url)
+                    for k in ("used_cpu_sys", "used_cpu_user"):
+                        info0[k] = float(info0[k]) - float(last[k])
+                    rs.crash_and_restart()
                 killed_at = now - start_at
             if now > deadline:
                 raise RuntimeError("simulation workers did not finish in time")
@@ -383,6 +394,36 @@ def summarise(
     def r3(x: float | None) -> float | None:
         return None if x is None else round(x, 3)
 
+    def spread(values: list[float]) -> dict[str, float | None]:
+        return {
+            "n": len(values),
+            "p50": r3(pct(values, 50)),
+            "p99": r3(pct(values, 99)),
+            "max": r3(max(values, default=None)),
+        }
+
+    # After a kill: when each node first saw a failed tracker request, how long until one
+    # was answered again, and (Redis restarted empty) how long until it was registered anew.
+    noticed: list[float] = []
+    recovered: list[float] = []
+    never_recovered = 0
+    reregistered: list[float] = []
+    not_reregistered = 0
+    if killed_at is not None:
+        for n in alive:
+            after = [o for o in n.get("outages", []) if o[0] >= killed_at]
+            if after:
+                noticed.append(after[0][0] - killed_at)
+                if after[0][1] is None:
+                    never_recovered += 1
+                else:
+                    recovered.append(after[0][1] - after[0][0])
+            again = [t for t in n.get("registered_at", []) if t >= killed_at]
+            if again:
+                reregistered.append(again[0] - killed_at)
+            else:
+                not_reregistered += 1
+
     return {
         "scenario": scenario,
         "params": params.__dict__ | {"scenarios": list(params.scenarios)},
@@ -447,7 +488,19 @@ def summarise(
         "redis_cpu_us_per_request": round(1e6 * redis_cpu_s / max(1, total_requests), 1),
         "redis_used_memory_mib": round(int(info1["used_memory"]) / (1 << 20), 2),
         "redis_keys": int(info1["dbsize"]),
-        "tracker_killed_at_s": killed_at,
+        "killed_at_s": killed_at,
+        "after_kill": {
+            "first_failed_request_s": spread(noticed),
+            "failed_until_answered_s": spread(recovered),
+            "never_answered_again": never_recovered,
+            "registered_again_s": spread(reregistered) if scenario == "restart-redis" else None,
+            "not_registered_again": not_reregistered if scenario == "restart-redis" else None,
+        }
+        if killed_at is not None
+        else None,
+        "heartbeats_per_node_per_min": r3(
+            60 * sum(heartbeat.values()) / max(1, len(nodes)) / max(span, 1.0)
+        ),
         "unfinished_tasks": sum(p["unfinished"] for p in parts),
         "crashed": [c for p in parts for c in p["crashed"]],
     }

@@ -52,7 +52,7 @@ from agent.relay.source import order_candidates
 from agent.trackerlink import CoordinatorUnavailable, Lookup, TrackerLink
 from core.tasks import Supervisor
 from core.trackerclient import HttpTrackerClient
-from core.wire import AgentInfo, Announcement, Peer
+from core.wire import AgentInfo, Announcement, HeartbeatReply, Peer
 
 # The relay's constants (agent/relay/source.py, agent/relay/server.py), so the simulated
 # followers make the same tracker calls at the same moments.
@@ -66,6 +66,9 @@ SMALL_CHILDREN = 64
 # Set while a request belongs to a heartbeat (its lease upkeep and re-announce included):
 # the report counts tracker requests per node per layer "heartbeats apart".
 IN_HEARTBEAT: contextvars.ContextVar[bool] = contextvars.ContextVar("in_heartbeat", default=False)
+# The simulated agent a request belongs to (set in its task, inherited by the tasks it starts),
+# for the per-node timeline of tracker failures and recoveries.
+AGENT: contextvars.ContextVar[str] = contextvars.ContextVar("agent", default="")
 
 
 @dataclass
@@ -175,6 +178,11 @@ class Stats:
         self.heartbeat_requests: Counter[str] = Counter()
         self.timeline: Counter[int] = Counter()
         self.zero = 0.0
+        # Per agent, after the rollout started: (first failed request, first answered request
+        # after it) per outage, and when a heartbeat registered it anew.
+        self.outages: dict[str, list[list[float | None]]] = defaultdict(list)
+        self.registered: dict[str, list[float]] = defaultdict(list)
+        self.failed_replicas: dict[str, Counter[str]] = defaultdict(Counter)
 
     def trace(self) -> aiohttp.TraceConfig:
         tc = aiohttp.TraceConfig()
@@ -195,6 +203,7 @@ class Stats:
             self.timeline[int(time.time() - self.zero)] += 1
             kind = self.heartbeat_requests if ctx.heartbeat else self.rollout_requests
             kind[endpoint] += 1
+            self._outage(p.response.status >= 500, f"{p.url.host}:{p.url.port}")
 
         async def failed(
             _s: aiohttp.ClientSession,
@@ -202,11 +211,26 @@ class Stats:
             p: aiohttp.TraceRequestExceptionParams,
         ) -> None:
             self.errors[f"{_endpoint(p.url.path)} {type(p.exception).__name__}"] += 1
+            self._outage(True, f"{p.url.host}:{p.url.port}")
 
         tc.on_request_start.append(start)
         tc.on_request_end.append(end)
         tc.on_request_exception.append(failed)
         return tc
+
+    def _outage(self, failed: bool, replica: str) -> None:
+        """An agent's request failed (a connection error, a 5xx), or one answered after that."""
+        agent = AGENT.get()
+        now = time.time() - self.zero
+        if not agent or now < 0:
+            return
+        spans = self.outages.get(agent)
+        if failed:
+            self.failed_replicas[agent][replica] += 1
+            if not spans or spans[-1][1] is not None:
+                self.outages[agent].append([now, None])
+        elif spans and spans[-1][1] is None:
+            spans[-1][1] = now
 
 
 def _endpoint(path: str) -> str:
@@ -214,6 +238,19 @@ def _endpoint(path: str) -> str:
     if len(parts) >= 4 and parts[:2] == ["v1", "agents"]:
         return parts[3]
     return "/".join(parts[:2])
+
+
+class SimClient(HttpTrackerClient):
+    """The agent's client, noting when a heartbeat registered the agent anew."""
+
+    registered_at: list[float]
+    world: World
+
+    async def heartbeat(self, info: AgentInfo) -> HeartbeatReply:
+        reply = await super().heartbeat(info)
+        if reply.registered:
+            self.registered_at.append(self.world.now())
+        return reply
 
 
 class SimLink(TrackerLink):
@@ -249,9 +286,10 @@ class SimAgent:
         # Each agent prefers another replica first, as a fleet configured with the same
         # list would after failovers have spread it.
         rotated = urls[index % len(urls) :] + urls[: index % len(urls)]
-        client = HttpTrackerClient(
-            rotated, world.spec.token, self.agent_id, secrets.token_hex(16), session
-        )
+        client = SimClient(rotated, world.spec.token, self.agent_id, secrets.token_hex(16), session)
+        client.world = world
+        self.registered_at: list[float] = []
+        client.registered_at = self.registered_at
         # No preheat jobs in the simulation: the link starts no tasks of its own.
         self.link = SimLink(
             client, self.describe, self.held, Supervisor(self.agent_id), fetching=self.fetching
@@ -278,7 +316,7 @@ class SimAgent:
     def fetching(self) -> list[Announcement]:
         now = self.world.now()
         return [
-            Announcement(t.digest, "fetching", int(t.progress(now)), t.size)
+            Announcement(t.digest, "fetching", int(t.progress(now)), t.size, upstream=True)
             for t in self.transfers.values()
             if t.source == "upstream" and not t.complete
         ]
@@ -501,6 +539,7 @@ async def run_agent(
         await asyncio.sleep(max(0.0, join_at - world.now()))
     else:
         await asyncio.sleep(max(0.0, -world.now()) * world.rng.random() * 0.8)
+    AGENT.set(agent.agent_id)
     me = asyncio.current_task()
     assert me is not None
     agent.tasks.append(me)
@@ -549,6 +588,9 @@ async def run_worker(spec: Spec) -> dict[str, Any]:
                 "region": a.region,
                 "dead": a.dead,
                 "layers": [r.__dict__ for r in a.records],
+                "registered_at": a.registered_at,
+                "outages": stats.outages.get(a.agent_id, []),
+                "failed_replicas": stats.failed_replicas.get(a.agent_id, {}),
             }
             for a in world.agents.values()
             if a.records

@@ -171,12 +171,19 @@ class AgentInfo:
 
 @dataclass(frozen=True)
 class Announcement:
-    """An agent's claim about one digest, as sent in an announce request."""
+    """An agent's claim about one digest, as sent in an announce request.
+
+    ``upstream``: the agent fetches it from the upstream itself (its heartbeats send these):
+    such an announce keeps the region's lease for it, and claims the lease when nobody holds
+    it (a tracker that lost its state, a lease that ran out), so the region does not start a
+    second upstream fetch beside this one.
+    """
 
     digest: str
     state: HoldState
     progress_bytes: int = 0
     total_bytes: int = 0
+    upstream: bool = False
 
     @classmethod
     def from_json(cls, raw: Any) -> Announcement:
@@ -188,10 +195,16 @@ class Announcement:
         total = _nonneg_int(d, "total_bytes", 0)
         if total and progress > total:
             raise InvalidRequest("progress_bytes exceeds total_bytes")
-        return cls(check_digest(_get(d, "digest", str)), state, progress, total)
+        upstream = _get(d, "upstream", bool, False)
+        if upstream and state != "fetching":
+            raise InvalidRequest("field 'upstream' is for a digest being fetched")
+        return cls(check_digest(_get(d, "digest", str)), state, progress, total, upstream)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if not self.upstream:
+            del out["upstream"]  # what agents sent before the field existed
+        return out
 
 
 @dataclass(frozen=True)

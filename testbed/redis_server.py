@@ -31,10 +31,11 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}"
 
-    def start(self, *, attempts: int = 3) -> None:
+    def start(self, *, attempts: int = 3, port: int = 0) -> None:
+        """Start on ``port``, or on a free one (tried again on another if it was taken)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         for _ in range(attempts):
-            self.port = free_port()
+            self.port = port or free_port()
             log = (self.workdir / "redis.log").open("ab")
             self.proc = subprocess.Popen(
                 [
@@ -78,6 +79,14 @@ class RedisServer:
                 pass
             time.sleep(0.05)
         return False
+
+    def crash_and_restart(self) -> None:
+        """Killed (SIGKILL, nothing saved) and started again empty on the same port."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self.proc = None
+        self.start(port=self.port)
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

@@ -239,11 +239,22 @@ class Tracker:
         # layer from the upstream again: bench.fleet_sim saw a quarter of the regions fetch
         # a layer twice. Now such a lookup is handed this holder as the lease holder.
         done = [a.digest for a in items if a.state == "holding"]
+        until = now + self.config.lease_ttl
         for a in items:
-            if a.state == "fetching" or len(done) <= _KEEP_LEASE_ITEMS:
-                await self.store.renew_lease(
-                    region, a.digest, agent_id, now, now + self.config.lease_ttl
-                )
+            if a.upstream:
+                # Fetching from the upstream: keep the lease, or take it when nobody holds
+                # it (after Redis came back empty, the region's next lookup would otherwise
+                # start a second upstream fetch beside this one).
+                lease = await self.store.acquire_lease(region, a.digest, agent_id, now, until)
+                if lease.granted and lease.took_over:
+                    log.info(
+                        "lease claimed by its upstream fetcher digest=%s region=%s agent=%s",
+                        a.digest,
+                        region,
+                        agent_id,
+                    )
+            elif a.state == "fetching" or len(done) <= _KEEP_LEASE_ITEMS:
+                await self.store.renew_lease(region, a.digest, agent_id, now, until)
         if len(done) > _KEEP_LEASE_ITEMS:
             # A bulk announce is a cache re-announced after a restart, not fetches ending:
             # any lease it still names is stale, and one round trip ends them all.

@@ -1,8 +1,9 @@
 """The fleet simulator's own path, small: 40 simulated agents, 2 real trackers on a real Redis.
 
 Counts, not times: every node gets every layer, each region fetches each layer from the
-upstream about once, the relay's request pattern stays within its budget per layer, and
-killing a replica mid-rollout fails no node (its agents fail over to the other one).
+upstream about once, the relay's request pattern stays within its budget per layer, killing
+a replica mid-rollout fails no node (its agents fail over to the other one), and neither does
+a Redis that comes back empty (every node registers again).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from bench.fleet_sim import Params, run
 pytestmark = pytest.mark.integration
 
 
-def test_simulated_rollout_cold_and_with_a_replica_killed(tmp_path: Path) -> None:
+def test_simulated_rollout_cold_replica_killed_and_redis_restarted(tmp_path: Path) -> None:
     params = Params(
         agents=40,
         regions=4,
@@ -28,14 +29,14 @@ def test_simulated_rollout_cold_and_with_a_replica_killed(tmp_path: Path) -> Non
         upstream_mbit=100,
         trackers=2,
         procs=2,
-        scenarios=("cold", "kill-tracker"),
+        scenarios=("cold", "kill-tracker", "restart-redis"),
         kill_at=0.2,
         timeout=60,
         warmup=1.0,
     )
     doc = run(params, tmp_path / "out")
-    cold, killed = doc["scenarios"]
-    for s in (cold, killed):
+    cold, killed, restarted = doc["scenarios"]
+    for s in (cold, killed, restarted):
         assert s["nodes"] == 40, s
         assert s["nodes_failed"] == 0, s["failed_sample"]
         assert s["crashed"] == [], s["crashed"]
@@ -50,6 +51,11 @@ def test_simulated_rollout_cold_and_with_a_replica_killed(tmp_path: Path) -> Non
     assert cold["sources"]["peer"] >= 68, cold["sources"]
     # The replica really died while agents still needed it: their requests to it broke
     # and went on with the other replica.
-    assert killed["tracker_killed_at_s"] is not None
+    assert killed["killed_at_s"] is not None
     assert sum(killed["client_errors"].values()) > 0, killed["client_errors"]
+    assert killed["after_kill"]["first_failed_request_s"]["n"] > 0, killed["after_kill"]
+    assert killed["after_kill"]["never_answered_again"] == 0, killed["after_kill"]
+    # Redis came back empty: every live node registered again, none failed (checked above).
+    again = restarted["after_kill"]
+    assert again["not_registered_again"] == 0 and again["registered_again_s"]["n"] == 40, again
     assert (tmp_path / "out" / "results.md").stat().st_size > 0

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from core.trackererrors import Forbidden, InvalidRequest, UnknownAgent
-from core.wire import Counters, LayerProgress
+from core.wire import Announcement, Counters, LayerProgress
 from tests.tracker.conftest import new_key
 from tests.tracker.helpers import agent, digest_of, segment
 from tracker.clock import ManualClock
@@ -337,3 +337,22 @@ async def test_heartbeat_interval_follows_the_fleet_size(
     assert (await tracker.lookup("late", key, D)).action == "fetch"
     fixed = Tracker(store, clock, TrackerConfig(agent_ttl=30, heartbeat_rate=0))
     assert (await fixed.heartbeat(agent("late"), key)).heartbeat_interval == 10.0
+
+
+async def test_an_upstream_fetchers_heartbeat_keeps_or_claims_the_lease(tracker: Tracker) -> None:
+    keys = {a: await join(tracker, a, region="r1") for a in ("root", "f1", "f2")}
+    assert (await tracker.lookup("root", keys["root"], D)).action == "fetch"
+    # The lease is lost (Redis came back empty): the root's next heartbeat, announcing its
+    # upstream fetch, claims it again, so the region's next asker follows the root instead
+    # of fetching the layer from the upstream a second time.
+    await tracker.store.release_leases("r1", [D], "root")
+    upstream = Announcement(D, "fetching", 5, 10, upstream=True)
+    await tracker.announce_many("root", keys["root"], [upstream])
+    reply = await tracker.lookup("f1", keys["f1"], D)
+    assert (reply.action, reply.lease_holder) == ("wait", "root")
+    # Another agent fetching from the upstream (it gave up on peers) does not take a live lease.
+    await tracker.announce_many("f2", keys["f2"], [upstream])
+    assert (await tracker.lookup("f1", keys["f1"], D)).lease_holder == "root"
+    # Only a digest being fetched can say so.
+    with pytest.raises(InvalidRequest):
+        Announcement.from_json({"digest": D, "state": "holding", "upstream": True})
