@@ -46,7 +46,7 @@ from tracker.clock import Clock
 from tracker.config import TrackerConfig
 from tracker.handout import order_peers
 from tracker.model import AgentRecord, Holding, PreheatReport
-from tracker.store.base import AuthenticatedLookup, PeerView, TrackerStore
+from tracker.store.base import BAD_PEER_QUORUM, AuthenticatedLookup, PeerView, TrackerStore
 
 log = logging.getLogger(__name__)
 
@@ -379,10 +379,14 @@ class Tracker:
         now = self.clock.now()
         # One report leaves the peer out only for the reporter; several distinct reporters
         # leave it out for everyone; either way only for BAD_PEER_TTL.
-        await self.store.add_bad_peer(digest, peer_id, agent_id, now, now + BAD_PEER_TTL)
+        report = await self.store.add_bad_peer(digest, peer_id, agent_id, now, now + BAD_PEER_TTL)
         # A lease held by a peer that sends bad data or stopped answering is void: the next
         # asker in the region gets it, instead of every follower going upstream on its own.
-        await self.store.release_leases(rec.info.region, [digest], peer_id)
+        # A follower reports a stalled parent once, so one agent's first report on a layer
+        # voids it; after that only BAD_PEER_QUORUM reporters do, so a rogue reporter moves a
+        # layer's lease at most once per BAD_PEER_TTL, not at every report.
+        if report.first or report.reporters >= BAD_PEER_QUORUM:
+            await self.store.release_leases(rec.info.region, [digest], peer_id)
 
     # -- metainfo ---------------------------------------------------------------------------
 

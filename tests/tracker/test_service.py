@@ -356,3 +356,18 @@ async def test_an_upstream_fetchers_heartbeat_keeps_or_claims_the_lease(tracker:
     # Only a digest being fetched can say so.
     with pytest.raises(InvalidRequest):
         Announcement.from_json({"digest": D, "state": "holding", "upstream": True})
+
+
+async def test_one_reporter_moves_a_lease_once(tracker: Tracker) -> None:
+    keys = {a: await join(tracker, a, region="r1") for a in ("root", "f1", "f2", "rogue")}
+    assert (await tracker.lookup("root", keys["root"], D)).action == "fetch"
+    # Its first report on the layer voids the lease, as a follower of a stalled root needs.
+    await tracker.report_bad_peer("rogue", keys["rogue"], "root", D)
+    assert (await tracker.lookup("f1", keys["f1"], D)).action == "fetch"
+    # Its next report does not: the lease stays with f1 ...
+    await tracker.report_bad_peer("rogue", keys["rogue"], "f1", D)
+    reply = await tracker.lookup("f2", keys["f2"], D)
+    assert (reply.action, reply.lease_holder) == ("wait", "f1")
+    # ... until a second agent reports f1 too.
+    await tracker.report_bad_peer("f2", keys["f2"], "f1", D)
+    assert (await tracker.lookup("f2", keys["f2"], D)).action == "fetch"

@@ -15,6 +15,7 @@ from tests.tracker.helpers import agent, digest_of, segment
 from tracker.clock import ManualClock
 from tracker.model import Holding, PreheatReport
 from tracker.store import TrackerStore
+from tracker.store.base import BadReport
 from tracker.store.redis_store import INDEX_TTL_MS, RedisStore
 
 TTL = 30.0
@@ -180,14 +181,15 @@ async def test_metainfo_segments(store: TrackerStore) -> None:
 
 async def test_bad_peers(store: TrackerStore, clock: ManualClock) -> None:
     now = clock.now()
-    await store.add_bad_peer(D1, "p1", "r1", now, now + 60)
-    await store.add_bad_peer(D1, "p1", "r1", now, now + 60)  # the same reporter again
-    await store.add_bad_peer(D2, "p2", "r1", now, now + 60)
+    assert await store.add_bad_peer(D1, "p1", "r1", now, now + 60) == BadReport(1, True)
+    # The same reporter again: not its first report on that digest.
+    assert await store.add_bad_peer(D1, "p1", "r1", now, now + 60) == BadReport(1, False)
+    assert await store.add_bad_peer(D2, "p2", "r1", now, now + 60) == BadReport(1, True)
     # One reporter: left out for the reporter only.
     assert (await store.peer_view(D1, count_lookup=False)).bad_peers == frozenset()
     assert (await store.peer_view(D1, count_lookup=False, asker="r1")).bad_peers == {"p1"}
     # A second reporter: left out for everyone.
-    await store.add_bad_peer(D1, "p1", "r2", now, now + 30)
+    assert await store.add_bad_peer(D1, "p1", "r2", now, now + 30) == BadReport(2, True)
     assert (await store.peer_view(D1, count_lookup=False)).bad_peers == {"p1"}
     assert await store.bad_peer_counts() == {"p1": 2, "p2": 1}
     # Reports expire.
@@ -196,6 +198,10 @@ async def test_bad_peers(store: TrackerStore, clock: ManualClock) -> None:
     assert (await store.peer_view(D1, count_lookup=False)).bad_peers == frozenset()
     assert (await store.peer_view(D1, count_lookup=False, asker="r1")).bad_peers == {"p1"}
     clock.advance(30)
+    # Expired reports count for nothing, even before a prune.
+    now = clock.now()
+    assert await store.add_bad_peer(D2, "p2", "r9", now, now + 60) == BadReport(1, True)
+    assert await store.add_bad_peer(D2, "p2", "r1", now, now + 60) == BadReport(2, True)
     await store.prune(clock.now())
     assert (await store.peer_view(D1, count_lookup=False, asker="r1")).bad_peers == frozenset()
 

@@ -26,6 +26,15 @@ MAX_INVALIDATIONS = 1000
 
 
 @dataclass(frozen=True)
+class BadReport:
+    """What ``add_bad_peer`` found: ``reporters`` distinct agents now report this peer for this
+    digest (this one included); ``first`` when the reporter had reported nobody for it yet."""
+
+    reporters: int
+    first: bool
+
+
+@dataclass(frozen=True)
 class PeerView:
     """Everything a lookup needs about one digest, read in one go.
 
@@ -92,7 +101,8 @@ class TrackerStore(Protocol):
 
     Lookup statistics and bad peers: ``peer_view(count_lookup=True)`` also counts a lookup for
     ``hottest``; ``add_bad_peer`` records one reporter's report on a peer for one digest until
-    ``expires`` (see ``PeerView.bad_peers``; ``asker`` names who is looking) and counts it once.
+    ``expires`` (see ``PeerView.bad_peers``; ``asker`` names who is looking), counts it once,
+    and says what was on record (reports not expired at ``now``) as a ``BadReport``.
 
     ``holding_count`` is how many digests an agent announced (to cap them); ``usage`` the
     number of entries of each structure, for tests and diagnostics.
@@ -161,7 +171,7 @@ class TrackerStore(Protocol):
 
     async def add_bad_peer(
         self, digest: str, peer_id: str, reporter: str, now: float, expires: float
-    ) -> None: ...
+    ) -> BadReport: ...
 
     async def bad_peer_counts(self) -> dict[str, int]: ...
 

@@ -20,6 +20,7 @@ from tracker.store.base import (
     MAX_HOT,
     MAX_INVALIDATIONS,
     MAX_RETIRED_INCARNATIONS,
+    BadReport,
     BindStatus,
     PeerView,
     PutStatus,
@@ -382,8 +383,11 @@ class MemoryStore:
 
     async def add_bad_peer(
         self, digest: str, peer_id: str, reporter: str, now: float, expires: float
-    ) -> None:
-        reporters = self._bad.setdefault(digest, {}).setdefault(peer_id, {})
+    ) -> BadReport:
+        peers = self._bad.setdefault(digest, {})
+        first = not any(r.get(reporter, now) > now for r in peers.values())
+        reporters = peers.setdefault(peer_id, {})
+        others = sum(1 for who, until in reporters.items() if who != reporter and until > now)
         if reporter not in reporters:
             self._bad_counts[peer_id] += 1
             self._bad_reports += 1
@@ -391,6 +395,7 @@ class MemoryStore:
         while self._bad_reports > MAX_BAD_REPORTS:
             oldest = next(iter(self._bad))
             self._bad_reports -= sum(len(r) for r in self._bad.pop(oldest).values())
+        return BadReport(others + 1, first)
 
     async def bad_peer_counts(self) -> dict[str, int]:
         return dict(self._bad_counts)

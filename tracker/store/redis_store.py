@@ -51,6 +51,7 @@ from tracker.store.base import (
     MAX_HOT,
     MAX_INVALIDATIONS,
     MAX_RETIRED_INCARNATIONS,
+    BadReport,
     BindStatus,
     PeerView,
     PutStatus,
@@ -332,15 +333,27 @@ if tonumber(ARGV[5]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
 return status
 """
 
-# KEYS: bad, badexp, badcount; ARGV: peer, reporter, expires, ttl ms, digest.
+# KEYS: bad, badexp, badcount; ARGV: peer, reporter, expires, ttl ms, digest, now. Returns
+# the peer's distinct live reporters (this one included) and 1 when this reporter had
+# reported nobody for the digest yet.
 _ADD_BAD = """
 local field = ARGV[1] .. '\\t' .. ARGV[2]
+local now = tonumber(ARGV[6])
+local first, others = 1, 0
+local cur = redis.call('HGETALL', KEYS[1])
+for i = 1, #cur, 2 do
+  if tonumber(cur[i + 1]) > now then
+    local tab = string.find(cur[i], '\\t', 1, true)
+    local peer, reporter = string.sub(cur[i], 1, tab - 1), string.sub(cur[i], tab + 1)
+    if reporter == ARGV[2] then first = 0 elseif peer == ARGV[1] then others = others + 1 end
+  end
+end
 if redis.call('HSET', KEYS[1], field, ARGV[3]) == 1 then
   redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
 end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5] .. '\\t' .. field)
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[4]) then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
-return 0
+return {others + 1, first}
 """
 
 # Expired metainfo and bad-peer reports; lookup counts beyond the busiest; retired incarnations
@@ -831,11 +844,12 @@ class RedisStore:
     @_translated
     async def add_bad_peer(
         self, digest: str, peer_id: str, reporter: str, now: float, expires: float
-    ) -> None:
-        await self._add_bad(
+    ) -> BadReport:
+        reporters, first = await self._add_bad(
             keys=[self._k("bad", digest), self._k("badexp"), self._k("badcount")],
-            args=[peer_id, reporter, _num(expires), _ttl_ms(now, expires), digest],
+            args=[peer_id, reporter, _num(expires), _ttl_ms(now, expires), digest, _num(now)],
         )
+        return BadReport(int(reporters), bool(first))
 
     @_translated
     async def bad_peer_counts(self) -> dict[str, int]:
