@@ -155,6 +155,76 @@ def cpu_of(pid: int) -> float:
         return 0.0
 
 
+async def _measure(
+    args: argparse.Namespace,
+    targets: dict[str, str],
+    pids: dict[str, int],
+    digest: str,
+    tag: str,
+) -> dict[str, dict[str, float]]:
+    """Per target: median blob throughput, its server's CPU, manifest latency p50 and p99."""
+    results: dict[str, dict[str, float]] = {k: {} for k in targets}
+    async with aiohttp.ClientSession(auto_decompress=False) as s:
+        # Warm the agent's cache (this pull goes upstream) and both page caches.
+        for base in targets.values():
+            await read_blob(s, f"{base}/v2/{REPO}/blobs/{digest}", 1)
+            await manifest_latency(s, f"{base}/v2/{REPO}/manifests/{tag}", 20)
+        tput: dict[str, list[float]] = {k: [] for k in targets}
+        cpu: dict[str, float] = dict.fromkeys(targets, 0.0)
+        for _ in range(args.rounds):
+            for name, base in targets.items():
+                c0 = cpu_of(pids[name])
+                url = f"{base}/v2/{REPO}/blobs/{digest}"
+                if args.client == "curl":
+                    secs, nbytes = await read_blob_curl(url, args.concurrency)
+                else:
+                    secs, nbytes = await read_blob(s, url, args.concurrency)
+                cpu[name] += cpu_of(pids[name]) - c0
+                tput[name].append(nbytes / secs / (1 << 20))
+        lat: dict[str, list[float]] = {k: [] for k in targets}
+        per_round = max(1, args.manifest_requests // args.rounds)
+        for _ in range(args.rounds):
+            for name, base in targets.items():
+                lat[name] += await manifest_latency(
+                    s, f"{base}/v2/{REPO}/manifests/{tag}", per_round
+                )
+    for name in targets:
+        results[name]["blob_mib_s_median"] = statistics.median(tput[name])
+        results[name]["server_cpu_s"] = cpu[name]
+        q = statistics.quantiles(lat[name], n=100)
+        results[name]["manifest_p50_ms"] = statistics.median(lat[name]) * 1000
+        results[name]["manifest_p99_ms"] = q[98] * 1000
+    return results
+
+
+def _report(args: argparse.Namespace, results: dict[str, dict[str, float]]) -> None:
+    ratio = results["agent"]["blob_mib_s_median"] / results["registry"]["blob_mib_s_median"]
+    added = results["agent"]["manifest_p50_ms"] - results["registry"]["manifest_p50_ms"]
+    summary = {
+        "blob_mib": args.blob_mib,
+        "client": args.client,
+        "rounds": args.rounds,
+        "concurrency": args.concurrency,
+        "results": results,
+        "blob_throughput_ratio_agent_vs_registry": ratio,
+        "manifest_added_p50_ms": added,
+        "client_cpu_s": resource.getrusage(resource.RUSAGE_SELF).ru_utime
+        + resource.getrusage(resource.RUSAGE_SELF).ru_stime,
+    }
+    print(json.dumps(summary, indent=2))
+    print(
+        "\ncache-hit blob throughput: "
+        f"agent {results['agent']['blob_mib_s_median']:.0f} MiB/s, "
+        f"registry {results['registry']['blob_mib_s_median']:.0f} MiB/s, ratio {ratio:.2f}x"
+    )
+    print(
+        f"manifest p50: agent {results['agent']['manifest_p50_ms']:.2f} ms, registry "
+        f"{results['registry']['manifest_p50_ms']:.2f} ms, added {added:+.2f} ms"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2))
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--blob-mib", type=int, default=256)
@@ -217,62 +287,8 @@ async def main() -> None:
         await wait_http(agent + "/healthz")
         targets = {"registry": reg, "agent": agent}
         pids = {"registry": procs[0].pid, "agent": procs[1].pid}
-        results: dict[str, dict[str, float]] = {k: {} for k in targets}
-        async with aiohttp.ClientSession(auto_decompress=False) as s:
-            # Warm the agent's cache (this pull goes upstream) and both page caches.
-            for base in targets.values():
-                await read_blob(s, f"{base}/v2/{REPO}/blobs/{digest}", 1)
-                await manifest_latency(s, f"{base}/v2/{REPO}/manifests/{tag}", 20)
-            tput: dict[str, list[float]] = {k: [] for k in targets}
-            cpu: dict[str, float] = dict.fromkeys(targets, 0.0)
-            for _ in range(args.rounds):
-                for name, base in targets.items():
-                    c0 = cpu_of(pids[name])
-                    url = f"{base}/v2/{REPO}/blobs/{digest}"
-                    if args.client == "curl":
-                        secs, nbytes = await read_blob_curl(url, args.concurrency)
-                    else:
-                        secs, nbytes = await read_blob(s, url, args.concurrency)
-                    cpu[name] += cpu_of(pids[name]) - c0
-                    tput[name].append(nbytes / secs / (1 << 20))
-            lat: dict[str, list[float]] = {k: [] for k in targets}
-            per_round = max(1, args.manifest_requests // args.rounds)
-            for _ in range(args.rounds):
-                for name, base in targets.items():
-                    lat[name] += await manifest_latency(
-                        s, f"{base}/v2/{REPO}/manifests/{tag}", per_round
-                    )
-        for name in targets:
-            results[name]["blob_mib_s_median"] = statistics.median(tput[name])
-            results[name]["server_cpu_s"] = cpu[name]
-            q = statistics.quantiles(lat[name], n=100)
-            results[name]["manifest_p50_ms"] = statistics.median(lat[name]) * 1000
-            results[name]["manifest_p99_ms"] = q[98] * 1000
-        ratio = results["agent"]["blob_mib_s_median"] / results["registry"]["blob_mib_s_median"]
-        added = results["agent"]["manifest_p50_ms"] - results["registry"]["manifest_p50_ms"]
-        summary = {
-            "blob_mib": args.blob_mib,
-            "client": args.client,
-            "rounds": args.rounds,
-            "concurrency": args.concurrency,
-            "results": results,
-            "blob_throughput_ratio_agent_vs_registry": ratio,
-            "manifest_added_p50_ms": added,
-            "client_cpu_s": resource.getrusage(resource.RUSAGE_SELF).ru_utime
-            + resource.getrusage(resource.RUSAGE_SELF).ru_stime,
-        }
-        print(json.dumps(summary, indent=2))
-        print(
-            "\ncache-hit blob throughput: "
-            f"agent {results['agent']['blob_mib_s_median']:.0f} MiB/s, "
-            f"registry {results['registry']['blob_mib_s_median']:.0f} MiB/s, ratio {ratio:.2f}x"
-        )
-        print(
-            f"manifest p50: agent {results['agent']['manifest_p50_ms']:.2f} ms, registry "
-            f"{results['registry']['manifest_p50_ms']:.2f} ms, added {added:+.2f} ms"
-        )
-        if args.json:
-            args.json.write_text(json.dumps(summary, indent=2))
+        results = await _measure(args, targets, pids, digest, tag)
+        _report(args, results)
     finally:
         for p in procs:
             try:
