@@ -15,7 +15,7 @@ import random
 import re
 import secrets
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from core.trackererrors import (
@@ -306,18 +306,7 @@ class Tracker:
                 digest, count_lookup=True, limit=limit, asker=agent_id, region=region
             )
         bad = view.bad_peers
-        candidates: list[tuple[AgentInfo, Holding]] = []
-        region_holds = False
-        for h, r in view.holders:
-            if r is None or r.expires <= now:
-                continue
-            aid = h.agent_id
-            if aid == agent_id or aid in bad:
-                continue
-            info = r.info
-            if info.region == region and h.state == "holding":
-                region_holds = True
-            candidates.append((info, h))
+        candidates, region_holds = _candidates(view, agent_id, region, now)
         lease_holder: str | None = None
         if region_holds:
             action = "peers"
@@ -336,35 +325,34 @@ class Tracker:
             holder = await self.store.get_agent(lease_holder)
             if holder is not None and holder.alive(now) and lease_holder not in bad:
                 chosen = [(holder.info, Holding(lease_holder, "fetching", 0, 0, now)), *chosen]
-        listed = {i.agent_id for i, _ in chosen}
-        for other in named:
-            if other in listed or other == agent_id or other in bad:
-                continue
-            rec_other = await self.store.get_agent(other)
-            if rec_other is not None and rec_other.alive(now):
-                listed.add(other)
-                chosen.append((rec_other.info, Holding(other, "fetching", 0, 0, now)))
-        peers = tuple(
-            Peer(
-                agent_id=info.agent_id,
-                address=info.address,
-                port=info.peer_port,
-                zone=info.zone,
-                region=info.region,
-                role=info.role,
-                state=h.state,
-                progress_bytes=h.progress_bytes,
-                total_bytes=h.total_bytes,
-            )
-            for info, h in chosen
-        )
+        chosen += await self._named(named, chosen, agent_id, bad, now)
         return LookupReply(
             action=action,  # type: ignore[arg-type]  # one of the three literals above
-            peers=peers,
+            peers=tuple(_peer(info, h) for info, h in chosen),
             metainfo=view.metainfo,
             lease_holder=lease_holder,
             retry_after=WAIT_RETRY if action == "wait" else 0.0,
         )
+
+    async def _named(
+        self,
+        named: Sequence[str],
+        chosen: list[tuple[AgentInfo, Holding]],
+        asker: str,
+        bad: Collection[str],
+        now: float,
+    ) -> list[tuple[AgentInfo, Holding]]:
+        """The live agents among ``named`` not handed out yet (nor the asker, nor bad)."""
+        listed = {i.agent_id for i, _ in chosen}
+        out: list[tuple[AgentInfo, Holding]] = []
+        for other in named:
+            if other in listed or other == asker or other in bad:
+                continue
+            rec_other = await self.store.get_agent(other)
+            if rec_other is not None and rec_other.alive(now):
+                listed.add(other)
+                out.append((rec_other.info, Holding(other, "fetching", 0, 0, now)))
+        return out
 
     async def report_bad_peer(self, agent_id: str, key: str, peer_id: str, digest: str) -> None:
         check_digest(digest)
@@ -770,3 +758,35 @@ class Tracker:
                 await self.prune()
             except StoreUnavailable as exc:
                 log.warning("prune failed: %s", exc)
+
+
+def _candidates(
+    view: PeerView, asker: str, region: str, now: float
+) -> tuple[list[tuple[AgentInfo, Holding]], bool]:
+    """The live holders and fetchers of a view other than the asker and peers reported bad,
+    and whether one of them holds a complete copy in the asker's region."""
+    candidates: list[tuple[AgentInfo, Holding]] = []
+    region_holds = False
+    for h, r in view.holders:
+        if r is None or r.expires <= now:
+            continue
+        if h.agent_id == asker or h.agent_id in view.bad_peers:
+            continue
+        if r.info.region == region and h.state == "holding":
+            region_holds = True
+        candidates.append((r.info, h))
+    return candidates, region_holds
+
+
+def _peer(info: AgentInfo, h: Holding) -> Peer:
+    return Peer(
+        agent_id=info.agent_id,
+        address=info.address,
+        port=info.peer_port,
+        zone=info.zone,
+        region=info.region,
+        role=info.role,
+        state=h.state,
+        progress_bytes=h.progress_bytes,
+        total_bytes=h.total_bytes,
+    )
