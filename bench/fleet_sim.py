@@ -391,39 +391,6 @@ def summarise(
     redis_cpu_s = redis_cpu(info1) - redis_cpu(info0)
     during = [v for k, v in timeline.items() if 0 <= k <= span]
 
-    def r3(x: float | None) -> float | None:
-        return None if x is None else round(x, 3)
-
-    def spread(values: list[float]) -> dict[str, float | None]:
-        return {
-            "n": len(values),
-            "p50": r3(pct(values, 50)),
-            "p99": r3(pct(values, 99)),
-            "max": r3(max(values, default=None)),
-        }
-
-    # After a kill: when each node first saw a failed tracker request, how long until one
-    # was answered again, and (Redis restarted empty) how long until it was registered anew.
-    noticed: list[float] = []
-    recovered: list[float] = []
-    never_recovered = 0
-    reregistered: list[float] = []
-    not_reregistered = 0
-    if killed_at is not None:
-        for n in alive:
-            after = [o for o in n.get("outages", []) if o[0] >= killed_at]
-            if after:
-                noticed.append(after[0][0] - killed_at)
-                if after[0][1] is None:
-                    never_recovered += 1
-                else:
-                    recovered.append(after[0][1] - after[0][0])
-            again = [t for t in n.get("registered_at", []) if t >= killed_at]
-            if again:
-                reregistered.append(again[0] - killed_at)
-            else:
-                not_reregistered += 1
-
     return {
         "scenario": scenario,
         "params": params.__dict__ | {"scenarios": list(params.scenarios)},
@@ -489,20 +456,56 @@ def summarise(
         "redis_used_memory_mib": round(int(info1["used_memory"]) / (1 << 20), 2),
         "redis_keys": int(info1["dbsize"]),
         "killed_at_s": killed_at,
-        "after_kill": {
-            "first_failed_request_s": spread(noticed),
-            "failed_until_answered_s": spread(recovered),
-            "never_answered_again": never_recovered,
-            "registered_again_s": spread(reregistered) if scenario == "restart-redis" else None,
-            "not_registered_again": not_reregistered if scenario == "restart-redis" else None,
-        }
-        if killed_at is not None
-        else None,
+        "after_kill": _after_kill(alive, killed_at, scenario) if killed_at is not None else None,
         "heartbeats_per_node_per_min": r3(
             60 * sum(heartbeat.values()) / max(1, len(nodes)) / max(span, 1.0)
         ),
         "unfinished_tasks": sum(p["unfinished"] for p in parts),
         "crashed": [c for p in parts for c in p["crashed"]],
+    }
+
+
+def r3(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
+
+
+def spread(values: list[float]) -> dict[str, float | None]:
+    return {
+        "n": len(values),
+        "p50": r3(pct(values, 50)),
+        "p99": r3(pct(values, 99)),
+        "max": r3(max(values, default=None)),
+    }
+
+
+def _after_kill(alive: list[dict[str, Any]], killed_at: float, scenario: str) -> dict[str, Any]:
+    """When each node first saw a failed tracker request after the kill, how long until one
+    was answered again, and (Redis restarted empty) how long until it was registered anew."""
+    noticed: list[float] = []
+    recovered: list[float] = []
+    never_recovered = 0
+    reregistered: list[float] = []
+    not_reregistered = 0
+    for n in alive:
+        after = [o for o in n.get("outages", []) if o[0] >= killed_at]
+        if after:
+            noticed.append(after[0][0] - killed_at)
+            if after[0][1] is None:
+                never_recovered += 1
+            else:
+                recovered.append(after[0][1] - after[0][0])
+        again = [t for t in n.get("registered_at", []) if t >= killed_at]
+        if again:
+            reregistered.append(again[0] - killed_at)
+        else:
+            not_reregistered += 1
+    redis = scenario == "restart-redis"
+    return {
+        "first_failed_request_s": spread(noticed),
+        "failed_until_answered_s": spread(recovered),
+        "never_answered_again": never_recovered,
+        "registered_again_s": spread(reregistered) if redis else None,
+        "not_registered_again": not_reregistered if redis else None,
     }
 
 
