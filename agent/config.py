@@ -88,6 +88,12 @@ def _parse_transport(raw: str) -> str:
     return raw
 
 
+def _parse_fanout(raw: str) -> str:
+    if raw not in ("depth", "upload"):
+        raise ConfigError(f"peer-fanout must be depth or upload, got {raw!r}")
+    return raw
+
+
 def _parse_hostport_str(raw: str) -> str:
     parse_hostport(raw)
     return raw
@@ -321,6 +327,17 @@ class AgentConfig:
             "relay: agents one agent streams a blob to at once; 1 makes chains, each link at "
             "full speed",
             metavar="N",
+        ),
+    )
+    peer_fanout: str = field(
+        default="depth",
+        metadata=setting(
+            "relay: when a parent takes more than --peer-children children of one blob. "
+            "upload: while its upload has room (one stream per layer it is downloading, "
+            "shared across layers; measured no faster yet); depth: one more per 8 levels "
+            "of chain depth",
+            parse=_parse_fanout,
+            metavar="depth|upload",
         ),
     )
     p2p: bool = field(

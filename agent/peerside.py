@@ -316,6 +316,7 @@ def build_peer_side(
             listen=config.peer_host_port,
             peer_wait=config.peer_wait,
             max_children=config.peer_children,
+            fanout=config.peer_fanout,
             upload_rate=config.upload_rate,
             server_ssl=server_ssl,
             client_ssl=client_ssl,

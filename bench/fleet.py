@@ -95,6 +95,9 @@ class Params:
     seed: int = 7
     agent_args: tuple[str, ...] = ()  # extra flags for every agent, e.g. ("--peer-wait", "60")
     transports: tuple[str, ...] = ("relay",)  # layerswarm scenarios run once per transport
+    # Named agent configurations compared side by side: every layerswarm scenario runs once
+    # per variant, the variants taking turns within each repeat (the machine's load drifts).
+    variants: tuple[tuple[str, tuple[str, ...]], ...] = ()
     # Where skopeo copies to. "oci" (a layout) fetches layers concurrently, as Docker and
     # containerd do; "dir" fetches them one after another (containers/image copies into a
     # dir: destination serially), which the figures before the relay transport used.
@@ -243,10 +246,17 @@ class ScenarioRun:
     """A fresh topology with the upstream, the scenario's parts, and N nodes ready to pull."""
 
     def __init__(
-        self, name: str, params: Params, layout: ImageLayout, work: Path, transport: str = "relay"
+        self,
+        name: str,
+        params: Params,
+        layout: ImageLayout,
+        work: Path,
+        transport: str = "relay",
+        variant_args: tuple[str, ...] = (),
     ) -> None:
         self.name = name
         self.transport = transport
+        self.variant_args = variant_args
         self.p = params
         self.layout = layout
         self.work = work
@@ -380,6 +390,7 @@ class ScenarioRun:
                 "--segment-size", self.p.segment_size,
                 "--peer-transport", self.transport,
                 *self.p.agent_args,
+                *self.variant_args,
             ],
         )  # fmt: skip
         self.agents.append(agent)
@@ -623,12 +634,14 @@ def run_scenario(
     work: Path,
     logs: Path | None = None,
     transport: str = "relay",
+    variant: tuple[str, tuple[str, ...]] = ("", ()),
 ) -> ScenarioResult:
     work.mkdir(parents=True, exist_ok=True)
     image_bytes = sum(len(layout.blob(d)) for d in layout.blob_digests)
-    label = f"{name}[{transport}]" if name.startswith("layerswarm") else name
+    kind = f"{transport}/{variant[0]}" if variant[0] else transport
+    label = f"{name}[{kind}]" if name.startswith("layerswarm") else name
     log.info("scenario %s: setting up %d nodes", label, p.nodes)
-    with ScenarioRun(name, p, layout, work, transport) as run:
+    with ScenarioRun(name, p, layout, work, transport, variant[1]) as run:
         run.setup()
         preheat_s = None
         if name == "layerswarm-preheated":
@@ -744,15 +757,25 @@ def run(p: Params, out: Path) -> dict[str, Any]:
         layout = build_image(work / "image", [layer_bytes] * p.layers, seed=p.seed, tag=TAG)
         results = []
         for name in p.scenarios:
-            transports = p.transports if name.startswith("layerswarm") else ("",)
-            for transport in transports:
-                for rep in range(p.repeat):
-                    tag = f"{name}-{transport}-{rep}" if transport else f"{name}-{rep}"
-                    res = run_scenario(
-                        name, p, layout, work / tag, out / "logs" / tag, transport or "relay"
-                    )
-                    log.info("scenario %s: %s", res.label, res.summary())
-                    results.append(res)
+            swarm = name.startswith("layerswarm")
+            transports = p.transports if swarm else ("",)
+            variants = p.variants if swarm and p.variants else (("", ()),)
+            for rep in range(p.repeat):
+                for transport in transports:
+                    for variant in variants:
+                        parts = [name, transport, variant[0], str(rep)]
+                        tag = "-".join(x for x in parts if x)
+                        res = run_scenario(
+                            name,
+                            p,
+                            layout,
+                            work / tag,
+                            out / "logs" / tag,
+                            transport or "relay",
+                            variant,
+                        )
+                        log.info("scenario %s: %s", res.label, res.summary())
+                        results.append(res)
         doc = {
             "params": asdict(p),
             "machine": {"cores": os.cpu_count(), **capacity},
@@ -795,6 +818,14 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Params, Path]:
     ap.add_argument(
         "--transports", default="relay", help="relay,torrent: layerswarm runs per transport"
     )
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=ARGS",
+        help='agent configurations side by side, e.g. --variant "depth=--peer-fanout depth" '
+        "--variant upload=--peer-fanout=upload (repeatable; runs take turns)",
+    )
     ap.add_argument("--repeat", type=int, default=d.repeat, help="runs of each scenario")
     ap.add_argument(
         "--client-dest",
@@ -819,9 +850,17 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Params, Path]:
         transports=tuple(t.strip() for t in a.transports.split(",") if t.strip()),
         repeat=a.repeat,
         client_dest=a.client_dest,
+        variants=tuple(_variant(v) for v in a.variant),
     )
     out = a.out or Path("bench/out") / time.strftime("fleet-%Y%m%d-%H%M%S")
     return p, out
+
+
+def _variant(raw: str) -> tuple[str, tuple[str, ...]]:
+    name, sep, args = raw.partition("=")
+    if not sep or not name.replace("-", "").isalnum():
+        raise SystemExit(f"--variant wants NAME=ARGS, got {raw!r}")
+    return name, tuple(args.split())
 
 
 def _exit_on_sigterm(_sig: int, _frame: object) -> None:

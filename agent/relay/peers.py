@@ -54,6 +54,7 @@ class Relay:
         listen: tuple[str, int],
         peer_wait: float,
         max_children: int,
+        fanout: str = "depth",
         upload_rate: int = 0,
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,
@@ -66,7 +67,13 @@ class Relay:
         self._tasks = tasks
         self.state = RelayState(agent_id)
         self.server = PeerServer(
-            self.state, store, fetcher, metrics, max_children=max_children, upload_rate=upload_rate
+            self.state,
+            store,
+            fetcher,
+            metrics,
+            max_children=max_children,
+            fanout=fanout,
+            upload_rate=upload_rate,
         )
         self._source = RelaySource(
             self.state,

@@ -98,6 +98,7 @@ class PeerServer:
         metrics: AgentMetrics,
         *,
         max_children: int,
+        fanout: str = "depth",
         upload_rate: int = 0,
     ) -> None:
         self._state = state
@@ -105,6 +106,7 @@ class PeerServer:
         self._fetcher = fetcher
         self._metrics = metrics
         self._max_children = max_children
+        self._fanout = fanout
         self._pacer = Pacer(upload_rate)
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -180,15 +182,14 @@ class PeerServer:
         size = what.size
         # Chains pay off when the transfer time dominates; a small blob (a config, a tiny
         # layer) goes to everyone who asks at once instead of waiting for a chain to form.
-        if size is not None and size <= SMALL_BLOB:
-            limit = SMALL_CHILDREN
+        small = size is not None and size <= SMALL_BLOB
+        if small:
+            busy = self._state.child_count(digest) >= SMALL_CHILDREN
+        elif isinstance(what, CachedBlob):
+            busy = self._state.child_count(digest) >= self._max_children
         else:
-            # Deep in a chain a parent takes one more child per CHAIN_DEPTH levels: chains stay
-            # at full speed near the root, and a large fleet becomes a tree whose depth (the
-            # lag of its last node) stays bounded and whose free slots newcomers can find.
-            depth = len(self._state.lineage(digest))
-            limit = self._max_children + depth // CHAIN_DEPTH
-        if self._state.child_count(digest) >= limit:
+            busy = not self._free_slot(digest)
+        if busy:
             # Naming the children lets the asker walk down to the free end of the chain
             # instead of waiting and asking around again.
             raise web.HTTPServiceUnavailable(
@@ -202,7 +203,7 @@ class PeerServer:
             headers[SIZE_HEADER] = str(size)
         status = 206 if offset else 200
         _small_send_buffer(request)
-        self._state.add_child(digest, child)
+        self._state.add_child(digest, child, large=not small)
         log.debug("serving child=%s digest=%s offset=%d", child, digest, offset)
         try:
             if isinstance(what, CachedBlob) and self._pacer.rate <= 0:
@@ -222,6 +223,29 @@ class PeerServer:
                 return await self._stream(request, what, offset, status, headers)
         finally:
             self._state.remove_child(digest, child)
+
+    def _free_slot(self, digest: Digest) -> bool:
+        """Whether one more child of this large blob fits this agent's upload.
+
+        Every blob gets --peer-children children (chains: no layer can starve). Beyond that
+        ("upload" fan-out) a node that downloads k large blobs at once receives each at
+        about 1/k of its link, and its upload is as fast as its download: it can feed k
+        streams at that rate without slowing any, however they fall across the blobs. So
+        chains widen into trees as far as upload allows: shallower (a chain's tail pays
+        every hop's lag) and with free slots newcomers find without walking a whole chain.
+        """
+        large = [
+            dl.digest for dl in self._fetcher.downloads() if dl.size is None or dl.size > SMALL_BLOB
+        ]
+        if self._state.child_count(digest) < self._max_children:
+            return True
+        if self._fanout == "depth":
+            # One more child per CHAIN_DEPTH levels: bounds depth, but a parent with two
+            # children of a layer halves the rate of everything below it.
+            depth = len(self._state.lineage(digest))
+            return self._state.child_count(digest) < self._max_children + depth // CHAIN_DEPTH
+        budget = self._max_children * max(1, len(large))
+        return self._state.large_children() < budget
 
     async def _stream(
         self,

@@ -29,6 +29,7 @@ class RelayState:
     children: dict[Digest, list[str]] = field(default_factory=dict)
     # Most children ever served at once for one blob (the admission rule's witness).
     peak_children: int = 0
+    _large: set[Digest] = field(default_factory=set)
 
     def lineage(self, digest: Digest) -> tuple[str, ...]:
         feed = self.feeds.get(digest)
@@ -43,10 +44,16 @@ class RelayState:
     def child_count(self, digest: Digest) -> int:
         return len(self.children.get(digest, ()))
 
-    def add_child(self, digest: Digest, child: str) -> None:
+    def add_child(self, digest: Digest, child: str, *, large: bool = True) -> None:
         kids = self.children.setdefault(digest, [])
         kids.append(child)
+        if large:
+            self._large.add(digest)
         self.peak_children = max(self.peak_children, len(kids))
+
+    def large_children(self) -> int:
+        """Children being fed a large blob, whichever: they share this agent's upload."""
+        return sum(len(self.children.get(d, ())) for d in self._large)
 
     def remove_child(self, digest: Digest, child: str) -> None:
         kids = self.children.get(digest)
@@ -56,3 +63,4 @@ class RelayState:
             kids.remove(child)
         if not kids:
             del self.children[digest]
+            self._large.discard(digest)

@@ -176,6 +176,7 @@ async def make_node(
         peers_first: bool = True,
         upload_rate: int = 0,
         clock: Callable[[], float] = time.monotonic,
+        fanout: str = "depth",
     ) -> Node:
         metrics = AgentMetrics.create(CollectorRegistry())
         store = BlobStore(tmp_path / agent_id, 1 << 30)
@@ -199,6 +200,7 @@ async def make_node(
             listen=("127.0.0.1", 0),
             peer_wait=peer_wait,
             max_children=max_children,
+            fanout=fanout,
             upload_rate=upload_rate,
             clock=clock,
         )

@@ -243,6 +243,33 @@ async def test_small_blobs_go_to_every_asker_at_once(make_node: NodeFactory) -> 
             second.close()
 
 
+@pytest.mark.parametrize(("fanout", "admitted"), [("upload", 2), ("depth", 1)])
+async def test_children_share_the_upload_of_a_parent_downloading_two_layers(
+    make_node: NodeFactory, fanout: str, admitted: int
+) -> None:
+    """A node fetching two layers receives each at half its link, so its upload feeds two
+    streams at that rate: two children of one layer ("upload" fan-out), never a third. The
+    "depth" rule gives a parent this shallow one child per layer."""
+    a, da = make_blob(4 * MiB)
+    b, db = make_blob(4 * MiB)
+    # Slow enough that both downloads are still in flight while the children ask.
+    up = ScriptedUpstream({da: a, db: b}, rate=2e6)
+    parent = await make_node("parent", up, fanout=fanout)
+    pulls = [asyncio.ensure_future(parent.pull(d, len(x))) for d, x in ((da, a), (db, b))]
+    url = f"http://127.0.0.1:{parent.relay.peer_port}/v1/blobs/{da}"
+    async with aiohttp.ClientSession() as http:
+        answers = [await http.get(url, headers={AGENT_HEADER: f"c{i}"}) for i in range(3)]
+        try:
+            assert [r.status for r in answers] == [200] * admitted + [503] * (3 - admitted)
+            assert parent.relay.state.child_count(da) == admitted
+            for r in answers[:admitted]:
+                assert await r.read() == a
+        finally:
+            for r in answers:
+                r.close()
+    assert [await p for p in pulls] == [a, b]
+
+
 async def test_a_parent_waiting_for_its_upstream_is_not_taken_for_dead(
     make_node: NodeFactory,
 ) -> None:
