@@ -36,7 +36,6 @@ class Setting:
     parse: Callable[[str], Any] | None = None
     repeatable: bool = False
     metavar: str | None = None
-    secret_path: bool = False
 
 
 def setting(

@@ -26,7 +26,6 @@ HoldState = Literal["holding", "fetching"]
 Action = Literal["peers", "fetch", "wait"]
 ROLES: tuple[str, ...] = ("peer", "seed")
 HOLD_STATES: tuple[str, ...] = ("holding", "fetching")
-PREHEAT_STATES: tuple[str, ...] = ("pending", "running", "done", "failed")
 MAX_KEY = 256
 MIN_KEY = 16
 # An agent proves its id with its key in this header (and names itself in the other where the
