@@ -36,7 +36,7 @@ def _stale_namespaces() -> None:
 
 # The directories whose async tests must end every asyncio task they start: code under test
 # there runs in the test's own loop, where a task left behind is a leak the daemon would have.
-_TASKS_CHECKED = frozenset({"core", "agent", "tracker", "relay", "p2p"})
+_TASKS_CHECKED = frozenset({"core", "agent", "tracker", "relay", "p2p", "security"})
 _TESTS = Path(__file__).parent
 
 
