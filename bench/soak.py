@@ -31,12 +31,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import os
 import random
-import re
-import secrets
 import signal
 import sys
 import tempfile
@@ -47,7 +44,17 @@ from typing import Any
 
 import aiohttp
 
-from bench.workload import CorruptPull, PullError, Pushed, pull_image, push_image, sample
+from bench.workload import (
+    CorruptPull,
+    PullError,
+    Pushed,
+    check_data_dir,
+    pull_image,
+    push_image,
+    sample,
+    served_by_source,
+    start_tracker,
+)
 
 MiB = 1 << 20
 
@@ -218,41 +225,8 @@ class Soak:
         async with session.get(f"{agent.url}/metrics") as r:
             return await r.text()
 
-    def check_files(self, name: str, data: Path, metrics: str) -> None:
-        problems = self.result.problems
-        for sub in ("partial", "tmp"):
-            left = sorted(p.name for p in (data / sub).iterdir())
-            if left:
-                problems.append(f"{name}: orphan files in {sub}/: {left[:5]}")
-        stray = sorted(p.name for p in data.rglob("*.tmp"))
-        if stray:
-            problems.append(f"{name}: stray .tmp files: {stray[:5]}")
-        total = 0
-        for p in (data / "blobs" / "sha256").iterdir():
-            total += p.stat().st_size
-            if hashlib.sha256(p.read_bytes()).hexdigest() != p.name:
-                problems.append(f"{name}: cached blob {p.name} does not verify")
-            self.result.cached_blobs_verified += 1
-        m = re.search(r"^layerswarm_cache_bytes (\S+)$", metrics, re.MULTILINE)
-        indexed = float(m.group(1)) if m else -1.0
-        if total != indexed:
-            problems.append(f"{name}: blobs/ holds {total} bytes, the cache index {indexed}")
-        if total > self.p.cache_size:
-            problems.append(f"{name}: cache holds {total} bytes, over {self.p.cache_size}")
-        for p in (data / "manifests" / "sha256").iterdir():
-            if p.suffix == ".type":
-                continue
-            if hashlib.sha256(p.read_bytes()).hexdigest() != p.name:
-                problems.append(f"{name}: stored manifest {p.name} does not verify")
-            self.result.manifests_verified += 1
-
     def check_accounting(self, metrics: list[str]) -> None:
-        served: dict[str, float] = {}
-        for text in metrics:
-            for m in re.finditer(
-                r'^layerswarm_served_bytes_total\{source="(\w+)"\} (\S+)$', text, re.MULTILINE
-            ):
-                served[m.group(1)] = served.get(m.group(1), 0.0) + float(m.group(2))
+        served = served_by_source(metrics)
         self.result.served_by_source_phase2 = served
         self.result.client_bytes_phase2 = self.phase2_bytes
         if sum(served.values()) != self.phase2_bytes:
@@ -301,7 +275,10 @@ class Soak:
             metrics = [await self.metrics(session, a) for a in self.agents]
             self.check_accounting(metrics)
             for index, (agent, text) in enumerate(zip(self.agents, metrics, strict=True)):
-                self.check_files(f"agent {index}", agent.data_dir, text)
+                check = check_data_dir(f"agent {index}", agent.data_dir, text, self.p.cache_size)
+                r.problems += check.problems
+                r.cached_blobs_verified += check.blobs
+                r.manifests_verified += check.manifests
         if self.result.errors:
             self.result.problems.append(f"{len(self.result.errors)} pulls failed outside restarts")
         self.result.seconds = time.monotonic() - t0
@@ -323,13 +300,9 @@ def report(r: SoakResult) -> str:
 
 
 def make_agent(workdir: Path, registry: Any, params: SoakParams, peer: list[str]) -> Any:
-    """``peer``: the tracker flags, or [] for a plain mirror (--no-p2p)."""
+    """``peer``: the tracker flags (bench.workload.start_tracker), or [] for --no-p2p."""
     from testbed.agent import AgentProc
 
-    if peer:
-        # Port 0: a restarted agent comes back on another peer port, which the tracker must
-        # learn from its next heartbeat, as after a real node's restart.
-        peer = [*peer, "--peer-listen", "127.0.0.1:0", "--advertise-address", "127.0.0.1"]
     return AgentProc(
         workdir,
         {registry.host_port: registry.url},
@@ -342,28 +315,6 @@ def make_agent(workdir: Path, registry: Any, params: SoakParams, peer: list[str]
             f"{params.tag_ttl}s",
         ],
     )
-
-
-def start_tracker(workdir: Path) -> tuple[Any, list[str]]:
-    """A real tracker on loopback; returns it and the agent flags that reach it."""
-    from testbed.procs import Proc, free_port, wait_for_http
-
-    token = workdir / "fleet-token"
-    token.write_text(secrets.token_urlsafe(24))
-    token.chmod(0o600)
-    url = f"http://127.0.0.1:{free_port()}"
-    tracker = Proc(
-        [sys.executable, "-m", "layerswarm", "tracker", "--listen", url.removeprefix("http://"),
-         # A short TTL: heartbeats every second, so a restarted agent is back in seconds.
-         "--token-file", str(token), "--agent-ttl", "3s"],
-        workdir / "tracker-logs", name="tracker",
-    ).start()  # fmt: skip
-    try:
-        wait_for_http(f"{url}/healthz", timeout=30, proc=tracker)
-    except BaseException:
-        tracker.stop()
-        raise
-    return tracker, ["--tracker", url, "--tracker-token-file", str(token)]
 
 
 async def soak(params: SoakParams, workdir: Path) -> SoakResult:

@@ -1,6 +1,7 @@
 """Shared by the load test and the soak: pushing images with the registry's own API, pulling
 them through an agent the way a runtime does (manifest, then config and layers, each checked
-against its digest), and reading a process's memory and file descriptors from /proc.
+against its digest), reading a process's memory and file descriptors from /proc, a tracker
+for their peer-to-peer modes, and the after-checks of an agent's data dir and metrics.
 """
 
 from __future__ import annotations
@@ -12,9 +13,14 @@ import io
 import json
 import os
 import random
+import re
+import secrets
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -229,3 +235,80 @@ def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
     return ordered[k]
+
+
+def start_tracker(workdir: Path) -> tuple[Any, list[str]]:
+    """A real tracker on loopback (a testbed Proc); returns it and the agent flags that reach
+    it, peer port and address included."""
+    from testbed.procs import Proc, free_port, wait_for_http
+
+    token = workdir / "fleet-token"
+    token.write_text(secrets.token_urlsafe(24))
+    token.chmod(0o600)
+    url = f"http://127.0.0.1:{free_port()}"
+    tracker = Proc(
+        [sys.executable, "-m", "layerswarm", "tracker", "--listen", url.removeprefix("http://"),
+         # A short TTL: heartbeats every second, so a restarted agent is back in seconds.
+         "--token-file", str(token), "--agent-ttl", "3s"],
+        workdir / "tracker-logs", name="tracker",
+    ).start()  # fmt: skip
+    try:
+        wait_for_http(f"{url}/healthz", timeout=30, proc=tracker)
+    except BaseException:
+        tracker.stop()
+        raise
+    # Port 0: a restarted agent comes back on another peer port, which the tracker must learn
+    # from its next heartbeat, as after a real node's restart.
+    flags = ["--tracker", url, "--tracker-token-file", str(token)]
+    return tracker, [*flags, "--peer-listen", "127.0.0.1:0", "--advertise-address", "127.0.0.1"]
+
+
+def served_by_source(metrics: Iterable[str]) -> dict[str, float]:
+    """``layerswarm_served_bytes_total`` by source, summed over agents' /metrics texts."""
+    served: dict[str, float] = {}
+    for text in metrics:
+        for m in re.finditer(
+            r'^layerswarm_served_bytes_total\{source="(\w+)"\} (\S+)$', text, re.MULTILINE
+        ):
+            served[m.group(1)] = served.get(m.group(1), 0.0) + float(m.group(2))
+    return served
+
+
+@dataclass
+class DataDirCheck:
+    problems: list[str] = field(default_factory=list)
+    blobs: int = 0
+    manifests: int = 0
+
+
+def check_data_dir(name: str, data: Path, metrics: str, cache_limit: int | None) -> DataDirCheck:
+    """No orphans (partial/ and tmp/ empty, no ``*.tmp``), blobs/ exactly the cache's index
+    and within ``cache_limit``, every cached blob and stored manifest hashing to its name."""
+    out = DataDirCheck()
+    for sub in ("partial", "tmp"):
+        left = sorted(p.name for p in (data / sub).iterdir())
+        if left:
+            out.problems.append(f"{name}: orphan files in {sub}/: {left[:5]}")
+    stray = sorted(p.name for p in data.rglob("*.tmp"))
+    if stray:
+        out.problems.append(f"{name}: stray .tmp files: {stray[:5]}")
+    total = 0
+    for p in (data / "blobs" / "sha256").iterdir():
+        total += p.stat().st_size
+        if hashlib.sha256(p.read_bytes()).hexdigest() != p.name:
+            out.problems.append(f"{name}: cached blob {p.name} does not verify")
+        out.blobs += 1
+    m = re.search(r"^layerswarm_cache_bytes (\S+)$", metrics, re.MULTILINE)
+    indexed = float(m.group(1)) if m else -1.0
+    if total != indexed:
+        out.problems.append(f"{name}: blobs/ holds {total} bytes, the cache index {indexed}")
+    if cache_limit is not None and total > cache_limit:
+        out.problems.append(f"{name}: cache holds {total} bytes, over {cache_limit}")
+    manifests = data / "manifests" / "sha256"
+    for p in manifests.iterdir() if manifests.exists() else ():
+        if p.suffix == ".type":
+            continue
+        if hashlib.sha256(p.read_bytes()).hexdigest() != p.name:
+            out.problems.append(f"{name}: stored manifest {p.name} does not verify")
+        out.manifests += 1
+    return out

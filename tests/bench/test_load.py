@@ -1,4 +1,5 @@
-"""200 concurrent clients on one real agent: zero errors, memory and descriptors bounded.
+"""200 concurrent clients on one real agent, and clients spread over a p2p fleet whose seed
+restarts: zero errors, memory and descriptors bounded.
 
 Times are reported (``-s`` shows them; docs/reliability.md records a run), never asserted.
 """
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.load import LoadParams, report, run_load
+from bench.load import FleetLoad, LoadParams, report, run_load
 from testbed.agent import AgentProc
 from testbed.registry import Registry
 
@@ -46,4 +47,27 @@ async def test_200_clients_mixed_cached_and_uncached(tmp_path: Path, registry: R
     assert result.fds_peak <= 2 * params.clients + downloads + UPSTREAM_POOL + 50, result
     # Once the clients are gone, only the idle upstream pool may remain.
     assert result.fds_after <= result.fds_before + UPSTREAM_POOL + 16, result
+    assert result.rss_peak <= 256 * MiB, result
+
+
+async def test_clients_over_a_p2p_fleet_whose_seed_restarts(
+    tmp_path: Path, registry: Registry
+) -> None:
+    """Peer-to-peer on: three agents stream the cached half from a seed that is killed or
+    stopped and started again all along, with caches smaller than the working set."""
+    params = LoadParams(clients=90, rounds=3, p2p_agents=3)
+    fleet = FleetLoad(tmp_path, registry, params)
+    try:
+        result = await fleet.run()
+    finally:
+        fleet.stop()
+    print("\n" + report(result))
+    assert result.errors == [], result.errors[:5]
+    assert result.problems == [], result.problems
+    assert result.restarts >= 1
+    # The seed's layers really went peer to peer (and the sources add up: no problem above).
+    assert result.served_by_source["peer"] > 0, report(result)
+    # Besides the upstream pool: kept-alive connections to the other agents' peer ports
+    # (parents and children of the relay, a few each) and the tracker's.
+    assert result.fds_after <= result.fds_before + UPSTREAM_POOL + 48, result
     assert result.rss_peak <= 256 * MiB, result
