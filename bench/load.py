@@ -109,6 +109,20 @@ async def prepare(
     return cached, uncached
 
 
+def make_plans(params: LoadParams, cached: list[str], uncached: list[str]) -> list[list[str]]:
+    """Each client's requests, in order."""
+    rng = random.Random(params.seed + 1)
+    everything = cached + uncached
+    plans = []
+    for i in range(params.clients):
+        # Every client's first request is an uncached blob, so each of those is wanted by
+        # several clients at the same moment; later rounds mix at random.
+        plan = [uncached[i % len(uncached)]] if uncached else []
+        plan += [rng.choice(everything) for _ in range(params.rounds - len(plan))]
+        plans.append(plan)
+    return plans
+
+
 async def run_load(
     agent_url: str,
     agent_pid: int,
@@ -130,17 +144,11 @@ async def run_load(
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         cached, uncached = await prepare(session, registry_url, prepare_url or agent_url, params)
         befores = [sample(pid) for _, pid in agents]
-        result.rss_before = max(b.rss for b in befores)
-        result.fds_before = max(b.fds for b in befores)
-        rng = random.Random(params.seed + 1)
-        everything = cached + uncached
-        plans = []
-        for i in range(params.clients):
-            # Every client's first request is an uncached blob, so each of those is wanted by
-            # several clients at the same moment; later rounds mix at random.
-            plan = [uncached[i % len(uncached)]] if uncached else []
-            plan += [rng.choice(everything) for _ in range(params.rounds - len(plan))]
-            plans.append(plan)
+        result.rss_before, result.fds_before = (
+            max(b.rss for b in befores),
+            max(b.fds for b in befores),
+        )
+        plans = make_plans(params, cached, uncached)
         cached_set = set(cached)
         ttfb: list[float] = []
         ttfb_cached: list[float] = []
@@ -176,16 +184,15 @@ async def run_load(
         await connector.close()
         await asyncio.sleep(0.5)
         afters = [sample(pid) for _, pid in agents]
-        result.rss_after = max(a.rss for a in afters)
-        result.fds_after = max(a.fds for a in afters)
+        result.rss_after, result.fds_after = max(a.rss for a in afters), max(a.fds for a in afters)
         result.rss_peak = max(s.max_rss for s in samplers)
         result.fds_peak = max(s.max_fds for s in samplers)
-        ms = 1000.0
-        result.ttfb_p50_ms = percentile(ttfb, 50) * ms
-        result.ttfb_p99_ms = percentile(ttfb, 99) * ms
-        result.ttfb_max_ms = max(ttfb, default=0.0) * ms
-        result.ttfb_cached_p99_ms = percentile(ttfb_cached, 99) * ms
-        result.ttfb_uncached_p99_ms = percentile(ttfb_uncached, 99) * ms
+    ms = 1000.0
+    result.ttfb_p50_ms = percentile(ttfb, 50) * ms
+    result.ttfb_p99_ms = percentile(ttfb, 99) * ms
+    result.ttfb_max_ms = max(ttfb, default=0.0) * ms
+    result.ttfb_cached_p99_ms = percentile(ttfb_cached, 99) * ms
+    result.ttfb_uncached_p99_ms = percentile(ttfb_uncached, 99) * ms
     return result
 
 
