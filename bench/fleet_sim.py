@@ -81,6 +81,8 @@ class Params:
     warmup: float = 0.0
     seed: int = 1
     redis_memory_agents: int = 0
+    # More `layerswarm tracker` flags for every replica, e.g. ("--heartbeat-rate", "10").
+    tracker_args: tuple[str, ...] = ()
 
 
 class Tracker:
@@ -217,7 +219,13 @@ def run_scenario(params: Params, scenario: str, workdir: Path) -> dict[str, Any]
     token_file.write_text(token)
     with RedisServer(workdir / "redis") as rs:
         trackers = [
-            Tracker(rs.url + "/0", token_file, params.tracker_workers, workdir / f"tracker{i}.log")
+            Tracker(
+                rs.url + "/0",
+                token_file,
+                params.tracker_workers,
+                workdir / f"tracker{i}.log",
+                params.tracker_args,
+            )
             for i in range(params.trackers)
         ]
         try:
@@ -674,6 +682,11 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=d.warmup)
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--redis-memory-agents", type=int, default=d.redis_memory_agents)
+    ap.add_argument(
+        "--tracker-args",
+        default="",
+        help='more flags for every tracker replica, e.g. "--heartbeat-rate 10"',
+    )
     ap.add_argument("--out", type=Path, default=Path("fleet-sim-out"))
     a = ap.parse_args()
     # SIGTERM unwinds like Ctrl-C, so every redis-server, tracker and worker started here is
@@ -705,6 +718,7 @@ def main() -> int:
         warmup=a.warmup,
         seed=a.seed,
         redis_memory_agents=a.redis_memory_agents,
+        tracker_args=tuple(a.tracker_args.split()),
     )
     doc = run(params, a.out)
     print(render(doc))
