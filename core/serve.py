@@ -22,6 +22,12 @@ from core.settings import ConfigError, parse_duration, setting
 
 log = logging.getLogger(__name__)
 
+# Connections the kernel completes before the daemon accepts them (capped by
+# net.core.somaxconn). aiohttp's 128 overflowed when a tracker replica died and its half of
+# the fleet reconnected to the survivor at once: dropped SYNs are retried after 1, 3, 7 s,
+# which bench.fleet_sim saw as failovers of 1-13 s and calls timing out.
+LISTEN_BACKLOG = 4096
+
 
 def shutdown_timeout_setting(default: float) -> float:
     """The ``shutdown_timeout`` field of a daemon's config: the grace ``serve`` gives
@@ -111,7 +117,7 @@ async def serve(
     runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None)
     try:
         await runner.setup()
-        site = web.SockSite(runner, sock, ssl_context=ssl_context)
+        site = web.SockSite(runner, sock, ssl_context=ssl_context, backlog=LISTEN_BACKLOG)
         await site.start()
         on_listening(bound_address(sock))
         await stop.wait()
