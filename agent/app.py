@@ -24,6 +24,7 @@ from agent.preheat import ProgressHook, preheat_image
 from agent.server.middleware import make_middleware
 from agent.server.ops import OpsHandlers, describe_config
 from agent.server.registry import RegistryHandlers
+from agent.trackerlink import InProcessTracker
 from agent.upstream import UpstreamClient, load_credentials
 from core.fleettoken import read_fleet_token
 from core.settings import ConfigError
@@ -128,7 +129,10 @@ async def build_app(
     *,
     registry: CollectorRegistry | None = None,
     clock: Callable[[], float] = time.monotonic,
+    in_process_tracker: InProcessTracker | None = None,
 ) -> web.Application:
+    """The agent as an aiohttp application. Without --tracker, ``in_process_tracker`` (built
+    by the composition root) is its tracker; with neither, the agent is a plain mirror."""
     prepare_data_dir(config)
     # Read before anything is opened, so a bad token stops the agent with one line.
     tracker_token = (
@@ -195,6 +199,7 @@ async def build_app(
         mirror.invalidate_tag,
         clock=clock,
         tracker_token=tracker_token,
+        in_process=None if config.tracker else in_process_tracker,
     )
     if peer_side.transport is not None:
         # Peers first, the upstream when no peer can serve in time.
@@ -222,7 +227,7 @@ async def build_app(
     app[AGENT_KEY] = runtime
     RegistryHandlers(config, mirror, client, store, metrics).add_routes(app)
     OpsHandlers(
-        metrics, store, lambda: peer_side.link.state, describe_config(config, identity.agent_id)
+        metrics, store, peer_side.tracker_state, describe_config(config, identity.agent_id)
     ).add_routes(app)
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
@@ -233,5 +238,13 @@ async def build_app(
         finally:
             await runtime.close()
 
+    if in_process_tracker is not None and not config.tracker:
+
+        async def tracker_running(_app: web.Application) -> AsyncIterator[None]:
+            async with in_process_tracker.running():
+                yield
+
+        # Before the agent's own start-up: its first heartbeat goes to this tracker.
+        app.cleanup_ctx.append(tracker_running)
     app.cleanup_ctx.append(lifecycle)
     return app

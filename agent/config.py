@@ -215,7 +215,7 @@ class AgentConfig:
             "largest manifest accepted from an upstream", parse=parse_size, metavar="SIZE"
         ),
     )
-    # Peer-to-peer settings (issue 4); without --tracker the agent runs an embedded tracker.
+    # Peer-to-peer settings; without --tracker the agent runs an embedded tracker.
     tracker: str = field(
         default="",
         metadata=setting(
@@ -228,6 +228,22 @@ class AgentConfig:
         default=None,
         metadata=setting(
             "file holding the fleet's shared tracker token", parse=Path, metavar="FILE"
+        ),
+    )
+    serve_tracker: bool = field(
+        default=False,
+        metadata=setting(
+            "serve the embedded tracker's API on --tracker-listen, so a small fleet needs no "
+            "tracker process: other agents run with --tracker http://THIS-NODE:PORT and the "
+            "same --tracker-token-file (required here: the fleet token)"
+        ),
+    )
+    tracker_listen: str = field(
+        default="0.0.0.0:7070",
+        metadata=setting(
+            "HOST:PORT the embedded tracker serves on with --serve-tracker",
+            parse=_parse_hostport_str,
+            metavar="HOST:PORT",
         ),
     )
     tracker_ca_file: Path | None = field(
@@ -382,6 +398,14 @@ class AgentConfig:
         mib = 1 << 20
         if not (mib <= self.segment_size <= 256 * mib) or self.segment_size % mib:
             raise ConfigError("segment-size must be a whole number of MiB between 1M and 256M")
+        if self.serve_tracker and self.tracker:
+            raise ConfigError(
+                "serve-tracker runs the fleet's tracker in this agent; drop it, or drop --tracker"
+            )
+        if self.serve_tracker and self.tracker_token_file is None:
+            raise ConfigError(
+                "serve-tracker needs --tracker-token-file: the fleet token other agents present"
+            )
         tls = (self.peer_ca_file, self.peer_cert_file, self.peer_key_file)
         if any(tls) and not all(tls):
             raise ConfigError("peer-ca-file, peer-cert-file and peer-key-file go together")
@@ -400,3 +424,7 @@ class AgentConfig:
     @property
     def peer_host_port(self) -> tuple[str, int]:
         return parse_hostport(self.peer_listen)
+
+    @property
+    def tracker_host_port(self) -> tuple[str, int]:
+        return parse_hostport(self.tracker_listen)

@@ -30,13 +30,11 @@ from agent.p2p.libtorrent_impl import EngineOptions, LibtorrentEngine
 from agent.preheat import ProgressHook
 from agent.relay.peers import Relay, client_context, server_context
 from agent.swarm import SegmentFiles, Swarm
-from agent.trackerlink import TrackerLink
+from agent.trackerlink import InProcessTracker, TrackerLink, TrackerState
 from core.settings import ConfigError
 from core.tasks import Supervisor
 from core.trackerclient import HttpTrackerClient, TrackerClient
 from core.wire import AgentInfo, Announcement, Counters
-from tracker.embedded import embedded_tracker, local_client
-from tracker.service import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +107,9 @@ class PeerSide:
     def __init__(
         self,
         config: AgentConfig,
-        client: TrackerClient,
+        client: TrackerClient | None,
         transport: PeerTransport | None,
         engine: LibtorrentEngine | None,
-        embedded: Tracker | None,
         store: BlobStore,
         metrics: AgentMetrics,
         identity: Identity,
@@ -126,7 +123,6 @@ class PeerSide:
         self.transport = transport
         self.relay: Relay | None = None
         self.engine = engine
-        self.embedded = embedded
         self._store = store
         self._metrics = metrics
         self._identity = identity
@@ -135,17 +131,27 @@ class PeerSide:
         self._address = advertise_address(config)
         self._uploaded_seen = 0
         self._lifetime = LifetimeCounters(config.data_dir)
-        self.link = TrackerLink(
-            client,
-            self.describe,
-            self.held,
-            tasks,
-            run_preheat,
-            self.fetching,
-            tracker_url=config.tracker or "embedded",
-            token_file=str(config.tracker_token_file or ""),
-            on_invalidate=on_invalidate,
+        # None: no tracker at all (an agent built without one, as tests do): a plain mirror.
+        self.link = (
+            TrackerLink(
+                client,
+                self.describe,
+                self.held,
+                tasks,
+                run_preheat,
+                self.fetching,
+                tracker_url=config.tracker or "embedded",
+                token_file=str(config.tracker_token_file or ""),
+                on_invalidate=on_invalidate,
+            )
+            if client is not None
+            else None
         )
+
+    def tracker_state(self) -> TrackerState:
+        if self.link is None:
+            return TrackerState("none", "no tracker: this agent shares with no other node")
+        return self.link.state
 
     def describe(self) -> AgentInfo:
         usage = shutil.disk_usage(self.config.data_dir)
@@ -201,18 +207,17 @@ class PeerSide:
     async def start(self) -> None:
         if self.transport is not None:
             await self.transport.start(cached=lambda d: d in self._store)
-        self._tasks.spawn(self._beat(), name="tracker heartbeat")
-        if self.embedded is not None:
-            self._tasks.spawn(self.embedded.maintain(), name="tracker upkeep")
+        if self.link is not None:
+            self._tasks.spawn(self._beat(self.link), name="tracker heartbeat")
 
-    async def _beat(self) -> None:
+    async def _beat(self, link: TrackerLink) -> None:
         while True:
             try:
                 await self.refresh_metrics()
             except (PeerTransferError, TimeoutError) as exc:
                 # The engine is stopping or slow to answer: the count catches up next beat.
                 log.debug("peer engine stats unavailable: %s", exc)
-            await self.link.run_once()
+            await link.run_once()
 
     async def close(self) -> None:
         """Close the peer transport; the tasks that use it were ended by the owner of
@@ -234,12 +239,13 @@ def build_peer_side(
     *,
     clock: Callable[[], float] = time.monotonic,
     tracker_token: str = "",
+    in_process: InProcessTracker | None = None,
 ) -> PeerSide:
-    """Remote tracker and a peer transport with --tracker (``tracker_token`` is the fleet
-    token, read at start-up); otherwise an in-process tracker alone (one node has no peers,
-    so no transport is started)."""
-    embedded: Tracker | None = None
-    client: TrackerClient
+    """With --tracker, the remote tracker (``tracker_token`` is the fleet token, read at
+    start-up) and a peer transport. Otherwise the ``in_process`` tracker, with a peer transport
+    only when other agents reach it (--serve-tracker: alone, a node has no peers); with
+    neither, no tracker at all."""
+    client: TrackerClient | None = None
     if config.tracker:
         client = HttpTrackerClient(
             config.tracker,
@@ -249,10 +255,9 @@ def build_peer_side(
             session,
             ssl_context=tracker_ssl_context(config),
         )
-    else:
-        embedded = embedded_tracker()
-        client = local_client(embedded, identity.agent_id, identity.key)
-    p2p = config.p2p and bool(config.tracker)
+    elif in_process is not None:
+        client = in_process.client(identity.agent_id, identity.key)
+    p2p = config.p2p and (bool(config.tracker) or (in_process is not None and in_process.reachable))
     tls = read_fleet_tls(config) if p2p else None
     if p2p and tls is None:
         log.warning(
@@ -277,7 +282,6 @@ def build_peer_side(
         client,
         None,
         engine,
-        embedded,
         store,
         metrics,
         identity,
@@ -286,12 +290,15 @@ def build_peer_side(
         run_preheat,
         on_invalidate,
     )
-    if engine is not None:
+    link = peer_side.link
+    if p2p:
+        assert link is not None  # p2p needs a tracker, remote or served in this process
+    if engine is not None and link is not None:
         # The swarm asks the tracker through the peer side's link, which in turn reports what
         # the swarm seeds: so the swarm is attached once the link exists.
         peer_side.transport = Swarm(
             engine=engine,
-            coordinator=peer_side.link,
+            coordinator=link,
             files=SegmentFiles(config.data_dir),
             metrics=metrics,
             segment_size=config.segment_size,
@@ -299,7 +306,7 @@ def build_peer_side(
             tasks=tasks,
             clock=clock,
         )
-    elif p2p:
+    elif p2p and link is not None:
         server_ssl = client_ssl = None
         if tls is not None:
             assert config.peer_cert_file is not None and config.peer_key_file is not None
@@ -308,7 +315,7 @@ def build_peer_side(
             client_ssl = client_context(tls, cert, key)
         relay = Relay(
             identity.agent_id,
-            peer_side.link,
+            link,
             store,
             fetcher,
             metrics,

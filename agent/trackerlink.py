@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -84,6 +85,25 @@ class CoordinatorUnavailable(Exception):
     """No tracker answered: fall back to the upstream."""
 
 
+class InProcessTracker(Protocol):
+    """A tracker run in the agent's own process by the composition root (``layerswarm agent``
+    without --tracker). The agent reaches it through a client bound to its id and key, exactly
+    as it would a remote one, and keeps it running for as long as the agent runs.
+    """
+
+    @property
+    def reachable(self) -> bool:
+        """True when other agents reach this tracker too (``--serve-tracker``): then there are
+        peers, and the agent runs its peer transport."""
+        ...
+
+    def client(self, agent_id: str, key: str) -> TrackerClient: ...
+
+    def running(self) -> AbstractAsyncContextManager[None]:
+        """Its upkeep (and, when served, its HTTP API) for the duration of the block."""
+        ...
+
+
 @dataclass(frozen=True)
 class TrackerState:
     """How the last heartbeat went: what /healthz reports about the tracker.
@@ -101,7 +121,7 @@ class TrackerState:
 
     @property
     def healthy(self) -> bool:
-        return self.state in ("starting", "ok")
+        return self.state in ("starting", "ok", "none")
 
 
 @dataclass

@@ -20,17 +20,15 @@ from core.settings import ConfigError
 class Command(Protocol):
     """What a subcommand module exposes to the CLI."""
 
-    HELP: str
-
     def configure_parser(self, parser: argparse.ArgumentParser) -> None: ...
 
     def run(self, args: argparse.Namespace) -> int: ...
 
 
 def _agent() -> Command:
-    from agent import command
+    from layerswarm import agent_cmd
 
-    return command
+    return agent_cmd
 
 
 def _tracker() -> Command:
@@ -75,17 +73,42 @@ def _doctor() -> Command:
     return doctor
 
 
-# Each subcommand's module is imported only when that subcommand is chosen (function-local
-# imports), so `layerswarm --help` stays fast and never loads libtorrent.
-COMMANDS: dict[str, Callable[[], Command]] = {
-    "agent": _agent,
-    "tracker": _tracker,
-    "pki": _pki,
-    "configure": _configure,
-    "preheat": _preheat,
-    "invalidate": _invalidate,
-    "status": _status,
-    "doctor": _doctor,
+# name -> (one-line help, loader). Each subcommand's module is imported only when that
+# subcommand is chosen (function-local imports), so `layerswarm --help` stays fast and never
+# loads libtorrent.
+COMMANDS: dict[str, tuple[str, Callable[[], Command]]] = {
+    "agent": (
+        "run the node agent: a registry mirror that fetches layers from peers, then upstream",
+        _agent,
+    ),
+    "tracker": (
+        "run the tracker: which agents hold which layers, and who fetches a cold one",
+        _tracker,
+    ),
+    "pki": (
+        "create the fleet CA and agent certificates for encrypted, fleet-only peer swarms",
+        _pki,
+    ),
+    "configure": (
+        "point docker, containerd or podman/CRI-O at the local layerswarm agent",
+        _configure,
+    ),
+    "preheat": (
+        "pull images onto seeds (or every agent) ahead of a rollout, with live progress",
+        _preheat,
+    ),
+    "invalidate": (
+        "make every agent revalidate these tags (IMAGE:TAG) with the upstream on next pull",
+        _invalidate,
+    ),
+    "status": (
+        "show the fleet: agents, zones, hottest layers, bytes from peers vs upstream",
+        _status,
+    ),
+    "doctor": (
+        "check this node: agent, tracker, upstreams, disk, and the runtime's mirror config",
+        _doctor,
+    ),
 }
 
 
@@ -97,15 +120,13 @@ def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, dict[str
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     loaded: dict[str, Command] = {}
     wanted = next((a for a in argv if a in COMMANDS), None)
-    for name, load in COMMANDS.items():
-        if wanted is not None and name != wanted:
-            # Only the chosen subcommand's module is imported; the others still show in --help.
-            sub.add_parser(name, help="")
-            continue
-        cmd = load()
-        loaded[name] = cmd
-        p = sub.add_parser(name, help=cmd.HELP, description=cmd.HELP)
-        cmd.configure_parser(p)
+    for name, (help_text, load) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == wanted:
+            # Only the chosen subcommand's module is imported.
+            cmd = load()
+            loaded[name] = cmd
+            cmd.configure_parser(p)
     return parser, loaded
 
 

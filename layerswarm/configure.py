@@ -19,8 +19,6 @@ from layerswarm.runtimeconf.address import DEFAULT_MIRROR, MirrorAddress, parse_
 from layerswarm.runtimeconf.files import ConfigureError, FileChange
 from layerswarm.runtimeconf.paths import add_path_arguments
 
-HELP = "point docker, containerd or podman/CRI-O at the local layerswarm agent"
-
 DOCKER_HUB = "docker.io"
 
 

@@ -48,8 +48,6 @@ from layerswarm.trackerapi import (
     http_request,
 )
 
-HELP = "check this node: agent, tracker, upstreams, disk, and the runtime's mirror config"
-
 Level = Literal["OK", "WARN", "FAIL"]
 DEFAULT_DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/podman/podman.sock")
 LOW_DISK_FRACTION = 0.10

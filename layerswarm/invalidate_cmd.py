@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from core import settings
 from layerswarm.trackerapi import TrackerAccess, TrackerAPIError, TrackerRefused
 
-HELP = "make every agent revalidate these tags (IMAGE:TAG) with the upstream on next pull"
-
 
 @dataclass(frozen=True)
 class InvalidateConfig(TrackerAccess):

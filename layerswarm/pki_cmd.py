@@ -18,8 +18,6 @@ from pathlib import Path
 from agent.p2p.pki import PKIError, generate_ca, generate_key_and_csr, sign_csr
 from core import durable
 
-HELP = "create the fleet CA and agent certificates for encrypted, fleet-only peer swarms"
-
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="pki_command", metavar="ACTION", required=True)

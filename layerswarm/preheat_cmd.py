@@ -24,8 +24,6 @@ from core import settings
 from core.settings import ConfigError, parse_duration
 from layerswarm.trackerapi import TrackerAccess, TrackerAPI, TrackerAPIError, TrackerRefused
 
-HELP = "pull images onto seeds (or every agent) ahead of a rollout, with live progress"
-
 # no_agents: the tracker ended a job no live agent was in scope for (it says which scope).
 TERMINAL = ("done", "failed", "no_agents")
 BAR_WIDTH = 24

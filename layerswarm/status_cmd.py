@@ -19,8 +19,6 @@ from core import settings
 from layerswarm.preheat_cmd import human_bytes, short_digest
 from layerswarm.trackerapi import TrackerAccess, TrackerAPIError, TrackerRefused
 
-HELP = "show the fleet: agents, zones, hottest layers, bytes from peers vs upstream"
-
 MAX_AGENT_ROWS = 200
 
 

@@ -26,8 +26,6 @@ from tracker.config import TrackerConfig
 
 log = logging.getLogger(__name__)
 
-HELP = "run the tracker: which agents hold which layers, and who fetches a cold one"
-
 # A worker that keeps dying is restarted at most this often (a broken Redis URL, say).
 _RESTART_PAUSE = 1.0
 

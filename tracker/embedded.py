@@ -1,11 +1,11 @@
-"""The tracker inside an agent: used when the agent is given no --tracker URL.
+"""A tracker in another component's process, reached without HTTP.
 
     tracker = embedded_tracker()
     client = local_client(tracker, agent_id)        # a TrackerClient, no HTTP involved
     upkeep = asyncio.create_task(tracker.maintain())  # optional: prunes expired entries
 
-To let other agents use this tracker too, serve it: ``tracker.app.build_app(config,
-store=tracker.store)`` shares the same in-memory state over HTTP.
+``layerswarm agent`` without --tracker composes an agent with one (layerswarm.agent_cmd);
+with --serve-tracker the same tracker also serves its HTTP API to other agents.
 """
 
 from __future__ import annotations
