@@ -398,6 +398,12 @@ class AgentConfig:
         mib = 1 << 20
         if not (mib <= self.segment_size <= 256 * mib) or self.segment_size % mib:
             raise ConfigError("segment-size must be a whole number of MiB between 1M and 256M")
+        self._check_served_tracker()
+        tls = (self.peer_ca_file, self.peer_cert_file, self.peer_key_file)
+        if any(tls) and not all(tls):
+            raise ConfigError("peer-ca-file, peer-cert-file and peer-key-file go together")
+
+    def _check_served_tracker(self) -> None:
         if self.serve_tracker and self.tracker:
             raise ConfigError(
                 "serve-tracker runs the fleet's tracker in this agent; drop it, or drop --tracker"
@@ -406,9 +412,6 @@ class AgentConfig:
             raise ConfigError(
                 "serve-tracker needs --tracker-token-file: the fleet token other agents present"
             )
-        tls = (self.peer_ca_file, self.peer_cert_file, self.peer_key_file)
-        if any(tls) and not all(tls):
-            raise ConfigError("peer-ca-file, peer-cert-file and peer-key-file go together")
 
     @property
     def upstreams(self) -> dict[str, Upstream]:
