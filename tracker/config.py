@@ -17,14 +17,44 @@ def _parse_hostport_str(raw: str) -> str:
     return raw
 
 
+def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int]:
+    """``redis+sentinel://HOST:PORT,HOST:PORT/MASTER/DB`` -> sentinels, master name, db.
+
+    ValueError says what is wrong.
+    """
+    rest = url.removeprefix("redis+sentinel://")
+    hosts, _, path = rest.partition("/")
+    name, _, db = path.partition("/")
+    sentinels: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"sentinel address must be HOST:PORT, got {item!r}")
+        sentinels.append((host.strip("[]"), int(port)))
+    if not name:
+        raise ValueError("name the master the sentinels watch: redis+sentinel://.../MASTER/DB")
+    if db and not db.isdigit():
+        raise ValueError(f"redis database must be a number, got {db!r}")
+    return sentinels, name, int(db or 0)
+
+
 def parse_store(raw: str) -> str:
-    """``memory`` or ``redis://HOST:PORT/DB``."""
+    """``memory``, ``redis://HOST:PORT/DB`` or ``redis+sentinel://HOST:PORT,.../MASTER/DB``."""
     raw = raw.strip()
     if raw == "memory":
         return raw
+    if raw.startswith("redis+sentinel://"):
+        try:
+            parse_sentinel_url(raw)
+        except ValueError as exc:
+            raise ConfigError(f"store: {exc}") from None
+        return raw
     parts = urlsplit(raw)
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        raise ConfigError(f"store must be memory or redis://HOST:PORT/DB, got {raw!r}")
+        raise ConfigError(
+            "store must be memory, redis://HOST:PORT/DB or "
+            f"redis+sentinel://HOST:PORT,HOST:PORT/MASTER/DB, got {raw!r}"
+        )
     db = parts.path.lstrip("/")
     if db and not db.isdigit():
         raise ConfigError(f"store: redis database must be a number, got {db!r}")
@@ -46,8 +76,9 @@ class TrackerConfig:
     store: str = field(
         default="memory",
         metadata=setting(
-            "where fleet state lives: memory (one replica) or redis://HOST:PORT/DB "
-            "(replicas share it)",
+            "where fleet state lives: memory (one replica), redis://HOST:PORT/DB (replicas "
+            "share it) or redis+sentinel://HOST:PORT,HOST:PORT/MASTER/DB (the master Redis "
+            "Sentinel names, followed through failovers)",
             parse=parse_store,
             metavar="STORE",
         ),

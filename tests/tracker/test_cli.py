@@ -38,7 +38,11 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         (["--listen", "nowhere", "--token-file", "{tok}"], "expected HOST:PORT"),
         (
             ["--listen", "127.0.0.1:0", "--store", "mysql://x", "--token-file", "{tok}"],
-            "store must be memory or redis",
+            "store must be memory, redis://HOST:PORT/DB or redis+sentinel://",
+        ),
+        (
+            ["--listen", "127.0.0.1:0", "--store", "redis+sentinel://h:1", "--token-file", "{tok}"],
+            "name the master the sentinels watch",
         ),
         (
             ["--listen", "127.0.0.1:0", "--token-file", "/nonexistent/token"],

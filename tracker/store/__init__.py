@@ -8,7 +8,8 @@ from tracker.store.redis_store import RedisStore
 
 
 def open_store(url: str, *, timeout: float = 5.0) -> TrackerStore:
-    """Build the store a ``--store`` setting names (``memory`` or ``redis://HOST:PORT/DB``)."""
+    """Build the store a ``--store`` setting names (``memory``, ``redis://HOST:PORT/DB`` or
+    ``redis+sentinel://HOST:PORT,.../MASTER/DB``)."""
     if url == "memory":
         return MemoryStore()
     return RedisStore.from_url(url, timeout=timeout)

@@ -29,7 +29,9 @@ Expiry uses the tracker's clock passed in as ``now`` (pruned by ``prune``), so r
 tests share one notion of time; keys that live for a limited time also carry a Redis TTL a
 minute past their logical expiry, so a replica that stops pruning cannot leave them forever.
 Scripts touch keys they derive from the prefix, which a single Redis (or a primary with
-replicas) allows; Redis Cluster is not supported.
+replicas) allows; Redis Cluster is not supported. With ``redis+sentinel://`` the store asks
+the sentinels for the master and again after a failover (redis-py's SentinelConnectionPool);
+calls in flight then fail as StoreUnavailable, and scripts are loaded again on the new master.
 """
 
 from __future__ import annotations
@@ -41,10 +43,12 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisError
 
 from core.trackererrors import StoreUnavailable
 from core.wire import AgentInfo, Counters, Invalidation, Metainfo, PreheatJob, SegmentMeta
+from tracker.config import parse_sentinel_url
 from tracker.model import AgentRecord, Holding, LeaseResult, PreheatReport
 from tracker.store.base import (
     BAD_PEER_QUORUM,
@@ -499,10 +503,16 @@ _FIELDS = ["key", "info", "last_seen", "expires", "ver"]
 
 class RedisStore:
     def __init__(
-        self, client: aioredis.Redis, pool: aioredis.ConnectionPool, *, prefix: str = "layerswarm:"
+        self,
+        client: aioredis.Redis,
+        pool: aioredis.ConnectionPool,
+        *,
+        prefix: str = "layerswarm:",
+        also_close: Sequence[aioredis.Redis] = (),
     ) -> None:
         self._r = client
         self._pool = pool
+        self._also_close = list(also_close)
         self._p = prefix
         self._bind = client.register_script(_BIND)
         self._put_holdings = client.register_script(_PUT_HOLDINGS)
@@ -530,6 +540,15 @@ class RedisStore:
         max_connections: int = 64,
         prefix: str = "layerswarm:",
     ) -> RedisStore:
+        if url.startswith("redis+sentinel://"):
+            sentinels, name, db = parse_sentinel_url(url)
+            timeouts = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+            # redis-py's Sentinel has no annotations.
+            sentinel = Sentinel(sentinels, sentinel_kwargs=timeouts, **timeouts)  # type: ignore[no-untyped-call]
+            client = sentinel.master_for(
+                name, db=db, decode_responses=True, max_connections=max_connections
+            )
+            return cls(client, client.connection_pool, prefix=prefix, also_close=sentinel.sentinels)
         # A blocking pool bounds connections per replica: a burst of requests queues for a
         # connection instead of opening hundreds of sockets to Redis.
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -545,6 +564,8 @@ class RedisStore:
     async def close(self) -> None:
         await self._r.aclose()
         await self._pool.aclose()
+        for other in self._also_close:
+            await other.aclose()
 
     @_translated
     async def ping(self) -> None:
