@@ -189,7 +189,7 @@ class AgentMetrics:
                 ),
                 Counter(
                     "layerswarm_peer_bytes",
-                    "Bytes received from peers (issue 4's name for "
+                    "Bytes received from peers (the first name of "
                     "layerswarm_peer_received_bytes_total, kept for existing queries)",
                     registry=registry,
                 ),

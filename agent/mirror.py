@@ -125,7 +125,7 @@ class Mirror:
     ) -> StoredManifest:
         stored = self._manifests.get(digest)
         # Cached from another upstream: this one's yes would vouch for bytes it may not have
-        # (issue 10, item 6); fetching verifies it has them.
+        # (it may never have seen them); fetching verifies it has them.
         if stored is not None and self._access.vouched_by(digest, upstream.name):
             await self._access.check(upstream, repo, "manifests", digest, auth, internal=internal)
             return stored

@@ -63,7 +63,7 @@ MAX_HEARTBEAT_INTERVAL = 60.0
 MAX_SEGMENTS = 100_000
 MAX_PREHEAT_LAYERS = 1000
 HOTTEST = 10
-# What one fleet-token holder can make the tracker keep is bounded (issue 10, item 4):
+# What one fleet-token holder can make the tracker keep is bounded:
 # torrent bytes per digest (a 10 GiB layer in 16 MiB segments needs well under 1 MiB),
 # how long metainfo lives after its last publish, digests one agent may hold, live preheat jobs.
 MAX_METAINFO_BYTES = 4 << 20

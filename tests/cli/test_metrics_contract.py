@@ -136,7 +136,7 @@ def test_metrics_follow_prometheus_conventions(
     assert "code" in samples["layerswarm_requests_total"]
     assert "code" in samples["layerswarm_tracker_requests_total"]
     assert not any("status" in labels for labels in samples.values())
-    # Peer bytes both ways under symmetric names (and issue 4's name kept for received).
+    # Peer bytes both ways under symmetric names (and the first name kept for received).
     for name in (
         "layerswarm_peer_received_bytes_total",
         "layerswarm_peer_sent_bytes_total",

@@ -1,6 +1,6 @@
-"""Odd client input gets a 4xx with an OCI (or tracker) error body, never a 500 (issue 10,
-item 8): a Range with a 5000-digit number, a tag-list ``n`` of ``²`` or 5000 digits, tracker
-JSON nested 30 000 deep (the issue saw 50 000; the test config caps bodies at 64 KiB)."""
+"""Odd client input gets a 4xx with an OCI (or tracker) error body, never a 500: a
+Range with a 5000-digit number, a tag-list ``n`` of ``²`` or 5000 digits, tracker
+JSON nested 30 000 deep (50 000 was seen to crash it; the test config caps bodies at 64 KiB)."""
 
 from __future__ import annotations
 

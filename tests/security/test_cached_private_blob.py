@@ -1,5 +1,5 @@
 """A cached private blob is served only when an upstream it came from says yes for that
-client, not when whichever upstream the client names does (issue 10, item 6).
+client, not when whichever upstream the client names does.
 
 Upstream A is a real htpasswd docker-registry holding a private layer; upstream B is a fault
 injector that answers yes to everything, as a lenient or hostile registry would.

@@ -1,5 +1,5 @@
-"""A fuzz pass over the agent's registry API and the tracker's API (issue 10, "Done when"):
-for any client input, no 5xx, and the process stays up with bounded memory.
+"""A fuzz pass over the agent's registry API and the tracker's API: for
+any client input, no 5xx, and the process stays up with bounded memory.
 
 Both daemons run as operators run them (the CLI, real processes); the agent mirrors a real
 docker-registry holding one image, so well-formed requests reach real upstream answers. The

@@ -1,5 +1,5 @@
 """Authorization and Cookie values never reach a log line, aiohttp's own errors about malformed
-requests included (issue 10, item 9). The agent runs as operators run it (the CLI, a real
+requests included. The agent runs as operators run it (the CLI, a real
 process); requests are written on a raw socket so they can be as malformed as an attacker's."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""partial/ holds only downloads worth resuming (issue 10, item 7): a digest the upstream does
+"""partial/ holds only downloads worth resuming: a digest the upstream does
 not have leaves no file behind, and empty or day-old partials are collected at start-up."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A private image pulls through a path-prefix mirror entry while the default upstream is
-public (issue 10, item 3: the ping named the default upstream's answer, so the client never
-sent its credentials)."""
+public (once, the ping named the default upstream's answer, so the client never sent its
+credentials)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Which upstream a request goes to: a path-prefix login never hands the password to the
 default upstream, and an unknown prefix is refused by name instead of being sent to the
-default upstream (issue 10, item 3; issue 13, item 2).
+default upstream.
 
 The mirrored registry is a real htpasswd docker-registry reached by path prefix; the default
 upstream is a fault injector that records the Authorization headers it receives (a real

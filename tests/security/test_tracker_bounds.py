@@ -1,5 +1,5 @@
-"""What one fleet-token holder can make the tracker keep is bounded, on both stores (issue 10,
-items 1, 4 and 5, tracker side). Each test drives one abuse the review measured and asserts a
+"""What one fleet-token holder can make the tracker keep is bounded, on both stores. Each
+test drives one abuse the review measured and asserts a
 bound on the store's own count of entries (``usage``), not on process memory."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What the agent does with the upstream's answers (issue 10, item 10): a HEAD for an uncached
+"""What the agent does with the upstream's answers: a HEAD for an uncached
 blob is the upstream's HEAD, not a download; a tag list's next-page link keeps ``?ns=``; a
 manifest answered with a media type that is not a manifest's is refused, not relayed."""
 

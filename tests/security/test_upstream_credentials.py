@@ -1,6 +1,6 @@
 """Configured and client credentials go only to the upstream's own host and to the token
 realm its own ``/v2/`` challenge names; never to a host a redirect reached, never to a
-plain-http realm on another host (issue 10, item 2).
+plain-http realm on another host.
 
 The upstream is a real docker-registry; its "redirect" storage middleware sends blob GETs to
 another loopback host, as S3/CDN-backed registries do. That host, and any realm it names, is
