@@ -8,7 +8,8 @@ import asyncio
 import logging
 import random
 import ssl
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
@@ -106,6 +107,89 @@ def _seconds(retry_after: str) -> float:
     return min(max(value, 0.1), _MAX_RETRY_AFTER)
 
 
+@dataclass(frozen=True)
+class Wait:
+    """Every replica that answered shed the call: sleep this long, then go round again."""
+
+    seconds: float
+
+
+class Attempt:
+    """One replica to ask in a call; tell it what came back."""
+
+    def __init__(self, call: Call, index: int, base: str) -> None:
+        self._call = call
+        self._index = index
+        self.base = base
+
+    def no_answer(self, cause: str) -> None:
+        """No HTTP answer (refused, timed out, TLS): the next replica is asked."""
+        self._call.failures.append(f"{self.base}: {cause}")
+
+    def answered(self, status: int, retry_after: str = "") -> bool:
+        """True when this answer is the call's (use it); False when the next replica is asked:
+        5xx (this replica's store is down) and 429 (it sheds load). Any other status is the
+        same on every replica, so it is final."""
+        if status == 429:
+            self._call.failures.append(f"{self.base}: busy")
+            self._call.busy = max(self._call.busy or 0.0, _seconds(retry_after))
+            return False
+        if status >= 500:
+            self._call.failures.append(f"{self.base}: HTTP {status}")
+            return False
+        self._call.replicas.preferred = self._index
+        return True
+
+
+class Call:
+    """The steps of one call over the replicas: iterate, and do each ``Attempt`` or ``Wait``.
+
+    When the iteration ends without an answer, ``failures`` says what each replica did."""
+
+    def __init__(self, replicas: Replicas) -> None:
+        self.replicas = replicas
+        self.failures: list[str] = []
+        self.busy: float | None = None
+
+    def __iter__(self) -> Iterator[Attempt | Wait]:
+        urls = self.replicas.urls
+        n = len(urls)
+        for busy_round in range(_BUSY_ROUNDS + 1):
+            self.busy = None
+            start = self.replicas.preferred
+            for i in range(n):
+                idx = (start + i) % n
+                yield Attempt(self, idx, urls[idx])
+            if self.busy is None or busy_round == _BUSY_ROUNDS:
+                return
+            # Jitter, so a burst that was shed together does not come back together.
+            yield Wait(self.busy * self.replicas.rng.uniform(0.5, 1.5))
+
+
+class Replicas:
+    """The tracker replicas of one fleet (sharing a Redis store), and the one failover rule
+    every client of the tracker follows, the agent's and the operator commands' alike.
+
+    Replicas are tried in turn starting from the last one that answered; one that gives no
+    answer or answers 5xx is skipped. A 4xx answer is final: it would be the same on every
+    replica, except 429 (load shed): then the next replica is asked, and when every one that
+    answered shed the call, the round is tried again after their Retry-After times a random
+    0.5-1.5, a few times.
+    """
+
+    def __init__(self, urls: Sequence[str] | str, *, rng: random.Random | None = None) -> None:
+        raw = urls.split(",") if isinstance(urls, str) else list(urls)
+        self.urls = [u.strip().rstrip("/") for u in raw if u.strip()]
+        if not self.urls:
+            raise ValueError("at least one tracker URL is needed")
+        self.preferred = 0
+        # Jitter for Retry-After: not a secret, only a spread.
+        self.rng = rng or random.Random()  # noqa: S311
+
+    def call(self) -> Call:
+        return Call(self)
+
+
 _BY_STATUS: dict[int, type[errors.TrackerError]] = {
     400: errors.InvalidRequest,
     401: errors.Unauthorized,
@@ -117,14 +201,7 @@ _BY_STATUS: dict[int, type[errors.TrackerError]] = {
 
 
 class HttpTrackerClient:
-    """Talks to tracker replicas over HTTP, failing over between them.
-
-    ``urls`` are replicas of one fleet (sharing a Redis store), tried in turn starting from
-    the last one that answered; a replica that times out, refuses the connection or answers
-    5xx is skipped. A 4xx answer is final: it would be the same on every replica, except 429
-    (load shed): then the next replica is asked, and when every one that answered shed the
-    call, it is tried again after their Retry-After times a random 0.5-1.5, a few times.
-    """
+    """Talks to tracker replicas over HTTP, failing over between them as ``Replicas`` says."""
 
     def __init__(
         self,
@@ -140,19 +217,13 @@ class HttpTrackerClient:
     ) -> None:
         """``ssl_context``: for https replicas (the tracker's CA, and this agent's certificate
         when the tracker identifies agents by it); None uses the system's trust store."""
-        raw = urls.split(",") if isinstance(urls, str) else list(urls)
-        self._urls = [u.strip().rstrip("/") for u in raw if u.strip()]
-        if not self._urls:
-            raise ValueError("at least one tracker URL is needed")
+        self._replicas = Replicas(urls, rng=rng)
         self._token = token
         self.agent_id = agent_id
         self._key = key
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
-        self._preferred = 0
-        # Jitter for Retry-After: not a secret, only a spread.
-        self._rng = rng or random.Random()  # noqa: S311
 
     async def _call(
         self, method: str, path: str, body: Any = None, *, agent_header: bool = False
@@ -160,53 +231,40 @@ class HttpTrackerClient:
         headers = {"Authorization": f"Bearer {self._token}", AGENT_KEY_HEADER: self._key}
         if agent_header:
             headers[AGENT_ID_HEADER] = self.agent_id
-        failures: list[str] = []
-        n = len(self._urls)
-        for busy_round in range(_BUSY_ROUNDS + 1):
-            busy: float | None = None
-            for i in range(n):
-                idx = (self._preferred + i) % n
-                base = self._urls[idx]
-                try:
-                    async with self._session.request(
-                        method,
-                        base + path,
-                        json=body,
-                        headers=headers,
-                        timeout=self._timeout,
-                        ssl=self._ssl,
-                    ) as resp:
-                        try:
-                            payload = await resp.json(content_type=None)
-                        except ValueError:
-                            payload = None
-                        status = resp.status
-                        retry_after = resp.headers.get("Retry-After", "")
-                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                    failures.append(f"{base}: {classify(exc).cause}")
-                    continue
-                if status == 429:
-                    # Shedding load: another replica may have room; else wait as told.
-                    failures.append(f"{base}: busy")
-                    busy = max(busy or 0.0, _seconds(retry_after))
-                    continue
-                if status >= 500:
-                    failures.append(f"{base}: HTTP {status}")
-                    continue
-                self._preferred = idx
-                if status >= 400:
-                    message = payload.get("error", "") if isinstance(payload, dict) else ""
-                    code = payload.get("code", "") if isinstance(payload, dict) else ""
-                    cls = _ERRORS.get(code) or _BY_STATUS.get(status, errors.TrackerError)
-                    raise cls(message or f"HTTP {status}")
-                return payload
-            if busy is None or busy_round == _BUSY_ROUNDS:
-                break
-            # Jitter, so a burst that was shed together does not come back together.
-            await asyncio.sleep(busy * self._rng.uniform(0.5, 1.5))
+        call = self._replicas.call()
+        for step in call:
+            if isinstance(step, Wait):
+                await asyncio.sleep(step.seconds)
+                continue
+            try:
+                async with self._session.request(
+                    method,
+                    step.base + path,
+                    json=body,
+                    headers=headers,
+                    timeout=self._timeout,
+                    ssl=self._ssl,
+                ) as resp:
+                    try:
+                        payload = await resp.json(content_type=None)
+                    except ValueError:
+                        payload = None
+                    status = resp.status
+                    retry_after = resp.headers.get("Retry-After", "")
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                step.no_answer(classify(exc).cause)
+                continue
+            if not step.answered(status, retry_after):
+                continue
+            if status >= 400:
+                message = payload.get("error", "") if isinstance(payload, dict) else ""
+                code = payload.get("code", "") if isinstance(payload, dict) else ""
+                cls = _ERRORS.get(code) or _BY_STATUS.get(status, errors.TrackerError)
+                raise cls(message or f"HTTP {status}")
+            return payload
         # Debug only: the caller decides how loudly to say it (the agent once per change).
-        log.debug("no tracker replica answered path=%s failures=%s", path, failures)
-        raise errors.TrackerUnavailable("no tracker answered: " + "; ".join(failures))
+        log.debug("no tracker replica answered path=%s failures=%s", path, call.failures)
+        raise errors.TrackerUnavailable("no tracker answered: " + "; ".join(call.failures))
 
     def _agent(self, suffix: str) -> str:
         return f"/v1/agents/{self.agent_id}/{suffix}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from urllib.parse import urlsplit
 
 from core.fleettoken import read_fleet_token
 from core.settings import ConfigError, parse_duration, parse_url_list, setting
+from core.trackerclient import Replicas, Wait
 
 
 class TrackerAPIError(Exception):
@@ -166,9 +168,8 @@ class TrackerAPI:
         *,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        if not urls:
-            raise ValueError("at least one tracker URL")
-        self.urls = urls
+        self._replicas = Replicas(urls)
+        self.urls = self._replicas.urls
         self._token = token
         self._ssl = ssl_context
         self.timeout = timeout
@@ -176,7 +177,8 @@ class TrackerAPI:
     def _call(
         self, method: str, path: str, payload: Any = None, *, auth: bool = True
     ) -> tuple[Any, str]:
-        """(decoded JSON, the replica's URL); replicas are tried in order while unreachable."""
+        """(decoded JSON, the replica's URL); replicas fail over as ``Replicas`` says, the
+        agent's rule."""
         headers = {"Accept": "application/json"}
         if auth:
             headers["Authorization"] = f"Bearer {self._token}"
@@ -184,12 +186,15 @@ class TrackerAPI:
         if payload is not None:
             body = json.dumps(payload).encode()
             headers["Content-Type"] = "application/json"
-        failures = []
-        for base in self.urls:
-            url = base + path
+        call = self._replicas.call()
+        refused: TrackerRefused | None = None
+        for step in call:
+            if isinstance(step, Wait):
+                time.sleep(step.seconds)
+                continue
             try:
                 resp = http_request(
-                    url,
+                    step.base + path,
                     method=method,
                     headers=headers,
                     body=body,
@@ -197,19 +202,22 @@ class TrackerAPI:
                     context=self._ssl,
                 )
             except (OSError, ValueError) as exc:
-                failures.append(f"{base}: {getattr(exc, 'reason', None) or exc}")
+                step.no_answer(str(getattr(exc, "reason", None) or exc))
+                refused = None
                 continue
-            if resp.status >= 500 and base != self.urls[-1]:
-                # Like the agent's client: a replica whose store is down is skipped.
-                failures.append(f"{base}: HTTP {resp.status}")
+            if not step.answered(resp.status, resp.headers.get("Retry-After", "")):
+                # Kept for when no later replica answers: its message beats "unreachable".
+                refused = TrackerRefused(resp.status, _error_message(resp), step.base)
                 continue
             if resp.status >= 400:
-                raise TrackerRefused(resp.status, _error_message(resp), base)
+                raise TrackerRefused(resp.status, _error_message(resp), step.base)
             try:
-                return resp.json(), base
+                return resp.json(), step.base
             except ValueError:
-                raise TrackerRefused(resp.status, "answer is not JSON", base) from None
-        raise TrackerUnreachable("no tracker answered: " + "; ".join(failures))
+                raise TrackerRefused(resp.status, "answer is not JSON", step.base) from None
+        if refused is not None:
+            raise refused
+        raise TrackerUnreachable("no tracker answered: " + "; ".join(call.failures))
 
     def create_preheat(
         self, image: str, scope: str, zone: str | None = None, region: str | None = None

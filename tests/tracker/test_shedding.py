@@ -1,5 +1,8 @@
 """Load shedding: a busy tracker process answers 429 with Retry-After at once, and the
-agent's client asks another replica, or waits as told (with jitter) and asks again."""
+agent's client asks another replica, or waits as told (with jitter) and asks again; the
+operator commands' client follows the same rule (one ``Replicas``).
+
+``BusyTracker`` is a fake: a real tracker sheds only under real overload, not on demand."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from aiohttp.test_utils import TestServer
 from core.trackerclient import HttpTrackerClient
 from core.trackererrors import TrackerUnavailable
 from core.wire import AgentInfo, LookupReply
+from layerswarm.trackerapi import TrackerAPI
 from tests.tracker.conftest import TOKEN, AppFactory, new_key
 from tracker.config import TrackerConfig
 
@@ -66,9 +70,18 @@ class BusyTracker:
             )
         return web.json_response(LookupReply(action="fetch", peers=()).to_json())
 
+    async def fleet(self, _request: web.Request) -> web.Response:
+        self.arrivals.append(time.monotonic())
+        if len(self.arrivals) <= self.busy:
+            return web.json_response(
+                {"error": "busy", "code": "busy"}, status=429, headers={"Retry-After": "0.2"}
+            )
+        return web.json_response({"agents": []})
+
     async def start(self) -> TestServer:
         app = web.Application()
         app.router.add_post("/v1/agents/{id}/lookup", self.lookup)
+        app.router.add_get("/v1/fleet", self.fleet)
         server = TestServer(app, host="127.0.0.1", port=0)
         await server.start_server()
         return server
@@ -123,3 +136,17 @@ async def test_client_gives_up_after_a_few_busy_rounds() -> None:
         assert len(fake.arrivals) == 5
     finally:
         await server.close()
+
+
+async def test_operator_commands_fail_over_by_the_same_rule() -> None:
+    # Both replicas shed the first round; the second round finds the second one free.
+    busy, free = BusyTracker(busy=1000), BusyTracker(busy=1)
+    s1, s2 = await busy.start(), await free.start()
+    try:
+        api = TrackerAPI([str(s1.make_url("")), str(s2.make_url(""))], TOKEN, timeout=5)
+        fleet = await asyncio.to_thread(api.fleet)
+        assert fleet == {"agents": []}
+        assert (len(busy.arrivals), len(free.arrivals)) == (2, 2)
+    finally:
+        await s1.close()
+        await s2.close()
