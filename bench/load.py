@@ -299,6 +299,10 @@ class FleetLoad:
                 async with session.get(f"{a.url}/metrics") as r:
                     texts.append(await r.text())
         result.served_by_source = served_by_source(texts)
+        # Stopped (cleanly) before their files are read: a running agent writes its state
+        # files aside and renames them at any moment, which is no orphan.
+        for a in self.agents:
+            await asyncio.to_thread(a.stop)
         if sum(result.served_by_source.values()) != result.bytes:
             result.problems.append("served bytes by source do not add up to what was received")
         for i, (a, text) in enumerate(zip(self.agents, texts, strict=True)):

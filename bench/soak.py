@@ -274,6 +274,10 @@ class Soak:
                     r.problems.append(f"agent {index}: fds grew by {end.fds - start.fds}")
             metrics = [await self.metrics(session, a) for a in self.agents]
             self.check_accounting(metrics)
+            # Stopped (cleanly) before their files are read: a running agent writes its state
+            # files aside and renames them at any moment, which is no orphan.
+            for agent in self.agents:
+                await asyncio.to_thread(agent.stop)
             for index, (agent, text) in enumerate(zip(self.agents, metrics, strict=True)):
                 check = check_data_dir(f"agent {index}", agent.data_dir, text, self.p.cache_size)
                 r.problems += check.problems

@@ -260,10 +260,12 @@ class PeerServer:
             resp.content_length = what.size - offset
         else:
             resp.enable_chunked_encoding()
-        await resp.prepare(request)
         sent = 0
         chunks = _follow(what, offset) if isinstance(what, Download) else _read(what, offset)
         try:
+            # Inside: a follower asks several candidates at once and hangs up on all but the
+            # first to answer, often before our headers are out (a traceback per ask, before).
+            await resp.prepare(request)
             async for chunk in chunks:
                 view = memoryview(chunk)
                 for start in range(0, len(view), _WRITE_SLICE):
