@@ -35,7 +35,8 @@ def shutdown_timeout_setting(default: float) -> float:
     return field(
         default=default,
         metadata=setting(
-            "on SIGTERM, how long in-flight requests may finish",
+            # aiohttp waits without a limit for 0.
+            "on SIGTERM, how long in-flight requests may finish (0: as long as they take)",
             parse=parse_duration,
             metavar="DURATION",
         ),
