@@ -21,7 +21,8 @@ from tracker.store.memory import MemoryStore
 async def test_an_unexpected_error_is_logged_and_the_next_beat_goes_out(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # Beats every 0.2 s: the link sleeps a third of the agent TTL after each.
+    # The link sleeps the tracker's interval after a beat, its own default after a failure:
+    # both short here.
     tracker = Tracker(MemoryStore(), SystemClock(), TrackerConfig(agent_ttl=0.6))
     calls = 0
 
@@ -34,7 +35,7 @@ async def test_an_unexpected_error_is_logged_and_the_next_beat_goes_out(
         return AgentInfo("a1", "127.0.0.1", 1)
 
     tasks = Supervisor("test")
-    link = TrackerLink(local_client(tracker, "a1"), describe, list, tasks)
+    link = TrackerLink(local_client(tracker, "a1"), describe, list, tasks, default_interval=0.2)
     with caplog.at_level(logging.ERROR, logger="agent.trackerlink"):
         await link.run_once()
     assert "data dir vanished" in caplog.text and caplog.records[0].exc_info is not None
