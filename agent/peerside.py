@@ -217,6 +217,9 @@ class PeerSide:
             except (PeerTransferError, TimeoutError) as exc:
                 # The engine is stopping or slow to answer: the count catches up next beat.
                 log.debug("peer engine stats unavailable: %s", exc)
+            except Exception:
+                # A bug of ours, said with its traceback: the heartbeat goes on regardless.
+                log.exception("reading the peer engine's stats failed")
             await link.run_once()
 
     async def close(self) -> None:
