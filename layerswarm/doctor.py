@@ -308,6 +308,15 @@ def check_agent_config(
 def check_tracker(config: AgentConfig, timeout: float) -> list[Check]:
     if not config.p2p:
         return [Check("tracker", "OK", "peer-to-peer is off (--no-p2p): no tracker needed")]
+    if not config.tracker and config.serve_tracker:
+        return [
+            Check(
+                "tracker",
+                "OK",
+                f"this agent serves the fleet's tracker on {config.tracker_listen} "
+                "(--serve-tracker): other agents use it with --tracker",
+            )
+        ]
     if not config.tracker:
         return [
             Check(
@@ -316,7 +325,8 @@ def check_tracker(config: AgentConfig, timeout: float) -> list[Check]:
                 "no --tracker: the agent runs an embedded tracker and shares layers with no "
                 "other node",
                 "for a fleet, set --tracker URL and --tracker-token-file FILE "
-                "(LAYERSWARM_TRACKER, LAYERSWARM_TRACKER_TOKEN_FILE)",
+                "(LAYERSWARM_TRACKER, LAYERSWARM_TRACKER_TOKEN_FILE), or let one agent "
+                "serve it to the others with --serve-tracker",
             )
         ]
     if config.tracker_token_file is None:

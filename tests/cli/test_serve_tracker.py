@@ -9,10 +9,13 @@ from __future__ import annotations
 import os
 import secrets
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from agent.config import AgentConfig
+from layerswarm.doctor import check_tracker
 from testbed.agent import AgentProc
 from testbed.procs import free_port
 from testbed.registry import Registry
@@ -66,3 +69,18 @@ def test_a_second_agent_fetches_through_the_first_ones_served_tracker(
     finally:
         second.stop()
         first.stop()
+
+
+def test_doctor_knows_an_agent_serving_the_tracker(tmp_path: Path) -> None:
+    token = tmp_path / "fleet-token"
+    token.write_text(secrets.token_urlsafe(24) + "\n")
+    served = AgentConfig(
+        data_dir=tmp_path / "data",
+        serve_tracker=True,
+        tracker_listen="127.0.0.1:7070",
+        tracker_token_file=token,
+    )
+    [check] = check_tracker(served, timeout=1.0)
+    assert (check.level, "127.0.0.1:7070" in check.detail) == ("OK", True), check
+    [check] = check_tracker(replace(served, serve_tracker=False), timeout=1.0)
+    assert check.level == "WARN" and "--serve-tracker" in check.fix, check
