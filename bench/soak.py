@@ -180,7 +180,11 @@ class Soak:
                     self.result.pulls_disrupted += 1
                     await asyncio.sleep(0.2)
                 else:
-                    self.result.errors.append(f"agent {index} {repo}: {exc}")
+                    # When and which process: to find the request in that agent's log.
+                    began = time.time() - (time.monotonic() - t0)
+                    stamp = time.strftime("%H:%M:%S", time.localtime(began))
+                    pid = self.agents[index].proc.pid
+                    self.result.errors.append(f"agent {index} (pid {pid}) {repo} at {stamp}: {exc}")
                 continue
             if got.manifest_digest not in self.acceptable(repo, t0):
                 self.result.stale_tag_answers += 1
