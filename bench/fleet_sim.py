@@ -274,6 +274,7 @@ def _drive(
             "connections": params.connections,
             "seed": params.seed * 1000 + w,
             "out": str(out),
+            "settle_file": str(workdir / "fault_at") if scenario == "restart-redis" else None,
         }
         spec_file = workdir / f"worker{w}.spec.json"
         spec_file.write_text(json.dumps(spec))
@@ -308,6 +309,11 @@ def _drive(
                         info0[k] = float(info0[k]) - float(last[k])
                     rs.crash_and_restart()
                 killed_at = now - start_at
+                if scenario == "restart-redis":
+                    # The workers keep their agents beating until each registered anew.
+                    tmp = workdir / "fault_at.tmp"
+                    tmp.write_text(repr(killed_at))
+                    tmp.replace(workdir / "fault_at")
             if now > deadline:
                 raise RuntimeError("simulation workers did not finish in time")
             time.sleep(0.2)

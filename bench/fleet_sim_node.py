@@ -92,6 +92,12 @@ class Spec:
     connections: int
     seed: int
     out: str
+    # Set for the restart-redis scenario: the orchestrator writes there (as seconds after
+    # start_at) when it restarted Redis. Agents whose pulls ended before their next heartbeat
+    # keep beating until each is registered anew or ``settle_timeout`` passes, so "registered
+    # again within one heartbeat" is measured for every node, not only the slow ones.
+    settle_file: str | None = None
+    settle_timeout: float = 60.0
 
 
 @dataclass
@@ -563,6 +569,22 @@ async def run_agent(
             tg.create_task(agent.pull_layer(i, digest, size))
 
 
+async def settle(world: World, event: Path, timeout: float) -> None:
+    """Wait (bounded) until the orchestrator's fault happened and every live agent that
+    pulled has registered again after it."""
+    limit = time.monotonic() + timeout
+    while time.monotonic() < limit:
+        try:
+            at = float(event.read_text())
+        except (OSError, ValueError):
+            await asyncio.sleep(0.2)
+            continue
+        live = [a for a in world.agents.values() if a.records and not a.dead]
+        if all(any(t >= at for t in a.registered_at) for a in live):
+            return
+        await asyncio.sleep(0.2)
+
+
 async def run_worker(spec: Spec) -> dict[str, Any]:
     stats = Stats()
     stats.zero = spec.start_at
@@ -577,6 +599,8 @@ async def run_worker(spec: Spec) -> dict[str, Any]:
         pulling = [r for r, a in zip(runs, spec.agents, strict=True) if a[6]]
         deadline = spec.timeout - world.now()
         done, pending = await asyncio.wait(pulling, timeout=max(1.0, deadline))
+        if spec.settle_file:
+            await settle(world, Path(spec.settle_file), spec.settle_timeout)
         for t in runs:
             t.cancel()
         await asyncio.gather(*runs, return_exceptions=True)
