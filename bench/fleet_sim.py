@@ -300,20 +300,7 @@ def _drive(
                 and killed_at is None
                 and now >= start_at + params.kill_at
             ):
-                if scenario == "kill-tracker":
-                    trackers[0].kill()
-                else:
-                    # Its CPU counters restart with it: what it used until now counts too.
-                    last = redis_info(redis_url)
-                    for k in ("used_cpu_sys", "used_cpu_user"):
-                        info0[k] = float(info0[k]) - float(last[k])
-                    rs.crash_and_restart()
-                killed_at = now - start_at
-                if scenario == "restart-redis":
-                    # The workers keep their agents beating until each registered anew.
-                    tmp = workdir / "fault_at.tmp"
-                    tmp.write_text(repr(killed_at))
-                    tmp.replace(workdir / "fault_at")
+                killed_at = _inject(scenario, trackers, rs, info0, workdir, now - start_at)
             if now > deadline:
                 raise RuntimeError("simulation workers did not finish in time")
             time.sleep(0.2)
@@ -332,6 +319,30 @@ def _drive(
             raise RuntimeError(f"simulation worker failed ({p.returncode}); see {out.parent}")
         parts.append(json.loads(out.read_text()))
     return summarise(params, scenario, parts, trackers, cpu0, cpu1, info0, info1, killed_at)
+
+
+def _inject(
+    scenario: str,
+    trackers: list[Tracker],
+    rs: RedisServer,
+    info0: dict[str, Any],
+    workdir: Path,
+    at: float,
+) -> float:
+    """Kill the first replica, or restart Redis empty; returns ``at``."""
+    if scenario == "kill-tracker":
+        trackers[0].kill()
+        return at
+    # Its CPU counters restart with it: what it used until now counts too.
+    last = redis_info(rs.url)
+    for k in ("used_cpu_sys", "used_cpu_user"):
+        info0[k] = float(info0[k]) - float(last[k])
+    rs.crash_and_restart()
+    # The workers keep their agents beating until each registered anew.
+    tmp = workdir / "fault_at.tmp"
+    tmp.write_text(repr(at))
+    tmp.replace(workdir / "fault_at")
+    return at
 
 
 def summarise(
