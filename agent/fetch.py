@@ -272,6 +272,10 @@ class Download:
     def finish(self, final_path: Path) -> None:
         self.final_path = final_path
         self.finished = True
+        # A verified blob has surely started, whether or not its source said so: a waiter on
+        # ``started`` that is never woken holds its client until the client's read timeout.
+        if not self.started.done():
+            self.started.set_result(None)
         self._notify()
 
     def fail(self, error: BaseException) -> None:

@@ -165,6 +165,10 @@ class RelaySource:
         deadline = self._clock() + self._peer_wait
         while True:
             if job.size is not None and download.written >= job.size:
+                # Whole already: a partial the agent left when it stopped between its last
+                # write and the commit. Nothing to stream, but the clients waiting on this
+                # download still hear that it can be had (they wait on ``started``).
+                download.set_started(job.size)
                 return
             unknown: set[str] = set()
             attached = await self._attach(digest, download.written, lookup, failed, unknown)

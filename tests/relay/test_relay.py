@@ -8,9 +8,11 @@ import contextlib
 import aiohttp
 import pytest
 
+from agent.fetch import FetchJob
 from agent.relay.server import AGENT_HEADER, LINEAGE_HEADER
 from core.wire import AgentInfo
 from tests.relay.conftest import (
+    UPSTREAM,
     Node,
     NodeFactory,
     ScriptedUpstream,
@@ -286,3 +288,30 @@ async def test_a_parent_waiting_for_its_upstream_is_not_taken_for_dead(
     assert await first == data
     assert [agent for agent, _, _ in up.served] == ["root"], up.served
     assert "report" not in follower.coordinator.calls
+
+
+async def test_a_partial_already_whole_when_peers_hold_the_blob(make_node: NodeFactory) -> None:
+    """An agent stopped between its last write and the commit left the whole blob in
+    partial/; after its restart a client asks for it while another agent holds it (so the
+    tracker says "follow", not "fetch"). The download has nothing left to stream: it must
+    still tell its waiters it started. Before, it verified and cached the blob without ever
+    resolving ``started``, so the client that asked (the registry handler awaits ``started``)
+    got no byte until its read timeout: the soak's unexplained 30 s stall."""
+    data, digest = make_blob(MiB)
+    up = ScriptedUpstream({digest: data})
+    holder = await make_node("holder", up)
+    holder.seed(digest, data)
+    await announce_held(holder, digest, len(data))
+    restarted = await make_node("restarted", up)
+    restarted.store.partial_path(digest).write_bytes(data)
+    dl, created = restarted.fetcher.start(
+        FetchJob(UPSTREAM, "team/app", digest, None, size=len(data))
+    )
+    assert created
+    while not dl.finished:
+        await dl.wait_changed()
+    assert dl.error is None
+    assert dl.started.done() and dl.started.exception() is None
+    assert restarted.store.path_for(digest).read_bytes() == data
+    # Nothing was streamed again: the partial's bytes were the blob.
+    assert up.served == [] and received(restarted) == 0
