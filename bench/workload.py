@@ -112,6 +112,16 @@ class CorruptPull(PullError):
     """A complete body that does not hash to its digest: never acceptable, restart or not."""
 
 
+class StalledPull(PullError):
+    """No byte for the client's read timeout (``sock_read``): never acceptable either. A
+    restart cuts a connection (reset, refused, closed); it does not leave one silent."""
+
+
+def _pull_error(url: str, exc: BaseException) -> PullError:
+    kind = StalledPull if isinstance(exc, aiohttp.SocketTimeoutError) else PullError
+    return kind(f"{url}: {type(exc).__name__}: {exc}")
+
+
 @dataclass
 class PullResult:
     manifest_digest: str
@@ -132,7 +142,7 @@ async def get_verified(
             ttfb = time.perf_counter() - t0
             body = first + await r.read()
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise PullError(f"{url}: {type(exc).__name__}: {exc}") from exc
+        raise _pull_error(url, exc) from exc
     if digest_of(body) != digest:
         raise CorruptPull(f"{url}: body does not hash to {digest}")
     return body, ttfb
@@ -159,7 +169,7 @@ async def pull_image(
             body = await r.read()
             header = r.headers.get("Docker-Content-Digest", "")
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise PullError(f"{url}: {type(exc).__name__}: {exc}") from exc
+        raise _pull_error(url, exc) from exc
     if header != digest_of(body):
         raise CorruptPull(f"{url}: manifest does not hash to its Docker-Content-Digest")
     count(len(body))

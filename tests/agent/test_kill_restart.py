@@ -7,6 +7,7 @@ registry is real, behind the fault proxy only to slow the blob so the kill lands
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import threading
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.workload import start_tracker
 from testbed.agent import AgentProc
 from testbed.faultproxy import FaultProxy
 from testbed.images import Image, Layer
@@ -188,3 +190,62 @@ def test_sigterm_lets_a_blob_being_served_finish_within_the_shutdown_timeout(
             assert proc.returncode == 0, proc.log_tail()
         finally:
             agent.stop()
+
+
+def test_whole_partial_of_a_blob_a_peer_holds_is_served_not_stalled(
+    tmp_path: Path, registry: Registry, image_factory: ImageFactory
+) -> None:
+    """The p2p soak's 30 s stall. An agent stopped between the last write and the commit
+    left the whole blob in partial/; restarted, it is asked for the blob while another agent
+    holds it, so the tracker says "follow a peer" and the relay finds nothing left to stream.
+    Before, the blob was verified and cached but the client's request was never answered
+    (it waited for a start no source announced) until the client's read timeout."""
+    image = image_factory(layers=[MiB])
+    layer = image.layers[0]
+    tracker, peer = start_tracker(tmp_path)
+    agents = [
+        AgentProc(
+            tmp_path / f"agent{i}",
+            {registry.host_port: registry.url},
+            default_upstream=registry.host_port,
+            extra=peer,
+        )
+        for i in range(2)
+    ]
+    holder, restarted = agents
+    try:
+        holder.start()
+        restarted.start()
+        assert fetch(f"{holder.url}/v2/{image.repo}/blobs/{layer.digest}") == image.blob(
+            layer.digest
+        )
+        restarted.stop()
+        partial = restarted.data_dir / "partial" / f"sha256-{layer.digest.split(':')[1]}"
+        partial.write_bytes(image.blob(layer.digest))
+        restarted.start()
+        # Its tracker link is up, so its lookup will say whom to follow (the tracker may
+        # still know it from before the stop: a heartbeat, not a new registration, is the sign).
+        wait_until("the restarted agent's heartbeat", lambda: heartbeat_ok(restarted))
+        # The manifest tells the agent the blob's size, as in a real pull.
+        fetch(f"{restarted.url}/v2/{image.repo}/manifests/{image.tag}")
+        # A hang here is the fault: fetch() gives up after 60 s of silence.
+        assert fetch(f"{restarted.url}/v2/{image.repo}/blobs/{layer.digest}") == image.blob(
+            layer.digest
+        )
+        log = restarted.log()
+        # The relay path was the one taken (not the lease, which asks the upstream with a
+        # Range and was fixed before), and nothing was streamed again.
+        assert "holds the lease" not in log, log
+        assert "following parent" not in log, log
+        assert registry.requests(kind="blobs", reference=layer.digest, statuses=(416,)) == []
+        assert not partial.exists()
+        assert verified_cache(restarted.data_dir) == {layer.digest.split(":")[1]: True}
+    finally:
+        for agent in agents:
+            agent.stop()
+        tracker.stop()
+
+
+def heartbeat_ok(agent: AgentProc) -> bool:
+    with urllib.request.urlopen(f"{agent.url}/healthz", timeout=10) as r:
+        return bool(json.load(r)["tracker"]["state"] == "ok")
