@@ -10,7 +10,8 @@ Real registry, real agents (the CLI), loopback only. Without ``--p2p``: one agen
 killed, restarted and evicting. Phase 1 (all but the last third): ``pullers`` clients pull
 random images by tag from random agents, a mover pushes a new image under a random tag every
 few seconds, a restarter kills or stops a random agent every so often. Phase 2 (the last
-third): every agent restarted cleanly, pulls and tag moves go on without restarts; each
+third, and at least a third of ``duration`` from when it really starts): every agent
+restarted cleanly, pulls and tag moves go on without restarts; each
 agent's RSS and fds are sampled after a warm-up and at the end.
 
 Checks (``SoakResult.problems`` lists every failure):
@@ -201,7 +202,9 @@ class Soak:
     async def mover(self, session: aiohttp.ClientSession) -> None:
         while self.result.tag_moves < self.p.max_moves:
             await asyncio.sleep(self.rng.uniform(*self.p.move_every))
-            if time.monotonic() >= self.stop_at - self.p.tag_ttl:
+            # Until shortly before the end of phase 2 (phase 1's end is not the run's: the
+            # mover used to stop for good when a move fell between the two phases).
+            if self.phase == 2 and time.monotonic() >= self.stop_at - self.p.tag_ttl:
                 return
             await self.move_tag(session, self.rng.choice(sorted(self.history)))
             self.result.tag_moves += 1
@@ -265,7 +268,10 @@ class Soak:
             for index in range(len(self.agents)):
                 await self.restart(index, kill=False)
             self.phase = 2
-            self.stop_at = t0 + self.p.duration
+            # A full third from its real start: on a loaded machine the pulls still in flight
+            # and the clean restarts can take all the time phase 2 was given (a 100 s run
+            # once had no phase-2 pull at all, and nothing to check the byte counts against).
+            self.stop_at = max(t0 + self.p.duration, time.monotonic() + self.p.duration / 3)
             pullers = [asyncio.create_task(self.puller(session)) for _ in range(self.p.pullers)]
             await asyncio.sleep(min(self.p.warmup, max(0.0, self.stop_at - time.monotonic())))
             starts = [sample(a.proc.pid) for a in self.agents]
