@@ -26,6 +26,7 @@ from agent.server.ops import OpsHandlers, describe_config
 from agent.server.registry import RegistryHandlers
 from agent.trackerlink import InProcessTracker
 from agent.upstream import UpstreamClient, load_credentials
+from core import looplag
 from core.fleettoken import read_fleet_token
 from core.settings import ConfigError
 from core.tasks import Supervisor
@@ -65,6 +66,9 @@ class AgentRuntime:
         self.tasks = tasks
 
     async def start(self) -> None:
+        # A stalled request with nothing in the log was hard to explain (docs/reliability.md,
+        # the soak's 30 s stall): a blocked loop at least says so.
+        self.tasks.spawn(looplag.watch(), name="event loop watch")
         await self.peer_side.start()
 
     async def close(self) -> None:
