@@ -88,6 +88,12 @@ def _parse_transport(raw: str) -> str:
     return raw
 
 
+def _parse_parent_choice(raw: str) -> str:
+    if raw not in ("tracker", "walk"):
+        raise ConfigError(f"parent-choice must be tracker or walk, got {raw!r}")
+    return raw
+
+
 def _parse_fanout(raw: str) -> str:
     if raw not in ("depth", "upload"):
         raise ConfigError(f"peer-fanout must be depth or upload, got {raw!r}")
@@ -354,6 +360,17 @@ class AgentConfig:
             "of chain depth",
             parse=_parse_fanout,
             metavar="depth|upload",
+        ),
+    )
+    parent_choice: str = field(
+        default="walk",
+        metadata=setting(
+            "relay: who picks a follower's parent. tracker: the tracker hands each newcomer "
+            "a free slot of the layer's tree (a chain's end), so simultaneous newcomers line "
+            "up at once; walk: the follower asks the peers it was given and walks down busy "
+            "parents' children to a free one",
+            parse=_parse_parent_choice,
+            metavar="tracker|walk",
         ),
     )
     p2p: bool = field(

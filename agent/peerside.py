@@ -327,6 +327,7 @@ def build_peer_side(
             peer_wait=config.peer_wait,
             max_children=config.peer_children,
             fanout=config.peer_fanout,
+            parent_choice=config.parent_choice,
             upload_rate=config.upload_rate,
             server_ssl=server_ssl,
             client_ssl=client_ssl,

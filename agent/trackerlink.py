@@ -54,14 +54,19 @@ class Lookup:
     total_size: int | None
     complete: bool
     lease_holder: str | None = None
+    # The relay parent the tracker chose for us (asked with ``assign``), first in ``peers``.
+    parent: str | None = None
 
 
 class Coordinator(Protocol):
     """What the agent needs from the tracker. Every method raises CoordinatorUnavailable
     when no tracker answers in time; the agent then behaves as a plain mirror."""
 
-    async def lookup(self, digest: str, named: Sequence[str] = ()) -> Lookup:
-        """``named``: agent ids to vouch for as well (see tracker.service.Tracker.lookup)."""
+    async def lookup(
+        self, digest: str, named: Sequence[str] = (), *, assign: bool = False
+    ) -> Lookup:
+        """``named``: agent ids to vouch for as well; ``assign``: have the tracker choose a
+        relay parent (see tracker.service.Tracker.lookup)."""
         ...
 
     async def publish_segment(
@@ -164,8 +169,10 @@ class TrackerLink:
             log.warning("tracker %s refused a request: %s", self.tracker_url, exc)
             raise CoordinatorUnavailable(str(exc)) from exc
 
-    async def lookup(self, digest: str, named: Sequence[str] = ()) -> Lookup:
-        reply = await self._call(lambda: self.client.lookup(digest, named))
+    async def lookup(
+        self, digest: str, named: Sequence[str] = (), *, assign: bool = False
+    ) -> Lookup:
+        reply = await self._call(lambda: self.client.lookup(digest, named, assign=assign))
         for p in reply.peers:
             self._peer_ids[(p.address, p.port)] = p.agent_id
         meta = reply.metainfo
@@ -176,6 +183,7 @@ class TrackerLink:
             total_size=meta.total_size if meta is not None and meta.total_size else None,
             complete=bool(meta is not None and meta.complete),
             lease_holder=reply.lease_holder,
+            parent=reply.parent,
         )
 
     async def publish_segment(

@@ -59,8 +59,11 @@ class TrackerClient(Protocol):
 
     async def withdraw(self, digest: str) -> None: ...
 
-    async def lookup(self, digest: str, named: Sequence[str] = ()) -> LookupReply:
-        """Peers for ``digest``; ``named`` agent ids are vouched for too when alive."""
+    async def lookup(
+        self, digest: str, named: Sequence[str] = (), *, assign: bool = False
+    ) -> LookupReply:
+        """Peers for ``digest``; ``named`` agent ids are vouched for too when alive; with
+        ``assign`` the tracker also chooses a relay parent (``LookupReply.parent``)."""
         ...
 
     async def put_metainfo(
@@ -299,10 +302,14 @@ class HttpTrackerClient:
     async def withdraw(self, digest: str) -> None:
         await self._call("POST", self._agent("withdraw"), {"digest": digest})
 
-    async def lookup(self, digest: str, named: Sequence[str] = ()) -> LookupReply:
+    async def lookup(
+        self, digest: str, named: Sequence[str] = (), *, assign: bool = False
+    ) -> LookupReply:
         body: dict[str, Any] = {"digest": digest}
         if named:
             body["agents"] = list(named)
+        if assign:
+            body["assign"] = True
         return LookupReply.from_json(await self._call("POST", self._agent("lookup"), body))
 
     async def put_metainfo(self, digest: str, total_size: int, segment: SegmentMeta) -> Metainfo:

@@ -329,6 +329,10 @@ class LookupReply:
     asker holds the region's lease: fetch from upstream and announce progress), ``wait`` (another
     agent of the region holds the lease: pipeline from ``peers`` if any, else ask again after
     ``retry_after`` seconds).
+
+    ``parent``: when the asker asked for one (``assign``), the agent whose free child slot the
+    tracker claimed for it (listed first in ``peers``); None when no slot was free. Absent from
+    the JSON when None, as trackers before the field sent it.
     """
 
     action: Action
@@ -336,15 +340,19 @@ class LookupReply:
     metainfo: Metainfo | None = None
     lease_holder: str | None = None
     retry_after: float = 0.0
+    parent: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "action": self.action,
             "peers": [p.to_json() for p in self.peers],
             "metainfo": self.metainfo.to_json() if self.metainfo else None,
             "lease_holder": self.lease_holder,
             "retry_after": self.retry_after,
         }
+        if self.parent is not None:
+            out["parent"] = self.parent
+        return out
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> LookupReply:
@@ -355,6 +363,7 @@ class LookupReply:
             metainfo=Metainfo.from_json(meta) if meta else None,
             lease_holder=d.get("lease_holder"),
             retry_after=float(d.get("retry_after", 0.0)),
+            parent=d.get("parent"),
         )
 
 

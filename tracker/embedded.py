@@ -80,8 +80,10 @@ class LocalTrackerClient:
     async def withdraw(self, digest: str) -> None:
         await self.tracker.withdraw(self.agent_id, self._key, digest)
 
-    async def lookup(self, digest: str, named: Sequence[str] = ()) -> LookupReply:
-        return await self.tracker.lookup(self.agent_id, self._key, digest, named)
+    async def lookup(
+        self, digest: str, named: Sequence[str] = (), *, assign: bool = False
+    ) -> LookupReply:
+        return await self.tracker.lookup(self.agent_id, self._key, digest, named, assign=assign)
 
     async def put_metainfo(self, digest: str, total_size: int, segment: SegmentMeta) -> Metainfo:
         return await self.tracker.put_metainfo(

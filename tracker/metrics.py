@@ -109,6 +109,13 @@ class TrackerMetrics:
             ["action"],
             registry=registry,
         )
+        self.parent_choices = Counter(
+            "layerswarm_tracker_parent_choices",
+            "Lookups that asked the tracker to choose a relay parent, by outcome (assigned: a "
+            "free slot was claimed; none: no candidate had one)",
+            ["outcome"],
+            registry=registry,
+        )
         self.bad_peer_reports = Counter(
             "layerswarm_tracker_bad_peer_reports",
             "Peers reported bad by other agents",
@@ -122,6 +129,8 @@ class TrackerMetrics:
         )
         for action in ("peers", "fetch", "wait"):
             self.lookups.labels(action)
+        for outcome in ("assigned", "none"):
+            self.parent_choices.labels(outcome)
         for source in ("api", "webhook"):
             self.preheat_jobs.labels(source)
         self.fleet = FleetCollector()

@@ -82,6 +82,8 @@ PAGE_JOBS = 10
 _KEEP_LEASE_ITEMS = 4
 # Agent ids one lookup may ask the tracker to vouch for.
 MAX_NAMED = 16
+# A (region, digest)'s relay parent tree is kept this long after its last assignment.
+PARENT_TREE_TTL = 3600.0
 _IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,511}$")
 REPORT_STATES = ("running", "done", "failed")
 
@@ -274,13 +276,25 @@ class Tracker:
         return rec
 
     async def lookup(
-        self, agent_id: str, key: str, digest: str, named: Sequence[str] = ()
+        self,
+        agent_id: str,
+        key: str,
+        digest: str,
+        named: Sequence[str] = (),
+        *,
+        assign: bool = False,
     ) -> LookupReply:
         """Peers for ``digest`` and what to do (fetch with the lease, wait, or use peers).
 
         ``named``: agent ids another agent pointed this one to (the children of a busy relay
         parent); each that is alive is handed out too, so an agent only ever dials addresses
         the tracker vouches for.
+
+        ``assign``: the asker (a relay follower) wants a parent chosen for it: the tracker
+        claims a free child slot in the region's tree of this digest (see
+        ``TrackerStore.assign_parent``) and names it in ``parent``, first among ``peers``.
+        Simultaneous askers get one slot each, so they line up in one chain in the order their
+        claims land, instead of each walking a chain to its end.
         """
         check_digest(digest)
         if len(named) > MAX_NAMED:
@@ -325,6 +339,11 @@ class Tracker:
             holder = await self.store.get_agent(lease_holder)
             if holder is not None and holder.alive(now) and lease_holder not in bad:
                 chosen = [(holder.info, Holding(lease_holder, "fetching", 0, 0, now)), *chosen]
+        parent: str | None = None
+        if assign and action != "fetch":
+            parent, chosen = await self._assign(
+                region, digest, agent_id, candidates, chosen, lease_holder, now
+            )
         chosen += await self._named(named, chosen, agent_id, bad, now)
         return LookupReply(
             action=action,  # type: ignore[arg-type]  # one of the three literals above
@@ -332,7 +351,53 @@ class Tracker:
             metainfo=view.metainfo,
             lease_holder=lease_holder,
             retry_after=WAIT_RETRY if action == "wait" else 0.0,
+            parent=parent,
         )
+
+    async def _assign(
+        self,
+        region: str,
+        digest: str,
+        asker: str,
+        candidates: list[tuple[AgentInfo, Holding]],
+        chosen: list[tuple[AgentInfo, Holding]],
+        lease_holder: str | None,
+        now: float,
+    ) -> tuple[str | None, list[tuple[AgentInfo, Holding]]]:
+        """Claim a parent for ``asker`` among the region's holders and fetchers; the answer's
+        peers with it first.
+
+        Every candidate of the sample is offered, not just the handed-out few: a chain's free
+        end is its least advanced member, which the hand-out order puts last. Complete copies
+        first (they never wait on anyone), then the lease holder, then fetchers furthest along
+        (nearer the root: less lag). Ties are shuffled so that several free holders share.
+        """
+        pairs = {i.agent_id: (i, h) for i, h in chosen}
+        for info, h in candidates:
+            if info.region == region:
+                pairs.setdefault(info.agent_id, (info, h))
+        rand = self._rng.random
+        ranked = sorted(
+            pairs.values(),
+            key=lambda p: (
+                p[1].state != "holding",
+                p[0].agent_id != lease_holder,
+                -p[1].progress_bytes,
+                rand(),
+            ),
+        )
+        offer = [
+            (i.agent_id, h.state == "holding" or i.agent_id == lease_holder)
+            for i, h in ranked
+            if i.region == region
+        ]
+        parent = await self.store.assign_parent(
+            region, digest, asker, offer, now, now + PARENT_TREE_TTL
+        )
+        if parent is None:
+            return None, chosen
+        first = pairs[parent]
+        return parent, [first, *(p for p in chosen if p[0].agent_id != parent)]
 
     async def _named(
         self,
@@ -375,6 +440,10 @@ class Tracker:
         # layer's lease at most once per BAD_PEER_TTL, not at every report.
         if report.first or report.reporters >= BAD_PEER_QUORUM:
             await self.store.release_leases(rec.info.region, [digest], peer_id)
+        # A relay child whose tracker-chosen parent failed it: that parent leaves the tree
+        # (its own parent's slot frees), and the child's next lookup gets another.
+        if await self.store.void_parent(rec.info.region, digest, agent_id, peer_id, now):
+            log.info("parent voided digest=%s parent=%s by=%s", digest, peer_id, agent_id)
 
     # -- metainfo ---------------------------------------------------------------------------
 

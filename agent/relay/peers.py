@@ -55,6 +55,7 @@ class Relay:
         peer_wait: float,
         max_children: int,
         fanout: str = "depth",
+        parent_choice: str = "walk",
         upload_rate: int = 0,
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,
@@ -81,6 +82,7 @@ class Relay:
             metrics,
             tasks,
             peer_wait=peer_wait,
+            tracker_parents=parent_choice == "tracker",
             ssl_context=client_ssl,
             clock=clock,
         )

@@ -8,6 +8,12 @@ parent's stream breaks or stalls, it reports the parent and attaches elsewhere, 
 its offset; when nobody admits it for ``peer_wait`` seconds, or the lease comes back to it,
 the upstream continues from the same offset.
 
+With ``tracker_parents`` (``--parent-choice tracker``) the lookup also asks the tracker to
+choose the parent: it claims a free child slot in the layer's tree (for chains, the current
+end) and this agent asks that parent alone, waiting while it is still attaching to its own.
+A parent that cannot be reached is reported (the tracker takes it out of the tree) and the
+next lookup names another; one that is busy after all sends us walking, as below.
+
 Tracker requests per blob: one announce, one lookup, one holding announce, plus at most
 ``_MAX_LOOKUPS - 1`` more lookups while no candidate admits this agent. There is no
 polling: the parent's open stream is the notification that bytes arrived.
@@ -29,7 +35,13 @@ import aiohttp
 from agent.fetch import Download, FetchJob, SourceUnavailable
 from agent.metrics import AgentMetrics
 from agent.oci import Digest
-from agent.relay.server import AGENT_HEADER, CHILDREN_HEADER, LINEAGE_HEADER, SIZE_HEADER
+from agent.relay.server import (
+    AGENT_HEADER,
+    CHILDREN_HEADER,
+    LINEAGE_HEADER,
+    SIZE_HEADER,
+    SMALL_BLOB,
+)
 from agent.relay.state import RelayState
 from agent.trackerlink import Coordinator, CoordinatorUnavailable, Lookup
 from core.tasks import Supervisor
@@ -54,11 +66,25 @@ _BATCH_WAIT = 0.01
 _MAX_BLAME = 1000
 
 
+# A tracker-chosen parent still attaching to its own parent answers 409 (after waiting a
+# moment itself): asked again after this pause, until --peer-wait runs out.
+_NOT_YET_PAUSE = 0.05
+
+
 @dataclass
 class _Attached:
     peer: Peer
     resp: aiohttp.ClientResponse
     lineage: tuple[str, ...]
+
+
+@dataclass
+class _Refused:
+    """A candidate that did not admit us: its status (0: unreachable; 508: it is below us)
+    and the children it named when busy."""
+
+    status: int
+    hints: list[str]
 
 
 class RelaySource:
@@ -75,10 +101,12 @@ class RelaySource:
         *,
         peer_wait: float,
         ssl_context: ssl.SSLContext | None,
+        tracker_parents: bool = False,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
         self._state = state
+        self._tracker_parents = tracker_parents
         self._coordinator = coordinator
         self._metrics = metrics
         self._tasks = tasks
@@ -142,21 +170,26 @@ class RelaySource:
         if self._distrusted(job.digest):
             raise SourceUnavailable("peers served this blob wrongly before")
         size = job.size
+        # Chains pay off for large blobs only: a small one is served to everyone at once.
+        assign = self._tracker_parents and (size is None or size > SMALL_BLOB)
         # Announce first: a follower that looks up after us finds us as a possible parent.
         try:
             await self._coordinator.announce(digest, "fetching", download.written, size)
-            lookup = await self._coordinator.lookup(digest)
+            lookup = await self._coordinator.lookup(digest, assign=assign)
         except CoordinatorUnavailable as exc:
             raise SourceUnavailable("tracker unavailable") from exc
         if lookup.action == "fetch":
             raise SourceUnavailable("this agent holds the lease: upstream, then peers from us")
         try:
-            await self._follow(job, download, lookup)
+            await self._follow(job, download, lookup, assign)
         finally:
             self._state.detach(job.digest)
 
-    async def _follow(self, job: FetchJob, download: Download, lookup: Lookup) -> None:
+    async def _follow(
+        self, job: FetchJob, download: Download, lookup: Lookup, assign: bool
+    ) -> None:
         digest = job.digest
+        asked: set[str] = set()
         lookups = 1
         last_lookup = self._clock()
         now = self._clock()
@@ -171,7 +204,17 @@ class RelaySource:
                 download.set_started(job.size)
                 return
             unknown: set[str] = set()
-            attached = await self._attach(digest, download.written, lookup, failed, unknown)
+            attached, gone = await self._find_parent(
+                digest, download.written, lookup, failed, unknown, asked, deadline
+            )
+            if gone is not None:
+                # The tracker's choice is unreachable or does not hold it: reported before
+                # the next lookup, so that lookup already names someone else.
+                reported.add(gone)
+                lookups += 1
+                last_lookup = self._clock()
+                lookup = await self._relookup(digest, gone, assign)
+                continue
             if attached is None:
                 # Candidates that answered "busy" or "no source yet" are alive and worth
                 # waiting for; when every one failed (silent, unreachable, not holding it)
@@ -209,7 +252,7 @@ class RelaySource:
                     reported |= dead
                     lookups += 1
                     last_lookup = self._clock()
-                    lookup = await self._lookup(str(digest), named)
+                    lookup = await self._lookup(str(digest), named, assign=assign)
                     if lookup.action == "fetch":
                         raise SourceUnavailable("the lease passed to this agent")
                 continue
@@ -225,22 +268,30 @@ class RelaySource:
                 download.written,
                 outcome,
             )
-            if attached.peer.agent_id == lookup.lease_holder:
-                # The root of every chain stopped: void its lease and ask who fetches now.
-                with contextlib.suppress(CoordinatorUnavailable):
-                    await self._coordinator.report_unresponsive(str(digest), attached.peer.agent_id)
+            if attached.peer.agent_id == lookup.lease_holder or assign:
+                # The root of every chain stopped (its lease is voided and we ask who fetches
+                # now), or a parent the tracker chose did (it leaves the tree, and the lookup
+                # after the report claims another slot; our own children stay below us).
                 lookups += 1
                 last_lookup = self._clock()
-                lookup = await self._lookup(str(digest))
-                if lookup.action == "fetch":
-                    raise SourceUnavailable(f"took over the lease of {attached.peer.agent_id}")
+                lookup = await self._relookup(digest, attached.peer.agent_id, assign)
             else:
                 self._spawn_report(digest, attached.peer.agent_id)
             deadline = self._clock() + self._peer_wait
 
-    async def _lookup(self, digest: str, named: Sequence[str] = ()) -> Lookup:
+    async def _relookup(self, digest: Digest, failed_peer: str, assign: bool) -> Lookup:
+        """Report ``failed_peer`` (its lease or tree slot is voided), then look up again."""
+        await self._report(digest, failed_peer)
+        lookup = await self._lookup(str(digest), assign=assign)
+        if lookup.action == "fetch":
+            raise SourceUnavailable(f"the lease passed to this agent ({failed_peer} failed)")
+        return lookup
+
+    async def _lookup(
+        self, digest: str, named: Sequence[str] = (), *, assign: bool = False
+    ) -> Lookup:
         try:
-            return await self._coordinator.lookup(digest, named)
+            return await self._coordinator.lookup(digest, named, assign=assign)
         except CoordinatorUnavailable as exc:
             raise SourceUnavailable("tracker unavailable") from exc
 
@@ -249,8 +300,67 @@ class RelaySource:
     def _candidates(self, lookup: Lookup, failed: set[str]) -> list[Peer]:
         return order_candidates(lookup, failed, self._state.agent_id, self._rng)
 
+    async def _find_parent(
+        self,
+        digest: Digest,
+        offset: int,
+        lookup: Lookup,
+        failed: set[str],
+        unknown: set[str],
+        asked: set[str],
+        deadline: float,
+    ) -> tuple[_Attached | None, str | None]:
+        """Our parent, asking the tracker's choice first when it made one, else walking the
+        candidates; or, second, the tracker's choice when it turned out dead."""
+        chosen = lookup.parent
+        if chosen is not None and chosen not in failed:
+            attached = await self._attach_chosen(
+                digest, offset, lookup, chosen, failed, asked, deadline
+            )
+            if attached is not None:
+                return attached, None
+            if chosen in failed:
+                return None, chosen
+        return await self._attach(digest, offset, lookup, failed, unknown, asked), None
+
+    async def _attach_chosen(
+        self,
+        digest: Digest,
+        offset: int,
+        lookup: Lookup,
+        chosen: str,
+        failed: set[str],
+        asked: set[str],
+        deadline: float,
+    ) -> _Attached | None:
+        """Ask the parent the tracker chose, alone (asking others too could take their
+        slots); while it answers "no source yet" it is alive and attaching to its own parent
+        (newcomers of one moment form their chain top down), so it is asked again."""
+        peer = next((p for p in lookup.peers if p.agent_id == chosen), None)
+        if peer is None:
+            return None
+        while True:
+            got = await self._ask(peer, digest, offset, failed, asked, chosen_by="tracker")
+            if isinstance(got, _Attached):
+                return got
+            if got.status != 409 or self._clock() >= deadline:
+                log.info(
+                    "parent chosen by the tracker refused digest=%s parent=%s status=%d",
+                    digest,
+                    chosen,
+                    got.status,
+                )
+                return None
+            await asyncio.sleep(_NOT_YET_PAUSE)
+
     async def _attach(
-        self, digest: Digest, offset: int, lookup: Lookup, failed: set[str], unknown: set[str]
+        self,
+        digest: Digest,
+        offset: int,
+        lookup: Lookup,
+        failed: set[str],
+        unknown: set[str],
+        asked: set[str],
     ) -> _Attached | None:
         """Ask candidates, a few at a time; the first that streams to us is our parent.
 
@@ -270,7 +380,7 @@ class RelaySource:
                     batch.append(peer)
             if not batch:
                 return None
-            winner, hints = await self._ask_batch(batch, digest, offset, failed)
+            winner, hints = await self._ask_batch(batch, digest, offset, failed, asked)
             if winner is not None:
                 return winner
             below = [known[h] for h in hints if h in known and h not in tried]
@@ -279,9 +389,9 @@ class RelaySource:
         return None
 
     async def _ask_batch(
-        self, batch: list[Peer], digest: Digest, offset: int, failed: set[str]
+        self, batch: list[Peer], digest: Digest, offset: int, failed: set[str], asked: set[str]
     ) -> tuple[_Attached | None, list[str]]:
-        asks = [asyncio.create_task(self._ask(p, digest, offset, failed)) for p in batch]
+        asks = [asyncio.create_task(self._ask(p, digest, offset, failed, asked)) for p in batch]
         winner: _Attached | None = None
         hints: list[str] = []
         try:
@@ -290,7 +400,7 @@ class RelaySource:
                 if isinstance(got, _Attached):
                     winner = got
                     break
-                hints.extend(got)
+                hints.extend(got.hints)
         finally:
             for t in asks:
                 t.cancel()
@@ -303,9 +413,17 @@ class RelaySource:
         return winner, hints
 
     async def _ask(
-        self, peer: Peer, digest: Digest, offset: int, failed: set[str]
-    ) -> _Attached | list[str]:
-        """The parent's stream, or the children it named when it had no free slot."""
+        self,
+        peer: Peer,
+        digest: Digest,
+        offset: int,
+        failed: set[str],
+        asked: set[str],
+        *,
+        chosen_by: str = "walk",
+    ) -> _Attached | _Refused:
+        """The parent's stream, or why not (with the children it named when busy)."""
+        asked.add(peer.agent_id)
         url = f"{self._scheme}://{_host(peer.address)}:{peer.port}/v1/blobs/{digest}"
         headers = {AGENT_HEADER: self._state.agent_id}
         if offset:
@@ -319,24 +437,28 @@ class RelaySource:
             self._dead[peer.agent_id] = self._clock() + _DEAD_FOR
             while len(self._dead) > _MAX_BLAME:
                 del self._dead[next(iter(self._dead))]
-            return []
+            return _Refused(0, [])
         if resp.status not in (200, 206):
             log.debug("peer %s refused %s: %d", peer.agent_id, digest, resp.status)
             if resp.status == 404:
                 failed.add(peer.agent_id)
             names = resp.headers.get(CHILDREN_HEADER, "") if resp.status == 503 else ""
             resp.close()
-            return [n for n in names.split(",")[:_MAX_HINTS] if n]
+            return _Refused(resp.status, [n for n in names.split(",")[:_MAX_HINTS] if n])
         lineage = tuple(x for x in resp.headers.get(LINEAGE_HEADER, "").split(",") if x)
         if self._state.agent_id in lineage:
             resp.close()
-            return []
+            return _Refused(508, [])  # Loop Detected: it streams from below us
+        # chosen_by and asked (peers asked for this blob so far) show from outside whether
+        # the follower walked: the fleet test and the benchmark read them.
         log.info(
-            "following parent=%s digest=%s offset=%d depth=%d",
+            "following parent=%s digest=%s offset=%d depth=%d chosen_by=%s asked=%d",
             peer.agent_id,
             digest,
             offset,
             len(lineage),
+            chosen_by,
+            len(asked),
         )
         return _Attached(peer, resp, lineage or (peer.agent_id,))
 

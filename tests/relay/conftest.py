@@ -96,9 +96,11 @@ class CountingCoordinator:
         self._link = link
         self.calls: list[str] = []
 
-    async def lookup(self, digest: str, named: Sequence[str] = ()) -> Lookup:
+    async def lookup(
+        self, digest: str, named: Sequence[str] = (), *, assign: bool = False
+    ) -> Lookup:
         self.calls.append("lookup")
-        return await self._link.lookup(digest, named)
+        return await self._link.lookup(digest, named, assign=assign)
 
     async def publish_segment(
         self, digest: str, segment: SegmentMeta, total_size: int | None
@@ -177,6 +179,7 @@ async def make_node(
         upload_rate: int = 0,
         clock: Callable[[], float] = time.monotonic,
         fanout: str = "depth",
+        parent_choice: str = "walk",
     ) -> Node:
         metrics = AgentMetrics.create(CollectorRegistry())
         store = BlobStore(tmp_path / agent_id, 1 << 30)
@@ -201,6 +204,7 @@ async def make_node(
             peer_wait=peer_wait,
             max_children=max_children,
             fanout=fanout,
+            parent_choice=parent_choice,
             upload_rate=upload_rate,
             clock=clock,
         )

@@ -315,3 +315,67 @@ async def test_a_partial_already_whole_when_peers_hold_the_blob(make_node: NodeF
     assert restarted.store.path_for(digest).read_bytes() == data
     # Nothing was streamed again: the partial's bytes were the blob.
     assert up.served == [] and received(restarted) == 0
+
+
+def _attachments(caplog: pytest.LogCaptureFixture, digest: object) -> list[dict[str, str]]:
+    """The "following parent=..." lines of the run, as fields."""
+    out = []
+    for rec in caplog.records:
+        msg = rec.getMessage()
+        if msg.startswith("following parent=") and f"digest={digest}" in msg:
+            out.append(dict(kv.split("=", 1) for kv in msg.split()[1:]))
+    return out
+
+
+async def test_tracker_chosen_parents_line_up_without_walking(
+    make_node: NodeFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Six followers ask at once: the tracker hands each a free slot of the blob's tree, so
+    they form one chain below the holder, each asking exactly the one parent it was given."""
+    caplog.set_level("INFO", logger="agent.relay.source")
+    data, digest = make_blob(4 * MiB)
+    up = ScriptedUpstream({digest: data})
+    rate = 8_000_000
+    holder = await make_node("holder", up, upload_rate=rate)
+    holder.seed(digest, data)
+    await announce_held(holder, digest, len(data))
+    followers = [
+        await make_node(f"f{i}", up, upload_rate=rate, parent_choice="tracker") for i in range(6)
+    ]
+    got = await asyncio.gather(*(f.pull(digest, len(data)) for f in followers))
+    assert all(g == data for g in got)
+    assert up.served == []
+    seen = _attachments(caplog, digest)
+    assert len(seen) == 6, seen
+    assert all(a["chosen_by"] == "tracker" and a["asked"] == "1" for a in seen), seen
+    # One chain: every depth from 1 to 6 once, every parent feeding one child.
+    assert sorted(int(a["depth"]) for a in seen) == list(range(1, 7)), seen
+    assert len({a["parent"] for a in seen}) == 6
+    assert sum(received(f) for f in followers) == 6 * len(data)
+
+
+async def test_dead_parent_chosen_by_the_tracker_is_replaced(
+    make_node: NodeFactory, tracker: Tracker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The tracker's choice is an agent that took the holder's slot and then died without a
+    word (its port closed): the follower reports it, the tracker takes it out of the tree,
+    and the next lookup hands the follower the holder's freed slot."""
+    caplog.set_level("INFO", logger="agent.relay.source")
+    data, digest = make_blob(3 * MiB)
+    up = ScriptedUpstream({digest: data})
+    holder = await make_node("holder", up)
+    holder.seed(digest, data)
+    await announce_held(holder, digest, len(data))
+    ghost = await make_node("ghost", up)
+    # The ghost announces and is placed below the holder, as a follower would be ...
+    await ghost.coordinator.announce(str(digest), "fetching", 0, len(data))
+    placed = await ghost.coordinator.lookup(str(digest), assign=True)
+    assert placed.parent == "holder"
+    # ... then its peer port goes away (a real closed port: connections are refused).
+    await ghost.relay.server.close()
+    follower = await make_node("f", up, parent_choice="tracker")
+    assert await follower.pull(digest, len(data)) == data
+    assert up.served == []
+    assert follower.coordinator.calls.count("report") == 1, follower.coordinator.calls
+    seen = _attachments(caplog, digest)
+    assert [(a["parent"], a["chosen_by"]) for a in seen] == [("holder", "tracker")], seen

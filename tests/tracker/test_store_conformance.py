@@ -164,6 +164,110 @@ async def test_concurrent_lease_requests_grant_once(
     assert {r.holder for r in results} == set(granted)
 
 
+TREE_TTL = 3600.0
+
+
+async def _fleet_fetching(store: TrackerStore, clock: ManualClock, n: int) -> list[str]:
+    """A seed holding D1 and ``n`` agents fetching it, all in region "r"."""
+    await bind(store, clock, "seed", "k" * 20, region="r")
+    await store.put_holdings("seed", [(D1, holding("seed"))])
+    ids = [f"n{i}" for i in range(1, n + 1)]
+    for a in ids:
+        await bind(store, clock, a, "k" * 20, region="r")
+        await store.put_holdings(a, [(D1, holding(a, "fetching"))])
+    return ids
+
+
+async def _assign(
+    store: TrackerStore, clock: ManualClock, child: str, candidates: list[tuple[str, bool]]
+) -> str | None:
+    now = clock.now()
+    return await store.assign_parent("r", D1, child, candidates, now, now + TREE_TTL)
+
+
+async def test_assigned_parents_form_one_chain(store: TrackerStore, clock: ManualClock) -> None:
+    """Newcomers asking at the same moment get distinct parents, each a member of the tree:
+    one chain from the seed, in whatever order their claims landed."""
+    ids = await _fleet_fetching(store, clock, 12)
+    cands = [("seed", True), *((a, False) for a in ids)]
+    got = await asyncio.gather(*(_assign(store, clock, a, cands) for a in ids))
+    assert None not in got
+    parent = {a: str(p) for a, p in zip(ids, got, strict=True)}
+    assert len(set(parent.values())) == len(ids)  # one child per parent
+    # Following parents up from any node reaches the seed: a single chain, no cycle.
+    for a in ids:
+        node, hops = a, 0
+        while node != "seed":
+            node = parent[node]
+            hops += 1
+            assert hops <= len(ids)
+    # The chain's end is the only free slot: the next newcomer goes below it.
+    await bind(store, clock, "late", "k" * 20, region="r")
+    await store.put_holdings("late", [(D1, holding("late", "fetching"))])
+    tail = next(a for a in ids if a not in parent.values())
+    assert await _assign(store, clock, "late", [*cands, ("late", False)]) == tail
+
+
+async def test_only_tree_members_and_free_slots_are_assigned(
+    store: TrackerStore, clock: ManualClock
+) -> None:
+    n1, n2, n3 = await _fleet_fetching(store, clock, 3)
+    # A fetcher nobody placed has no source the tracker knows of: never a parent.
+    assert await _assign(store, clock, n2, [(n1, False)]) is None
+    assert await _assign(store, clock, n1, [("seed", True)]) == "seed"
+    assert await _assign(store, clock, n2, [("seed", True), (n1, False)]) == n1
+    # Asking again keeps one's own slot rather than taking another.
+    assert await _assign(store, clock, n2, [(n1, False)]) == n1
+    # Below oneself is never offered: n1 re-placed cannot go under n2.
+    assert await _assign(store, clock, n1, [(n2, False)]) is None
+    # A slot frees when its child completes ...
+    await store.put_holdings(n2, [(D1, holding(n2))])
+    assert await _assign(store, clock, n3, [(n1, False)]) == n1
+    # ... when it withdraws ...
+    await store.remove_holding(n3, D1)
+    await store.put_holdings(n2, [(D1, holding(n2, "fetching"))])
+    assert await _assign(store, clock, n2, [(n1, False)]) == n1
+    # ... and when it dies (n2 stops heartbeating; the others go on).
+    clock.advance(TTL - 1)
+    for a in ("seed", n1, n3):
+        await bind(store, clock, a, "k" * 20, region="r")
+    clock.advance(2)
+    assert await _assign(store, clock, n3, [(n1, False)]) == n1
+
+
+async def test_void_parent_frees_the_failed_parents_slot(
+    store: TrackerStore, clock: ManualClock
+) -> None:
+    n1, n2, n3 = await _fleet_fetching(store, clock, 3)
+    assert await _assign(store, clock, n1, [("seed", True)]) == "seed"
+    assert await _assign(store, clock, n2, [("seed", True), (n1, False)]) == n1
+    now = clock.now()
+    # Only n1's child may say n1 failed it.
+    assert not await store.void_parent("r", D1, n3, n1, now)
+    assert await _assign(store, clock, n3, [("seed", True)]) is None
+    assert await store.void_parent("r", D1, n2, n1, now)
+    # The seed's slot is free again, and n1 is no parent until it is placed anew.
+    assert await _assign(store, clock, n3, [(n1, False)]) is None
+    assert await _assign(store, clock, n2, [(n1, False), ("seed", True)]) == "seed"
+    assert not await store.void_parent("r", D1, n2, n1, now)
+
+
+async def test_parent_tree_expires(store: TrackerStore, clock: ManualClock) -> None:
+    n1, n2 = await _fleet_fetching(store, clock, 2)
+    now = clock.now()
+    assert await store.assign_parent("r", D1, n1, [("seed", True)], now, now + 5) == "seed"
+    # Another region's tree of the same digest is its own.
+    assert await store.assign_parent("q", D1, n2, [("seed", True)], now, now + 5) == "seed"
+    clock.advance(5)
+    for a in ("seed", n1, n2):
+        await bind(store, clock, a, "k" * 20, region="r")
+    now = clock.now()
+    await store.prune(now)
+    # Forgotten: n1 is no member any more, and the seed's slot is free.
+    assert await store.assign_parent("r", D1, n2, [(n1, False)], now, now + 5) is None
+    assert await store.assign_parent("r", D1, n2, [("seed", True)], now, now + 5) == "seed"
+
+
 async def test_metainfo_segments(store: TrackerStore) -> None:
     assert await store.get_metainfo(D1) is None
     s0, s1 = segment(0, 0, 60), segment(1, 60, 40)

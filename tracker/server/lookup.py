@@ -18,8 +18,14 @@ async def lookup(request: web.Request) -> web.Response:
     if not isinstance(wanted, list) or len(wanted) > MAX_NAMED:
         raise InvalidRequest(f"agents must be a list of at most {MAX_NAMED} agent ids")
     named = [check_agent_id(a) if isinstance(a, str) else check_agent_id("") for a in wanted]
-    result = await request.app[TRACKER].lookup(agent_id, key, digest, named)
+    assign = body.get("assign", False)
+    if not isinstance(assign, bool):
+        raise InvalidRequest("assign must be true or false")
+    result = await request.app[TRACKER].lookup(agent_id, key, digest, named, assign=assign)
     request.app[METRICS].lookup_done(result.action)
+    if assign and result.action != "fetch":
+        outcome = "assigned" if result.parent is not None else "none"
+        request.app[METRICS].parent_choices.labels(outcome).inc()
     return reply(result.to_json())
 
 

@@ -23,6 +23,9 @@ MAX_HOT = 10_000
 MAX_RETIRED_INCARNATIONS = 10_000
 # Tag invalidations kept for agents that were away (each agent applies each one once).
 MAX_INVALIDATIONS = 1000
+# Parent links followed upward to keep a newcomer from being placed below itself; a deeper
+# cycle is refused by the relay parent itself (the asker is in its lineage).
+MAX_TREE_WALK = 64
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,23 @@ class TrackerStore(Protocol):
     ``holding_count`` is how many digests an agent announced (to cap them); ``usage`` the
     number of entries of each structure, for tests and diagnostics.
 
+    Parent trees (tracker-chosen relay parents), per (region, digest): which agent streams
+    the blob to which, one child per parent (chains). ``assign_parent`` is atomic across
+    replicas: it walks ``candidates`` (agent id, rooted) in order and claims for ``child`` the
+    first one with a free slot, returning its id (None when none has one). A candidate
+    qualifies when it is not ``child``, is rooted (holds a complete copy, or is the lease
+    holder fetching from the upstream) or was itself assigned a parent in this tree (so no
+    chain grows below an agent with no source), and is not below ``child`` (parent links
+    followed up to ``MAX_TREE_WALK`` hops). Its slot is free unless another agent's claim on
+    it holds: that agent is alive at ``now``, its holding of ``digest`` is ``fetching`` and its
+    own link still names this parent; so a slot frees by itself when its child completes,
+    withdraws, dies or is assigned elsewhere. Claiming drops ``child``'s previous link. The
+    tree is forgotten at ``expires`` (moved by each assignment) and by prune after it.
+    ``void_parent`` takes ``peer`` out of the tree when it is ``reporter``'s parent there
+    (``reporter`` says it failed): ``peer``'s own link and slot go, so ``peer``'s parent gets
+    a free slot and ``peer`` is no parent for newcomers until it is assigned again; returns
+    whether anything changed.
+
     Preheat: jobs by id, and per job the latest report of each agent.
 
     Tag invalidations: ``put_invalidation`` keeps the newest ``MAX_INVALIDATIONS``;
@@ -174,6 +194,20 @@ class TrackerStore(Protocol):
     ) -> BadReport: ...
 
     async def bad_peer_counts(self) -> dict[str, int]: ...
+
+    async def assign_parent(
+        self,
+        region: str,
+        digest: str,
+        child: str,
+        candidates: Sequence[tuple[str, bool]],
+        now: float,
+        expires: float,
+    ) -> str | None: ...
+
+    async def void_parent(
+        self, region: str, digest: str, reporter: str, peer: str, now: float
+    ) -> bool: ...
 
     async def put_segment(
         self,

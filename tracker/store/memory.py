@@ -20,6 +20,7 @@ from tracker.store.base import (
     MAX_HOT,
     MAX_INVALIDATIONS,
     MAX_RETIRED_INCARNATIONS,
+    MAX_TREE_WALK,
     BadReport,
     BindStatus,
     PeerView,
@@ -65,6 +66,33 @@ def sample(rng: random.Random, seq: Sequence[T], k: int) -> list[T]:
     return [seq[i] for i in picked]
 
 
+class ParentTree:
+    """One (region, digest)'s relay links: child -> parent and parent -> child."""
+
+    __slots__ = ("child_of", "expires", "parent_of")
+
+    def __init__(self, expires: float) -> None:
+        self.parent_of: dict[str, str] = {}
+        self.child_of: dict[str, str] = {}
+        self.expires = expires
+
+    def below(self, node: str, ancestor: str) -> bool:
+        """Whether ``ancestor`` is on ``node``'s path to the root (``node`` itself included)."""
+        for _ in range(MAX_TREE_WALK):
+            if node == ancestor:
+                return True
+            up = self.parent_of.get(node)
+            if up is None:
+                return False
+            node = up
+        return False
+
+    def unlink(self, child: str) -> None:
+        old = self.parent_of.pop(child, None)
+        if old is not None and self.child_of.get(old) == child:
+            del self.child_of[old]
+
+
 class MemoryStore:
     def __init__(self) -> None:
         self._agents: dict[str, AgentRecord] = {}
@@ -72,6 +100,7 @@ class MemoryStore:
         self._agent_digests: dict[str, set[str]] = defaultdict(set)
         self._counters: dict[str, tuple[str, Counters]] = {}  # incarnation -> (region, counts)
         self._leases: dict[tuple[str, str], tuple[str, float]] = {}
+        self._trees: dict[tuple[str, str], ParentTree] = {}
         self._lookups: Counter[str] = Counter()
         # digest -> reported peer -> reporter -> expires
         self._bad: dict[str, dict[str, dict[str, float]]] = {}
@@ -200,6 +229,8 @@ class MemoryStore:
             self._bad_counts.pop(aid, None)
         for lkey in [k for k, (_, until) in self._leases.items() if until <= now]:
             del self._leases[lkey]
+        for tkey in [k for k, tree in self._trees.items() if tree.expires <= now]:
+            del self._trees[tkey]
         for digest in [d for d, exp in self._meta_expires.items() if exp <= now]:
             del self._meta_expires[digest]
             self._meta.pop(digest, None)
@@ -262,6 +293,7 @@ class MemoryStore:
             "counters": len(self._counters),
             "retired_incarnations": len(self._retired_inc),
             "leases": len(self._leases),
+            "parent_trees": len(self._trees),
             "lookups": len(self._lookups),
             "bad_digests": len(self._bad),
             "bad_reports": self._bad_reports,
@@ -396,6 +428,61 @@ class MemoryStore:
             oldest = next(iter(self._bad))
             self._bad_reports -= sum(len(r) for r in self._bad.pop(oldest).values())
         return BadReport(others + 1, first)
+
+    async def assign_parent(
+        self,
+        region: str,
+        digest: str,
+        child: str,
+        candidates: Sequence[tuple[str, bool]],
+        now: float,
+        expires: float,
+    ) -> str | None:
+        tree = self._trees.get((region, digest))
+        if tree is None or tree.expires <= now:
+            tree = self._trees[(region, digest)] = ParentTree(expires)
+        for cand, rooted in candidates:
+            if cand == child or not (rooted or cand in tree.parent_of):
+                continue
+            taken = tree.child_of.get(cand)
+            if (
+                taken is not None
+                and taken != child
+                and self._claim_holds(tree, digest, taken, cand, now)
+            ):
+                continue
+            if tree.below(cand, child):
+                continue
+            tree.unlink(child)
+            tree.parent_of[child] = cand
+            tree.child_of[cand] = child
+            tree.expires = max(tree.expires, expires)
+            return cand
+        return None
+
+    def _claim_holds(
+        self, tree: ParentTree, digest: str, child: str, parent: str, now: float
+    ) -> bool:
+        rec = self._agents.get(child)
+        held = self._holders.get(digest, {}).get(child)
+        return (
+            rec is not None
+            and rec.alive(now)
+            and held is not None
+            and held.state == "fetching"
+            and tree.parent_of.get(child) == parent
+        )
+
+    async def void_parent(
+        self, region: str, digest: str, reporter: str, peer: str, now: float
+    ) -> bool:
+        tree = self._trees.get((region, digest))
+        if tree is None or tree.expires <= now or tree.parent_of.get(reporter) != peer:
+            return False
+        tree.unlink(peer)
+        tree.child_of.pop(peer, None)
+        tree.parent_of.pop(reporter, None)
+        return True
 
     async def bad_peer_counts(self) -> dict[str, int]:
         return dict(self._bad_counts)

@@ -17,6 +17,8 @@ Key layout (``P`` is the prefix, ``layerswarm:`` by default):
     P retiredinc            hash  incarnation -> JSON counters folded into retired;
     P retiredinc_t          zset  incarnation -> when (the newest MAX_RETIRED_INCARNATIONS kept)
     P lease:<region>:<dig>  hash  holder, expires (Redis TTL: a minute past expires)
+    P tree:<region>:<dig>   hash  relay parent links: "c TAB child" -> parent, "p TAB parent"
+                                  -> child, expires (Redis TTL: a minute past expires)
     P hot                   zset  digest -> lookups (the busiest MAX_HOT kept)
     P bad:<digest>          hash  "peer TAB reporter" -> expires (TTL: past the last expiry)
     P badexp                zset  "digest TAB peer TAB reporter" -> expires;  P badcount  hash
@@ -55,6 +57,7 @@ from tracker.store.base import (
     MAX_HOT,
     MAX_INVALIDATIONS,
     MAX_RETIRED_INCARNATIONS,
+    MAX_TREE_WALK,
     BadReport,
     BindStatus,
     PeerView,
@@ -275,6 +278,66 @@ local region = me[4]
 return {'ok', me[3] or '', view[1], view[2], view[3]}
 """
 )
+
+# KEYS: tree, holders; ARGV: prefix, now, expires, ttl ms, child, then (candidate, rooted)
+# pairs. See TrackerStore.assign_parent; a holding's JSON is written by _dumps (compact, sorted
+# keys), so its state reads as a plain substring.
+_ASSIGN = """
+local now = tonumber(ARGV[2])
+local child = ARGV[5]
+local exp = redis.call('HGET', KEYS[1], 'expires')
+if exp and tonumber(exp) <= now then redis.call('DEL', KEYS[1]) end
+local function holds(c, p)
+  if redis.call('HGET', KEYS[1], 'c\t' .. c) ~= p then return false end
+  local e = redis.call('HGET', ARGV[1] .. 'agent:' .. c, 'expires')
+  if not e or tonumber(e) <= now then return false end
+  local h = redis.call('HGET', KEYS[2], c)
+  return h and string.find(h, '"state":"fetching"', 1, true) ~= nil
+end
+local function below(node, anc)
+  for _ = 1, @WALK@ do
+    if node == anc then return true end
+    local up = redis.call('HGET', KEYS[1], 'c\t' .. node)
+    if not up then return false end
+    node = up
+  end
+  return false
+end
+for i = 6, #ARGV, 2 do
+  local cand = ARGV[i]
+  if cand ~= child and (ARGV[i + 1] == '1'
+      or redis.call('HEXISTS', KEYS[1], 'c\t' .. cand) == 1) then
+    local taken = redis.call('HGET', KEYS[1], 'p\t' .. cand)
+    if not (taken and taken ~= child and holds(taken, cand)) and not below(cand, child) then
+      local old = redis.call('HGET', KEYS[1], 'c\t' .. child)
+      if old and redis.call('HGET', KEYS[1], 'p\t' .. old) == child then
+        redis.call('HDEL', KEYS[1], 'p\t' .. old)
+      end
+      redis.call('HSET', KEYS[1], 'c\t' .. child, cand, 'p\t' .. cand, child)
+      local cur = tonumber(redis.call('HGET', KEYS[1], 'expires') or '0')
+      if tonumber(ARGV[3]) > cur then
+        redis.call('HSET', KEYS[1], 'expires', ARGV[3])
+        redis.call('PEXPIRE', KEYS[1], ARGV[4])
+      end
+      return cand
+    end
+  end
+end
+return false
+""".replace("@WALK@", str(MAX_TREE_WALK))
+
+# KEYS: tree; ARGV: now, reporter, peer. See TrackerStore.void_parent.
+_VOID = """
+local exp = redis.call('HGET', KEYS[1], 'expires')
+if not exp or tonumber(exp) <= tonumber(ARGV[1]) then return 0 end
+if redis.call('HGET', KEYS[1], 'c\t' .. ARGV[2]) ~= ARGV[3] then return 0 end
+local up = redis.call('HGET', KEYS[1], 'c\t' .. ARGV[3])
+if up and redis.call('HGET', KEYS[1], 'p\t' .. up) == ARGV[3] then
+  redis.call('HDEL', KEYS[1], 'p\t' .. up)
+end
+redis.call('HDEL', KEYS[1], 'c\t' .. ARGV[3], 'p\t' .. ARGV[3], 'c\t' .. ARGV[2])
+return 1
+"""
 
 _ACQUIRE = """
 local cur = redis.call('HMGET', KEYS[1], 'holder', 'expires')
@@ -524,6 +587,8 @@ class RedisStore:
         # record can never outlive a heartbeat, a re-registration or a prune on any replica.
         self._records: dict[str, tuple[str, AgentRecord]] = {}
         self._acquire = client.register_script(_ACQUIRE)
+        self._assign = client.register_script(_ASSIGN)
+        self._void = client.register_script(_VOID)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
         self._put_segment = client.register_script(_PUT_SEGMENT)
@@ -871,6 +936,35 @@ class RedisStore:
             args=[peer_id, reporter, _num(expires), _ttl_ms(now, expires), digest, _num(now)],
         )
         return BadReport(int(reporters), bool(first))
+
+    @_translated
+    async def assign_parent(
+        self,
+        region: str,
+        digest: str,
+        child: str,
+        candidates: Sequence[tuple[str, bool]],
+        now: float,
+        expires: float,
+    ) -> str | None:
+        if not candidates:
+            return None
+        args = [self._p, _num(now), _num(expires), _ttl_ms(now, expires), child]
+        for cand, rooted in candidates:
+            args += [cand, "1" if rooted else "0"]
+        got = await self._assign(
+            keys=[self._k("tree", region, digest), self._k("holders", digest)], args=args
+        )
+        return str(got) if got else None
+
+    @_translated
+    async def void_parent(
+        self, region: str, digest: str, reporter: str, peer: str, now: float
+    ) -> bool:
+        done = await self._void(
+            keys=[self._k("tree", region, digest)], args=[_num(now), reporter, peer]
+        )
+        return bool(done)
 
     @_translated
     async def bad_peer_counts(self) -> dict[str, int]:
