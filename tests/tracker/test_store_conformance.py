@@ -244,12 +244,38 @@ async def test_void_parent_frees_the_failed_parents_slot(
     now = clock.now()
     # Only n1's child may say n1 failed it.
     assert not await store.void_parent("r", D1, n3, n1, now)
-    assert await _assign(store, clock, n3, [("seed", True)]) is None
     assert await store.void_parent("r", D1, n2, n1, now)
     # The seed's slot is free again, and n1 is no parent until it is placed anew.
     assert await _assign(store, clock, n3, [(n1, False)]) is None
     assert await _assign(store, clock, n2, [(n1, False), ("seed", True)]) == "seed"
     assert not await store.void_parent("r", D1, n2, n1, now)
+
+
+async def test_newcomers_who_do_not_see_each_other_still_form_one_chain(
+    store: TrackerStore, clock: ManualClock
+) -> None:
+    """Each newcomer offers only the seed (its peer view was read before the others had
+    announced): the tree's open ends still place every one below the previous one."""
+    ids = await _fleet_fetching(store, clock, 8)
+    got = await asyncio.gather(*(_assign(store, clock, a, [("seed", True)]) for a in ids))
+    parent = {a: str(p) for a, p in zip(ids, got, strict=True)}
+    assert None not in got and len(set(parent.values())) == len(ids), parent
+    for a in ids:
+        node, hops = a, 0
+        while node != "seed":
+            node = parent[node]
+            hops += 1
+            assert hops <= len(ids)
+    # A dead open end is passed over: the newcomer waits for a live one instead.
+    tail = next(a for a in ids if a not in parent.values())
+    clock.advance(TTL - 1)
+    for a in ["seed", *ids]:
+        if a != tail:
+            await bind(store, clock, a, "k" * 20, region="r")
+    clock.advance(2)
+    await bind(store, clock, "late", "k" * 20, region="r")
+    await store.put_holdings("late", [(D1, holding("late", "fetching"))])
+    assert await _assign(store, clock, "late", [("seed", True)]) is None
 
 
 async def test_parent_tree_expires(store: TrackerStore, clock: ManualClock) -> None:

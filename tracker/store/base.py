@@ -26,6 +26,9 @@ MAX_INVALIDATIONS = 1000
 # Parent links followed upward to keep a newcomer from being placed below itself; a deeper
 # cycle is refused by the relay parent itself (the asker is in its lineage).
 MAX_TREE_WALK = 64
+# Open ends of a tree (members given no child yet) tried per assignment beyond the caller's
+# candidates: newcomers of one moment do not see each other in their peer views.
+MAX_TAILS_TRIED = 16
 
 
 @dataclass(frozen=True)
@@ -120,8 +123,12 @@ class TrackerStore(Protocol):
     followed up to ``MAX_TREE_WALK`` hops). Its slot is free unless another agent's claim on
     it holds: that agent is alive at ``now``, its holding of ``digest`` is ``fetching`` and its
     own link still names this parent; so a slot frees by itself when its child completes,
-    withdraws, dies or is assigned elsewhere. Claiming drops ``child``'s previous link. The
-    tree is forgotten at ``expires`` (moved by each assignment) and by prune after it.
+    withdraws, dies or is assigned elsewhere. Claiming drops ``child``'s previous link. When
+    no candidate has a free slot, up to ``MAX_TAILS_TRIED`` of the tree's open ends (members
+    given no child yet, alive at ``now``) are tried the same way: newcomers that ask at the
+    same moment are not in each other's candidates, yet each must find the end the previous
+    one made. The tree is forgotten at ``expires`` (moved by each assignment) and by prune
+    after it.
     ``void_parent`` takes ``peer`` out of the tree when it is ``reporter``'s parent there
     (``reporter`` says it failed): ``peer``'s own link and slot go, so ``peer``'s parent gets
     a free slot and ``peer`` is no parent for newcomers until it is assigned again; returns

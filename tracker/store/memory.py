@@ -20,6 +20,7 @@ from tracker.store.base import (
     MAX_HOT,
     MAX_INVALIDATIONS,
     MAX_RETIRED_INCARNATIONS,
+    MAX_TAILS_TRIED,
     MAX_TREE_WALK,
     BadReport,
     BindStatus,
@@ -69,11 +70,13 @@ def sample(rng: random.Random, seq: Sequence[T], k: int) -> list[T]:
 class ParentTree:
     """One (region, digest)'s relay links: child -> parent and parent -> child."""
 
-    __slots__ = ("child_of", "expires", "parent_of")
+    __slots__ = ("child_of", "expires", "parent_of", "tails")
 
     def __init__(self, expires: float) -> None:
         self.parent_of: dict[str, str] = {}
         self.child_of: dict[str, str] = {}
+        # Members given no child yet (their slot may still be taken by a walker: checked).
+        self.tails: set[str] = set()
         self.expires = expires
 
     def below(self, node: str, ancestor: str) -> bool:
@@ -441,8 +444,16 @@ class MemoryStore:
         tree = self._trees.get((region, digest))
         if tree is None or tree.expires <= now:
             tree = self._trees[(region, digest)] = ParentTree(expires)
-        for cand, rooted in candidates:
+        tails = [
+            (t, False)
+            for t in sample(self._rng, sorted(tree.tails), min(len(tree.tails), MAX_TAILS_TRIED))
+        ]
+        for cand, rooted in [*candidates, *tails]:
             if cand == child or not (rooted or cand in tree.parent_of):
+                continue
+            rec = self._agents.get(cand)
+            if rec is None or not rec.alive(now):
+                tree.tails.discard(cand)
                 continue
             taken = tree.child_of.get(cand)
             if (
@@ -456,6 +467,8 @@ class MemoryStore:
             tree.unlink(child)
             tree.parent_of[child] = cand
             tree.child_of[cand] = child
+            tree.tails.discard(cand)
+            tree.tails.add(child)
             tree.expires = max(tree.expires, expires)
             return cand
         return None
@@ -482,6 +495,8 @@ class MemoryStore:
         tree.unlink(peer)
         tree.child_of.pop(peer, None)
         tree.parent_of.pop(reporter, None)
+        tree.tails.discard(peer)
+        tree.tails.discard(reporter)
         return True
 
     async def bad_peer_counts(self) -> dict[str, int]:

@@ -19,6 +19,7 @@ Key layout (``P`` is the prefix, ``layerswarm:`` by default):
     P lease:<region>:<dig>  hash  holder, expires (Redis TTL: a minute past expires)
     P tree:<region>:<dig>   hash  relay parent links: "c TAB child" -> parent, "p TAB parent"
                                   -> child, expires (Redis TTL: a minute past expires)
+    P tails:<region>:<dig>  set   the tree's members given no child yet (same TTL)
     P hot                   zset  digest -> lookups (the busiest MAX_HOT kept)
     P bad:<digest>          hash  "peer TAB reporter" -> expires (TTL: past the last expiry)
     P badexp                zset  "digest TAB peer TAB reporter" -> expires;  P badcount  hash
@@ -57,6 +58,7 @@ from tracker.store.base import (
     MAX_HOT,
     MAX_INVALIDATIONS,
     MAX_RETIRED_INCARNATIONS,
+    MAX_TAILS_TRIED,
     MAX_TREE_WALK,
     BadReport,
     BindStatus,
@@ -279,14 +281,14 @@ return {'ok', me[3] or '', view[1], view[2], view[3]}
 """
 )
 
-# KEYS: tree, holders; ARGV: prefix, now, expires, ttl ms, child, then (candidate, rooted)
-# pairs. See TrackerStore.assign_parent; a holding's JSON is written by _dumps (compact, sorted
-# keys), so its state reads as a plain substring.
+# KEYS: tree, holders, tails; ARGV: prefix, now, expires, ttl ms, child, then (candidate,
+# rooted) pairs. See TrackerStore.assign_parent; a holding's JSON is written by _dumps
+# (compact, sorted keys), so its state reads as a plain substring.
 _ASSIGN = """
 local now = tonumber(ARGV[2])
 local child = ARGV[5]
 local exp = redis.call('HGET', KEYS[1], 'expires')
-if exp and tonumber(exp) <= now then redis.call('DEL', KEYS[1]) end
+if exp and tonumber(exp) <= now then redis.call('DEL', KEYS[1], KEYS[3]) end
 local function holds(c, p)
   if redis.call('HGET', KEYS[1], 'c\t' .. c) ~= p then return false end
   local e = redis.call('HGET', ARGV[1] .. 'agent:' .. c, 'expires')
@@ -303,30 +305,40 @@ local function below(node, anc)
   end
   return false
 end
-for i = 6, #ARGV, 2 do
-  local cand = ARGV[i]
-  if cand ~= child and (ARGV[i + 1] == '1'
-      or redis.call('HEXISTS', KEYS[1], 'c\t' .. cand) == 1) then
+local cands = {}
+for i = 6, #ARGV, 2 do cands[#cands + 1] = {ARGV[i], ARGV[i + 1] == '1'} end
+for _, t in ipairs(redis.call('SRANDMEMBER', KEYS[3], @TAILS@)) do
+  cands[#cands + 1] = {t, false}
+end
+for _, c in ipairs(cands) do
+  local cand = c[1]
+  if cand ~= child and (c[2] or redis.call('HEXISTS', KEYS[1], 'c\t' .. cand) == 1) then
+    local e = redis.call('HGET', ARGV[1] .. 'agent:' .. cand, 'expires')
     local taken = redis.call('HGET', KEYS[1], 'p\t' .. cand)
-    if not (taken and taken ~= child and holds(taken, cand)) and not below(cand, child) then
+    if not e or tonumber(e) <= now then
+      redis.call('SREM', KEYS[3], cand)
+    elseif not (taken and taken ~= child and holds(taken, cand)) and not below(cand, child) then
       local old = redis.call('HGET', KEYS[1], 'c\t' .. child)
       if old and redis.call('HGET', KEYS[1], 'p\t' .. old) == child then
         redis.call('HDEL', KEYS[1], 'p\t' .. old)
       end
       redis.call('HSET', KEYS[1], 'c\t' .. child, cand, 'p\t' .. cand, child)
+      redis.call('SREM', KEYS[3], cand)
+      redis.call('SADD', KEYS[3], child)
       local cur = tonumber(redis.call('HGET', KEYS[1], 'expires') or '0')
       if tonumber(ARGV[3]) > cur then
         redis.call('HSET', KEYS[1], 'expires', ARGV[3])
         redis.call('PEXPIRE', KEYS[1], ARGV[4])
+        redis.call('PEXPIRE', KEYS[3], ARGV[4])
       end
       return cand
     end
   end
 end
 return false
-""".replace("@WALK@", str(MAX_TREE_WALK))
+""".replace("@WALK@", str(MAX_TREE_WALK)).replace("@TAILS@", str(MAX_TAILS_TRIED))
 
-# KEYS: tree; ARGV: now, reporter, peer. See TrackerStore.void_parent.
+# KEYS: tree, tails; ARGV: now, reporter, peer. See TrackerStore.void_parent.
 _VOID = """
 local exp = redis.call('HGET', KEYS[1], 'expires')
 if not exp or tonumber(exp) <= tonumber(ARGV[1]) then return 0 end
@@ -336,6 +348,7 @@ if up and redis.call('HGET', KEYS[1], 'p\t' .. up) == ARGV[3] then
   redis.call('HDEL', KEYS[1], 'p\t' .. up)
 end
 redis.call('HDEL', KEYS[1], 'c\t' .. ARGV[3], 'p\t' .. ARGV[3], 'c\t' .. ARGV[2])
+redis.call('SREM', KEYS[2], ARGV[3], ARGV[2])
 return 1
 """
 
@@ -947,14 +960,15 @@ class RedisStore:
         now: float,
         expires: float,
     ) -> str | None:
-        if not candidates:
-            return None
         args = [self._p, _num(now), _num(expires), _ttl_ms(now, expires), child]
         for cand, rooted in candidates:
             args += [cand, "1" if rooted else "0"]
-        got = await self._assign(
-            keys=[self._k("tree", region, digest), self._k("holders", digest)], args=args
-        )
+        keys = [
+            self._k("tree", region, digest),
+            self._k("holders", digest),
+            self._k("tails", region, digest),
+        ]
+        got = await self._assign(keys=keys, args=args)
         return str(got) if got else None
 
     @_translated
@@ -962,7 +976,8 @@ class RedisStore:
         self, region: str, digest: str, reporter: str, peer: str, now: float
     ) -> bool:
         done = await self._void(
-            keys=[self._k("tree", region, digest)], args=[_num(now), reporter, peer]
+            keys=[self._k("tree", region, digest), self._k("tails", region, digest)],
+            args=[_num(now), reporter, peer],
         )
         return bool(done)
 
