@@ -584,9 +584,13 @@ class ScenarioRun:
             go.touch()
             sampler = pool.submit(sample, t0)
             futures = [pool.submit(wait, i, p) for i, (_, _, p) in enumerate(procs)]
-            for f in futures:
-                f.result()
-            done.set()
+            try:
+                for f in futures:
+                    f.result()
+            finally:
+                # Else a failed wait leaves the sampler running and the pool's exit waits
+                # on it forever (a hung run, namespaces never deleted).
+                done.set()
             sampler.result()
         cpu = meter.stop()
         samples.append((time.monotonic() - t0, self.link_counters()))
