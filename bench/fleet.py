@@ -884,10 +884,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if bad else 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _timeline(
     base: dict[int, tuple[int, int]], samples: list[tuple[float, dict[int, tuple[int, int]]]]
 ) -> dict[str, list[tuple[float, int, int]]]:
@@ -924,3 +920,7 @@ def _wait_for_pull(p: subprocess.Popen[bytes], timeout: float) -> float:
         time.sleep(0.005)
     p.returncode = os.waitstatus_to_exitcode(status)
     return usage.ru_utime + usage.ru_stime
+
+
+if __name__ == "__main__":
+    sys.exit(main())
