@@ -363,7 +363,7 @@ class AgentConfig:
         ),
     )
     parent_choice: str = field(
-        default="walk",
+        default="tracker",
         metadata=setting(
             "relay: who picks a follower's parent. tracker: the tracker hands each newcomer "
             "a free slot of the layer's tree (a chain's end), so simultaneous newcomers line "
