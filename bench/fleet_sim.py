@@ -76,6 +76,8 @@ class Params:
     kill_at: float = 2.0
     peer_wait: float = 10.0
     max_children: int = 1
+    # The agent's --parent-choice: tracker (the default) or walk.
+    parent_choice: str = "tracker"
     connections: int = 512
     timeout: float = 300.0
     warmup: float = 0.0
@@ -269,6 +271,7 @@ def _drive(
             "upstream_rate": params.upstream_mbit * 1e6 / 8,
             "peer_wait": params.peer_wait,
             "max_children": params.max_children,
+            "parent_choice": params.parent_choice,
             "preheated": scenario == "preheated",
             "timeout": params.timeout,
             "connections": params.connections,
@@ -689,6 +692,7 @@ def main() -> int:
     ap.add_argument("--kill-at", type=float, default=d.kill_at)
     ap.add_argument("--peer-wait", type=float, default=d.peer_wait)
     ap.add_argument("--max-children", type=int, default=d.max_children)
+    ap.add_argument("--parent-choice", choices=("tracker", "walk"), default=d.parent_choice)
     ap.add_argument(
         "--connections",
         type=int,
@@ -730,6 +734,7 @@ def main() -> int:
         kill_at=a.kill_at,
         peer_wait=a.peer_wait,
         max_children=a.max_children,
+        parent_choice=a.parent_choice,
         connections=a.connections,
         timeout=a.timeout,
         warmup=a.warmup,

@@ -14,7 +14,10 @@ after agent/relay/source.py and agent/relay/server.py, with the bytes left out:
   (``max_children``, 64 for layers of 2 MiB or less); a busy peer names its children, which
   the follower asks next when the tracker handed them out and names in its next lookup when
   not; at most 4 lookups per layer, one more after a second of busy answers, and the upstream
-  after ``peer_wait`` seconds without a parent;
+  after ``peer_wait`` seconds without a parent; with ``parent_choice`` "tracker" (the
+  agent's default) the lookups of layers over 2 MiB ask the tracker to choose, and the
+  follower asks that parent first and alone, again every 50 ms while it has no source yet,
+  reporting it and looking up again when it is dead or does not have the layer;
 * a parent's bytes arrive at ``peer_rate``, never ahead of the parent's own progress (a chain
   moves at the pace of its root); a parent that dies breaks its child's stream at once, the
   child reports it and attaches elsewhere from its offset (and asks again if it was the lease
@@ -87,6 +90,7 @@ class Spec:
     upstream_rate: float
     peer_wait: float
     max_children: int
+    parent_choice: str
     preheated: bool
     timeout: float
     connections: int
@@ -351,7 +355,7 @@ class SimAgent:
         self.transfers[digest] = tr
         try:
             await self.link.announce(digest, "fetching", 0, size)
-            lookup = await self.link.lookup(digest)
+            lookup = await self.link.lookup(digest, assign=self._assign(size))
             rec.lookups = 1
             if lookup.action == "fetch":
                 self.world.leases[f"{self.region} {layer}"] += 1
@@ -381,35 +385,49 @@ class SimAgent:
         tr.notify_children()
         await asyncio.sleep(max(0.0, tr.done_at() - now))
 
-    async def _follow(self, tr: Transfer, rec: LayerRecord, lookup: Lookup) -> str:
+    def _assign(self, size: int) -> bool:
+        return self.world.spec.parent_choice == "tracker" and size > SMALL_BLOB
+
+    # Step for step the agent's RelaySource._follow (one loop, so the two read side by side).
+    async def _follow(  # noqa: PLR0912, PLR0915
+        self, tr: Transfer, rec: LayerRecord, lookup: Lookup
+    ) -> str:
         world = self.world
-        lookups = 1
+        assign = self._assign(tr.size)
+        rec.lookups = 1
         last_lookup = world.now()
         failed: set[str] = set()
         reported: set[str] = set()
         deadline = world.now() + world.spec.peer_wait
         while True:
             unknown: set[str] = set()
-            parent = self._attach(tr, lookup, failed, unknown)
+            parent, gone = await self._find_parent(tr, lookup, failed, unknown, deadline)
+            if gone is not None:
+                reported.add(gone)
+                last_lookup = world.now()
+                again = await self._relookup(tr, rec, gone, assign)
+                if again is None:
+                    return "lease"
+                lookup = again
+                continue
             if parent is None:
                 all_failed = not self._candidates(lookup, failed)
-                if world.now() >= deadline or (all_failed and lookups >= MAX_LOOKUPS):
+                if world.now() >= deadline or (all_failed and rec.lookups >= MAX_LOOKUPS):
                     return "upstream"
                 if not all_failed:
                     await asyncio.sleep(0.02 + 0.03 * world.rng.random())
                 named = sorted(unknown)[:MAX_HINTS]
                 dead = failed - reported
-                if lookups < MAX_LOOKUPS and (
+                if rec.lookups < MAX_LOOKUPS and (
                     all_failed or named or dead or world.now() - last_lookup >= RELOOKUP_AFTER
                 ):
                     for peer_id in sorted(dead):
                         with contextlib.suppress(CoordinatorUnavailable):
                             await self.link.report_unresponsive(tr.digest, peer_id)
                     reported |= dead
-                    lookups += 1
-                    rec.lookups = lookups
+                    rec.lookups += 1
                     last_lookup = world.now()
-                    lookup = await self.link.lookup(tr.digest, named)
+                    lookup = await self.link.lookup(tr.digest, named, assign=assign)
                     if lookup.action == "fetch":
                         world.leases[f"{self.region} {rec.layer}"] += 1
                         return "lease"
@@ -422,21 +440,68 @@ class SimAgent:
                 return "done"
             failed.add(peer_id)
             reported.add(peer_id)
-            if peer_id == lookup.lease_holder:
-                with contextlib.suppress(CoordinatorUnavailable):
-                    await self.link.report_unresponsive(tr.digest, peer_id)
-                lookups += 1
-                rec.lookups = lookups
+            if peer_id == lookup.lease_holder or assign:
+                # As the agent: the lease holder's lease is voided, a tracker-chosen parent
+                # leaves the tree, and the follower looks up again after the report.
                 last_lookup = world.now()
-                lookup = await self.link.lookup(tr.digest)
-                if lookup.action == "fetch":
-                    world.leases[f"{self.region} {rec.layer}"] += 1
+                again = await self._relookup(tr, rec, peer_id, assign)
+                if again is None:
                     world.takeovers += 1
                     return "lease"
+                lookup = again
             else:
                 with contextlib.suppress(CoordinatorUnavailable):
                     await self.link.report_unresponsive(tr.digest, peer_id)
             deadline = world.now() + world.spec.peer_wait
+
+    async def _relookup(
+        self, tr: Transfer, rec: LayerRecord, failed_peer: str, assign: bool
+    ) -> Lookup | None:
+        """Report ``failed_peer``, then look up again; None when the lease came to us."""
+        with contextlib.suppress(CoordinatorUnavailable):
+            await self.link.report_unresponsive(tr.digest, failed_peer)
+        rec.lookups += 1
+        lookup = await self.link.lookup(tr.digest, assign=assign)
+        if lookup.action == "fetch":
+            self.world.leases[f"{self.region} {rec.layer}"] += 1
+            return None
+        return lookup
+
+    async def _find_parent(
+        self,
+        tr: Transfer,
+        lookup: Lookup,
+        failed: set[str],
+        unknown: set[str],
+        deadline: float,
+    ) -> tuple[tuple[str, Transfer | None] | None, str | None]:
+        """As the agent's RelaySource._find_parent: the tracker's choice first, else the
+        walk; second, the tracker's choice when it turned out dead."""
+        chosen = lookup.parent
+        if chosen is not None and chosen not in failed:
+            got = await self._attach_chosen(tr, lookup, chosen, failed, deadline)
+            if got is not None:
+                return got, None
+            if chosen in failed:
+                return None, chosen
+        return self._attach(tr, lookup, failed, unknown), None
+
+    async def _attach_chosen(
+        self, tr: Transfer, lookup: Lookup, chosen: str, failed: set[str], deadline: float
+    ) -> tuple[str, Transfer | None] | None:
+        """The tracker's choice, asked alone, again while it has no source yet (409)."""
+        peer = next((p for p in lookup.peers if p.agent_id == chosen), None)
+        while peer is not None:
+            got = self._ask(tr, peer, failed)
+            if isinstance(got, tuple):
+                return got
+            other = self.world.agents.get(chosen)
+            theirs = other.transfers.get(tr.digest) if other is not None else None
+            waiting = theirs is not None and not theirs.complete and theirs.source is None
+            if chosen in failed or not waiting or self.world.now() >= deadline:
+                return None
+            await asyncio.sleep(0.05)
+        return None
 
     def _candidates(self, lookup: Lookup, failed: set[str]) -> list[Peer]:
         return order_candidates(lookup, failed, self.agent_id, self.world.rng)
