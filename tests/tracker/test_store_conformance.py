@@ -289,6 +289,8 @@ async def test_parent_tree_expires(store: TrackerStore, clock: ManualClock) -> N
         await bind(store, clock, a, "k" * 20, region="r")
     now = clock.now()
     await store.prune(now)
+    # Memory drops expired trees at prune; Redis keys carry TTLs a minute past expiry.
+    assert (await store.usage()).get("parent_trees", 0) == 0
     # Forgotten: n1 is no member any more, and the seed's slot is free.
     assert await store.assign_parent("r", D1, n2, [(n1, False)], now, now + 5) is None
     assert await store.assign_parent("r", D1, n2, [("seed", True)], now, now + 5) == "seed"
@@ -535,6 +537,22 @@ async def test_redis_region_index_keys_carry_ttls_and_go_with_holdings(
         assert keys_like("layerswarm:r[hf]:r0:*") == ["layerswarm:rf:r0:" + D1]
         await store.prune(clock.now())
         assert keys_like("layerswarm:r[hf]:*") == keys_like("layerswarm:holders:*") == []
+    finally:
+        raw.close()
+        await store.close()
+
+
+async def test_redis_parent_tree_keys_carry_ttls(redis_url: str, clock: ManualClock) -> None:
+    store = RedisStore.from_url(redis_url)
+    raw = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        n1, n2 = await _fleet_fetching(store, clock, 2)
+        assert await _assign(store, clock, n1, [("seed", True)]) == "seed"
+        assert await _assign(store, clock, n2, []) == n1  # the open end
+        keys = sorted(cast(list[str], raw.keys("layerswarm:t*")))
+        assert [k.split(":")[1] for k in keys] == ["tails", "tree"]
+        # A minute past the tree's expiry, whatever prune does.
+        assert all(0 < raw.pttl(k) <= (TREE_TTL + 60) * 1000 for k in keys)
     finally:
         raw.close()
         await store.close()

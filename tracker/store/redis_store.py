@@ -323,8 +323,9 @@ for _, c in ipairs(cands) do
         redis.call('HDEL', KEYS[1], 'p\t' .. old)
       end
       redis.call('HSET', KEYS[1], 'c\t' .. child, cand, 'p\t' .. cand, child)
-      redis.call('SREM', KEYS[3], cand)
+      -- Added before the removal: a set emptied even for a moment loses its TTL.
       redis.call('SADD', KEYS[3], child)
+      redis.call('SREM', KEYS[3], cand)
       local cur = tonumber(redis.call('HGET', KEYS[1], 'expires') or '0')
       if tonumber(ARGV[3]) > cur then
         redis.call('HSET', KEYS[1], 'expires', ARGV[3])
