@@ -191,8 +191,7 @@ class RelaySource:
         digest = job.digest
         asked: set[str] = set()
         lookups = 1
-        last_lookup = self._clock()
-        now = self._clock()
+        now = last_lookup = self._clock()
         failed = {peer for peer, until in self._dead.items() if until > now}
         reported: set[str] = set()
         deadline = self._clock() + self._peer_wait
