@@ -4,10 +4,13 @@ replica, and the store follows it (``--store redis+sentinel://...``)."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import redis
+from redis.sentinel import MasterNotFoundError, Sentinel
 
 from core.trackererrors import StoreUnavailable
 from testbed.procs import Proc, free_port, wait_for_port
@@ -24,11 +27,47 @@ def redis_proc(workdir: Path, name: str, port: int, *extra: str) -> Proc:
     return Proc(argv, workdir / "logs", name=name)
 
 
+def wait_sentinel_has_master(sport: int, sentinel: Proc) -> None:
+    """A sentinel answers on its port before it has looked at its master; until then it
+    names none (redis-py: MasterNotFoundError), as any client would find on a fresh start."""
+    sentinels = Sentinel([("127.0.0.1", sport)], socket_timeout=2)  # type: ignore[no-untyped-call]
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            sentinels.discover_master(MASTER)  # type: ignore[no-untyped-call]
+            return
+        except MasterNotFoundError:
+            assert time.monotonic() < deadline, sentinel.log_tail()
+            time.sleep(0.2)
+        finally:
+            for s in sentinels.sentinels:
+                s.close()
+
+
+def wait_sentinel_knows_replica(sport: int, rport: int, sentinel: Proc) -> None:
+    client = redis.Redis(port=sport, decode_responses=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            replicas = client.sentinel_slaves(MASTER)
+            for info in replicas:
+                if int(info.get("port", 0)) == rport and info.get("flags") == "slave":
+                    return
+            assert time.monotonic() < deadline, (replicas, sentinel.log_tail())
+            time.sleep(0.2)
+    finally:
+        client.close()
+
+
 async def test_store_follows_a_sentinel_failover(tmp_path: Path) -> None:
     mport, rport, sport = free_port(), free_port(), free_port()
-    conf = tmp_path / "sentinel.conf"
+    # The sentinel fsyncs its config on every change, on its only thread; on a disk under
+    # writeback that took 2 s and a stall of 2 s puts a sentinel in TILT mode, where it
+    # acts on nothing for 30 s. Its files live on tmpfs.
+    shm = Path(tempfile.mkdtemp(prefix="layerswarm-sentinel-", dir="/dev/shm"))
+    conf = shm / "sentinel.conf"
     conf.write_text(
-        f"port {sport}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"port {sport}\nbind 127.0.0.1\ndir {shm}\n"
         f"sentinel monitor {MASTER} 127.0.0.1 {mport} 1\n"
         f"sentinel down-after-milliseconds {MASTER} 500\n"
         f"sentinel failover-timeout {MASTER} 5000\n"
@@ -41,6 +80,7 @@ async def test_store_follows_a_sentinel_failover(tmp_path: Path) -> None:
         for proc, port in ((master, mport), (replica, rport), (sentinel, sport)):
             proc.start()
             wait_for_port("127.0.0.1", port, 20, proc=proc)
+        wait_sentinel_has_master(sport, sentinel)
         store = RedisStore.from_url(f"redis+sentinel://127.0.0.1:{sport}/{MASTER}/0", timeout=2)
         raw = redis.Redis(port=mport)
         try:
@@ -48,9 +88,14 @@ async def test_store_follows_a_sentinel_failover(tmp_path: Path) -> None:
             await store.bind_agent(agent("a1", region="eu"), "k" * 20, 0.0, 1e9)
             await store.put_holdings("a1", [(d, Holding("a1", "holding", 1, 1, 0.0))])
             # Acknowledged by the replica, so the failover keeps it.
-            assert raw.wait(1, 5000) == 1
+            assert raw.wait(1, 20000) == 1
+            # A sentinel learns of replicas from the master's INFO, every 10 s: killing the
+            # master before it has seen one leaves nothing to promote (a loaded machine's
+            # replica may connect after the sentinel's first look).
+            wait_sentinel_knows_replica(sport, rport, sentinel)
             master.stop()
-            deadline = time.monotonic() + 30
+            # A sentinel that entered TILT anyway (a starved CPU) waits out its 30 s first.
+            deadline = time.monotonic() + 90
             while True:
                 try:
                     rec = await store.get_agent("a1")
@@ -76,3 +121,4 @@ async def test_store_follows_a_sentinel_failover(tmp_path: Path) -> None:
     finally:
         for proc in reversed(procs):
             proc.stop()
+        shutil.rmtree(shm, ignore_errors=True)
